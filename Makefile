@@ -1,0 +1,56 @@
+# avbench: `make demo` and `make test` are all a fresh clone needs; both set up .venv first.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PYTHON  := $(BIN)/python
+STAMP   := $(VENV)/.installed
+
+DIM     ?= lip_sync
+SRC     ?=
+OUT     ?= shards
+WORKERS ?= 2
+SEED    ?= 0
+OBJ     ?= reward
+CONFIG  ?=
+SHARDS  ?= $(OUT)/$(DIM)
+RUN     ?= runs/$(DIM)
+EXPORT  ?= exports/$(DIM)
+REPORT  ?= reports/$(DIM)
+
+.PHONY: venv demo test test-slow shards train eval bench clean
+
+venv: $(STAMP)
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	# torch first, pinned: a bare `torch` requirement would pull a different build (DEVELOPERS.md)
+	$(PYTHON) -m pip install -q torch==2.14.1 torchaudio==2.11.0
+	$(PYTHON) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -q -m slow
+
+shards: $(STAMP)
+	$(PYTHON) -m perturb build --dim $(DIM) --out $(OUT) --workers $(WORKERS) --seed $(SEED) $(if $(SRC),--src $(SRC),--demo)
+
+train: $(STAMP)
+	$(PYTHON) -m train --dim $(DIM) --objective $(OBJ) --shards $(SHARDS) --run $(RUN) $(if $(CONFIG),--config $(CONFIG),)
+
+eval: $(STAMP)
+	$(PYTHON) -m eval evaluate --dim $(DIM) --shards $(SHARDS) --run $(RUN) --export $(EXPORT) --report $(REPORT)
+
+demo: $(STAMP)
+	$(MAKE) shards DIM=lip_sync
+	$(MAKE) train DIM=lip_sync
+	$(MAKE) eval DIM=lip_sync
+	$(PYTHON) -m eval score --scorer $(EXPORT) $$(ls $(OUT)/lip_sync/demo_videos/*.mp4 | head -n 3)
+
+bench: $(STAMP)
+	$(PYTHON) bench/bench_shards.py
+
+clean:
+	rm -rf shards runs reports exports cache

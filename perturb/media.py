@@ -1,0 +1,263 @@
+"""Media I/O through ffmpeg, always with argument lists.
+
+The ffmpeg binary is the static one shipped by the imageio-ffmpeg wheel, so a fresh machine needs
+nothing from apt. ffmpeg-python, pydub and moviepy are pointed at the same binary on import.
+
+Canonical form (what every pair is made of): constant 25 fps, H.264 (yuv420p, even sizes, longest
+side capped), AAC audio at 16 kHz mono. Analysis audio is float32 mono at 16 kHz.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CANONICAL_FPS = 25
+CANONICAL_SR = 16000
+CANONICAL_MAX_SIDE = 512
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary (env AVBENCH_FFMPEG overrides imageio-ffmpeg's static build)."""
+    exe = os.environ.get("AVBENCH_FFMPEG")
+    if exe:
+        return exe
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _point_libraries_at_ffmpeg() -> None:
+    """pydub and moviepy look for ffmpeg on PATH / their own env var; give them ours."""
+    exe = ffmpeg_exe()
+    os.environ.setdefault("IMAGEIO_FFMPEG_EXE", exe)
+    try:  # pydub is optional at import time: only set it when present
+        from pydub import AudioSegment
+
+        AudioSegment.converter = exe
+    except ImportError:
+        pass
+
+
+_point_libraries_at_ffmpeg()
+
+
+class MediaError(RuntimeError):
+    """A file ffmpeg cannot read or write; the message is a one-line reason for rejects.jsonl."""
+
+
+def run_ffmpeg(args: list[str], input_bytes: bytes | None = None) -> bytes:
+    """Run ffmpeg with an argument list; return stdout, raise MediaError with stderr's last line."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args]
+    proc = subprocess.run(cmd, input=input_bytes, capture_output=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+        raise MediaError(lines[-1] if lines else f"ffmpeg exited with {proc.returncode}")
+    return proc.stdout
+
+
+@dataclass
+class StreamInfo:
+    """What a probe learned about a file (ffmpeg 9 static has no ffprobe: we parse `ffmpeg -i`)."""
+
+    path: str
+    duration: float | None
+    has_video: bool
+    has_audio: bool
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    container: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def probe(path: str | Path) -> StreamInfo:
+    """Probe a file by parsing `ffmpeg -i` (the static build ships no ffprobe)."""
+    import re
+
+    path = str(path)
+    if not Path(path).is_file():
+        raise MediaError(f"no such file: {path}")
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], capture_output=True
+    )
+    text = proc.stderr.decode("utf-8", "replace")
+    if "Invalid data found" in text or "Stream #" not in text:
+        last = [ln for ln in text.splitlines() if ln.strip()]
+        raise MediaError(f"unreadable media: {last[-1].strip() if last else 'no streams'}")
+    info = StreamInfo(path=path, duration=None, has_video=False, has_audio=False)
+    m = re.search(r"Input #0, ([^,\s]+)", text)
+    info.container = m.group(1) if m else None
+    m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
+    if m:
+        info.duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    for line in text.splitlines():
+        if "Stream #" not in line:
+            continue
+        if "Video:" in line and not info.has_video and "attached pic" not in line:
+            info.has_video = True
+            m = re.search(r"Video: (\w+)", line)
+            info.video_codec = m.group(1) if m else None
+            m = re.search(r", (\d{2,5})x(\d{2,5})", line)
+            if m:
+                info.width, info.height = int(m.group(1)), int(m.group(2))
+            m = re.search(r"([\d.]+) (?:fps|tbr)", line)
+            if m:
+                info.fps = float(m.group(1))
+        elif "Audio:" in line and not info.has_audio:
+            info.has_audio = True
+            m = re.search(r"Audio: (\w+)", line)
+            info.audio_codec = m.group(1) if m else None
+            m = re.search(r"(\d+) Hz", line)
+            info.sample_rate = int(m.group(1)) if m else None
+            if "mono" in line:
+                info.channels = 1
+            elif "stereo" in line:
+                info.channels = 2
+            else:
+                m = re.search(r"(\d+) channels", line)
+                info.channels = int(m.group(1)) if m else None
+    return info
+
+
+def decode_audio(path: str | Path, sr: int = CANONICAL_SR, start: float = 0.0,
+                 duration: float | None = None) -> np.ndarray:
+    """Decode (a span of) the first audio stream to float32 mono at `sr` (downmixed)."""
+    args = []
+    if start:
+        args += ["-ss", f"{start:.6f}"]
+    args += ["-i", str(path)]
+    if duration is not None:
+        args += ["-t", f"{duration:.6f}"]
+    args += ["-map", "0:a:0", "-ac", "1", "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    return np.frombuffer(run_ffmpeg(args), dtype=np.float32).copy()
+
+
+def decode_frames(path: str | Path, fps: float | None = None,
+                  size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode the first video stream to RGB uint8 frames, shape (T, H, W, 3).
+
+    `size` is (width, height); without it the stream's own size is kept.
+    """
+    info = probe(path)
+    if not info.has_video:
+        raise MediaError(f"no video stream: {path}")
+    w, h = size if size else (info.width, info.height)
+    vf = []
+    if fps:
+        vf.append(f"fps={fps}")
+    if size:
+        vf.append(f"scale={w}:{h}")
+    args = ["-i", str(path), "-map", "0:v:0"]
+    if vf:
+        args += ["-vf", ",".join(vf)]
+    args += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    raw = run_ffmpeg(args)
+    frame_bytes = w * h * 3
+    n = len(raw) // frame_bytes
+    return np.frombuffer(raw[: n * frame_bytes], dtype=np.uint8).reshape(n, h, w, 3).copy()
+
+
+def canonical_size(width: int, height: int, max_side: int = CANONICAL_MAX_SIDE) -> tuple[int, int]:
+    """Scale so the longest side is at most max_side; both sides even (yuv420p needs it)."""
+    scale = min(1.0, max_side / max(width, height))
+    w = max(2, int(round(width * scale / 2)) * 2)
+    h = max(2, int(round(height * scale / 2)) * 2)
+    return w, h
+
+
+H264_ARGS = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p"]
+AAC_ARGS = ["-c:a", "aac", "-b:a", "64k", "-ar", str(CANONICAL_SR), "-ac", "1"]
+
+
+def canonicalise_windows(src: str | Path, out_dir: str | Path, windows: list[tuple[float, float]],
+                         size: tuple[int, int], fps: int = CANONICAL_FPS) -> list[Path]:
+    """Cut `windows` [(start, end)] out of `src` as canonical mp4s, in ONE ffmpeg run.
+
+    One decode of the source serves every window (the expensive part for HEVC / large inputs);
+    the fps filter resamples variable frame rate input to constant.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = ["-i", str(src)]
+    outs = []
+    for i, (start, end) in enumerate(windows):
+        out = out_dir / f"window_{i:04d}.mp4"
+        args += [
+            "-ss", f"{start:.6f}", "-t", f"{end - start:.6f}",
+            "-map", "0:v:0", "-map", "0:a:0",
+            "-vf", f"fps={fps},scale={size[0]}:{size[1]}:flags=area,setsar=1",
+            *H264_ARGS, "-g", str(fps), *AAC_ARGS,
+            "-movflags", "+faststart", "-y", str(out),
+        ]
+        outs.append(out)
+    run_ffmpeg(args)
+    return outs
+
+
+def mux_new_audio(video_src: str | Path, audio: np.ndarray, out: str | Path,
+                  sr: int = CANONICAL_SR) -> None:
+    """Copy the video stream of `video_src` (no re-encode) and encode `audio` (float32 mono) as AAC."""
+    run_ffmpeg(
+        [
+            "-i", str(video_src),
+            "-f", "f32le", "-ar", str(sr), "-ac", "1", "-i", "pipe:0",
+            "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", *AAC_ARGS,
+            "-shortest", "-movflags", "+faststart", "-y", str(out),
+        ],
+        input_bytes=np.ascontiguousarray(audio, dtype=np.float32).tobytes(),
+    )
+
+
+def encode_clip(frames: np.ndarray, audio: np.ndarray, out: str | Path, fps: float = CANONICAL_FPS,
+                sr: int = CANONICAL_SR) -> None:
+    """Encode RGB frames (T, H, W, 3) and float32 mono audio to an h264 + aac mp4.
+
+    Frames go through stdin; audio through a temporary raw file (two pipes would need threads).
+    """
+    import tempfile
+
+    t, h, w, _ = frames.shape
+    with tempfile.NamedTemporaryFile(suffix=".f32") as tmp:
+        tmp.write(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
+        tmp.flush()
+        run_ffmpeg(
+            [
+                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
+                "-f", "f32le", "-ar", str(sr), "-ac", "1", "-i", tmp.name,
+                "-map", "0:v:0", "-map", "1:a:0", *H264_ARGS, "-g", str(int(round(fps))), *AAC_ARGS,
+                "-movflags", "+faststart", "-y", str(out),
+            ],
+            input_bytes=np.ascontiguousarray(frames, dtype=np.uint8).tobytes(),
+        )
+
+
+def encode_frames_copy_audio(frames: np.ndarray, audio_src: str | Path, out: str | Path,
+                             fps: float = CANONICAL_FPS) -> None:
+    """Encode new frames as h264 and copy the audio stream of `audio_src` untouched."""
+    t, h, w, _ = frames.shape
+    run_ffmpeg(
+        [
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
+            "-i", str(audio_src), "-map", "0:v:0", "-map", "1:a:0",
+            *H264_ARGS, "-g", str(int(round(fps))), "-c:a", "copy",
+            "-movflags", "+faststart", "-y", str(out),
+        ],
+        input_bytes=np.ascontiguousarray(frames, dtype=np.uint8).tobytes(),
+    )
+
+
+def probe_json(info: StreamInfo) -> str:
+    """A StreamInfo as JSON (for cards and rejects)."""
+    d = dict(info.__dict__)
+    d.pop("raw", None)
+    return json.dumps(d, sort_keys=True)
