@@ -33,9 +33,26 @@ def ffmpeg_exe() -> str:
 
 
 def _point_libraries_at_ffmpeg() -> None:
-    """pydub and moviepy look for ffmpeg on PATH / their own env var; give them ours."""
+    """pydub and moviepy look for ffmpeg on PATH / their own env var; give them ours.
+
+    pydub searches PATH for a program named `ffmpeg` when it is imported, so a symlink of that name
+    goes into a private folder put first on PATH.
+    """
     exe = ffmpeg_exe()
     os.environ.setdefault("IMAGEIO_FFMPEG_EXE", exe)
+    bin_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "avbench" / "bin"
+    link = bin_dir / "ffmpeg"
+    try:
+        if not (link.is_symlink() and os.readlink(link) == exe):
+            bin_dir.mkdir(parents=True, exist_ok=True)
+            tmp = bin_dir / f".ffmpeg.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(exe)
+            os.replace(tmp, link)
+        if str(bin_dir) not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    except OSError:  # read-only home: pydub then only warns, we never call it through PATH
+        pass
     try:  # pydub is optional at import time: only set it when present
         from pydub import AudioSegment
 
@@ -196,7 +213,8 @@ def canonicalise_windows(src: str | Path, out_dir: str | Path, windows: list[tup
             "-ss", f"{start:.6f}", "-t", f"{end - start:.6f}",
             "-map", "0:v:0", "-map", "0:a:0",
             "-vf", f"fps={fps},scale={size[0]}:{size[1]}:flags=area,setsar=1",
-            *H264_ARGS, "-g", str(fps), *AAC_ARGS,
+            # apad: a soundtrack that ends before the picture is padded with silence, not cut short
+            "-af", "apad", *H264_ARGS, "-g", str(fps), *AAC_ARGS,
             "-movflags", "+faststart", "-y", str(out),
         ]
         outs.append(out)

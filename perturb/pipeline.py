@@ -1,0 +1,417 @@
+"""Sources in, preference-pair shards out.
+
+`process_source(source, job)` turns ONE source video into its pairs and writes them to a per-source
+staging tar (write, then rename). It reads nothing global, so a local process pool (here) or a
+distributed engine (Ray Data, later) can map it over sources. `build()` plans sources and splits,
+maps process_source with a progress bar, then packs the staging tars into
+`<out>/<dim>/<split>-%06d.tar` shards (capped by count and size, each written then renamed) and
+writes the data card. A killed build re-run with the same command skips the sources whose staging
+tar is complete and re-packs: no duplicate, no missing pair.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import media
+from .clip import Clip
+from .operators import get_operator, modifies_video
+from .recipe import Recipe, derive_seed, load_recipe
+
+PIPELINE_VERSION = "1"
+VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".ts", ".wmv", ".3gp"}
+SPLITS = ("train", "val", "test")
+
+
+class Rejected(Exception):
+    """A source that cannot give pairs; the message is the reason recorded in rejects.jsonl."""
+
+
+@dataclass(frozen=True)
+class Source:
+    source_id: str
+    path: str
+    group: str  # sources of one group (speaker) always land in the same split
+    licence: str = "unknown"
+    split: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything process_source needs, as plain data (picklable, shippable to a cluster)."""
+
+    recipe_path: str
+    seed: int
+    window_seconds: float
+    staging_dir: str
+    max_side: int = media.CANONICAL_MAX_SIDE
+    max_windows: int = 0  # 0 = every full window of the source
+    donors: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> donor audio files
+
+
+def safe_id(text: str) -> str:
+    """Ids become tar member prefixes: WebDataset splits keys at the first dot, so no dots."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "source"
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    # fixed metadata so the same pairs give byte-identical tars
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid = size, 0, 0o644, 0, 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json_atomically(path: Path, obj: Any) -> None:
+    _write_atomically(path, lambda fh: fh.write(json.dumps(obj, indent=1, sort_keys=True).encode()))
+
+
+def defect_size(ops: list[dict[str, Any]]) -> float:
+    """How big the defect of a list of applied ops is (the largest of its operators' sizes)."""
+    return max((float(get_operator(r["name"])().defect_size(r["params"])) for r in ops), default=0.0)
+
+
+def _render(window: Path, clip: Clip, ops: list[dict[str, Any]], out: Path) -> None:
+    """Write a perturbed clip, re-encoding only what the ops changed (stream copy otherwise)."""
+    if not ops:
+        shutil.copyfile(window, out)
+        return
+    changes_audio = any(get_operator(r["name"]).modifies in ("audio", "both") for r in ops)
+    if not modifies_video(ops):
+        media.mux_new_audio(window, clip.audio, out, sr=clip.sr)
+    elif not changes_audio:
+        media.encode_frames_copy_audio(clip.load_frames(), window, out, fps=clip.fps)
+    else:
+        media.encode_clip(clip.load_frames(), clip.audio, out, fps=clip.fps, sr=clip.sr)
+
+
+def plan_windows(duration: float, window: float, max_windows: int = 0) -> list[tuple[float, float]]:
+    """Non-overlapping full windows from t=0; the tail shorter than a window is dropped."""
+    n = int(np.floor(duration / window + 1e-6))
+    if max_windows:
+        n = min(n, max_windows)
+    return [(round(i * window, 6), round((i + 1) * window, 6)) for i in range(n)]
+
+
+def process_source(source: Source, job: Job) -> dict[str, Any]:
+    """Turn one source video into its pairs, written to `<staging>/<source_id>.tar` (+ .json summary).
+
+    Returns the summary: {"source_id", "status": "ok" | "rejected", "reason", "pairs", ...}.
+    """
+    staging = Path(job.staging_dir)
+    done_marker = staging / f"{source.source_id}.json"
+    if done_marker.is_file():  # finished in an earlier (possibly killed) run
+        return json.loads(done_marker.read_text())
+    recipe = load_recipe(job.recipe_path)
+    summary: dict[str, Any] = {"source_id": source.source_id, "path": source.path, "split": source.split}
+    try:
+        info = media.probe(source.path)
+        if not info.has_video:
+            raise Rejected("no video stream")
+        if not info.has_audio:
+            raise Rejected("no audio stream")
+        if not info.duration or info.duration < job.window_seconds:
+            raise Rejected(f"shorter than one window ({info.duration or 0:.2f} s < {job.window_seconds} s)")
+        if not info.width or not info.height:
+            raise Rejected("video size unknown")
+        windows = plan_windows(info.duration, job.window_seconds, job.max_windows)
+        size = media.canonical_size(info.width, info.height, job.max_side)
+        donors = [d for d in job.donors.get(source.split, ()) if Path(d).resolve() != Path(source.path).resolve()]
+        transform = recipe.build_transform({"voice_swap": {"donors": donors, "source_id": source.source_id}})
+        with tempfile.TemporaryDirectory(prefix="avbench_") as tmp:
+            tmpdir = Path(tmp)
+            window_files = media.canonicalise_windows(source.path, tmpdir, windows, size)
+            samples = []
+            for wi, (window_file, (start, end)) in enumerate(zip(window_files, windows)):
+                meta = {"source_id": source.source_id, "window": [start, end]}
+                original = Clip.from_file(window_file, meta=meta)
+                if len(original.audio) < 0.9 * job.window_seconds * original.sr:
+                    raise Rejected(f"window {wi} decoded short ({len(original.audio) / original.sr:.2f} s): broken stream")
+                for pi in range(recipe.pairs_per_window):
+                    samples.append(_make_pair(recipe, transform, job, source, wi, pi, window_file,
+                                              original, tmpdir))
+            shard_path = staging / f"{source.source_id}.tar"
+
+            def write(fh):
+                with tarfile.open(fileobj=fh, mode="w") as tar:
+                    for key, files in samples:
+                        for ext, payload in files:
+                            tar.addfile(_tarinfo(f"{key}.{ext}", len(payload)), io.BytesIO(payload))
+
+            _write_atomically(shard_path, write)
+        summary.update(status="ok", pairs=len(samples), windows=len(windows), duration=info.duration,
+                       probe=json.loads(media.probe_json(info)))
+    except (Rejected, media.MediaError) as err:
+        summary.update(status="rejected", reason=str(err), pairs=0)
+        return summary  # not marked done: a rejected source is re-checked (cheaply) on re-runs
+    _write_json_atomically(done_marker, summary)
+    return summary
+
+
+def _make_pair(recipe: Recipe, transform, job: Job, source: Source, wi: int, pi: int,
+               window_file: Path, original: Clip, tmpdir: Path) -> tuple[str, list[tuple[str, bytes]]]:
+    """One (chosen, rejected) pair; its seed is derived from (seed, source, recipe, window, pair)."""
+    seed = derive_seed(job.seed, source.source_id, recipe.name, wi, pi)
+    rng = np.random.default_rng(seed)
+    graded = recipe.graded_pairs > 0 and rng.random() < recipe.graded_pairs and len(recipe.severity_levels) > 1
+    if graded:
+        # milder vs stronger severity of the same operator
+        leaves = transform.leaves()
+        op = leaves[int(rng.integers(len(leaves)))]
+        lo, hi = sorted(rng.choice(recipe.severity_levels, size=2, replace=False).tolist())
+        chosen_ops = [{"name": op.name, "params": op.sample_params(rng, int(lo))}]
+        ops = [{"name": op.name, "params": op.sample_params(rng, int(hi))}]
+        chosen_sev, severity = int(lo), int(hi)
+    else:
+        severity = recipe.sample_severity(rng)
+        ops = []
+        for _ in range(100):  # operators with p < 1 may sample nothing: a rejected must differ
+            ops = transform.sample(rng, severity)
+            if ops:
+                break
+        if not ops:
+            raise Rejected(f"recipe {recipe.name} sampled no operator in 100 draws (all p too low?)")
+        chosen_ops, chosen_sev = [], 0
+    key = f"{source.source_id}__w{wi:03d}__p{pi:02d}"
+    files = []
+    for side, side_ops in (("chosen", chosen_ops), ("rejected", ops)):
+        out = tmpdir / f"{key}.{side}.mp4"
+        clip = original
+        for rec in side_ops:
+            clip = get_operator(rec["name"])().apply(clip, rec["params"])
+        _render(window_file, clip, side_ops, out)
+        files.append((f"{side}.mp4", out.read_bytes()))
+        out.unlink()
+    record = {
+        "key": key, "dim": recipe.dim, "recipe": recipe.name, "recipe_sha": recipe.fingerprint,
+        "question": recipe.question, "source_id": source.source_id, "split": source.split,
+        "window": list(original.meta["window"]), "window_index": wi, "pair_index": pi,
+        "seed": seed, "global_seed": job.seed,
+        "kind": "graded" if graded else "original_vs_perturbed",
+        "severity": severity, "chosen_severity": chosen_sev,
+        "ops": ops, "chosen_ops": chosen_ops, "operator": "+".join(r["name"] for r in ops),
+        "defect": defect_size(ops), "chosen_defect": defect_size(chosen_ops),
+        "margin": float(severity - chosen_sev),
+        "video_copied": not modifies_video(ops),
+        "canonical": {"fps": media.CANONICAL_FPS, "sr": media.CANONICAL_SR, "max_side": job.max_side},
+        "pipeline_version": PIPELINE_VERSION,
+    }
+    files.append(("json", json.dumps(record, sort_keys=True).encode()))
+    return key, files
+
+
+# ----------------------------------------------------------------------------- planning
+
+def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[Source]:
+    """Video files under `src` (recursive), with licence / group from an optional manifest.
+
+    The manifest (JSON list, or CSV with a header) has rows {file|path, licence, group|speaker, source_id}.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"source folder not found: {src}")
+    rows: dict[str, dict[str, str]] = {}
+    manifest = Path(manifest) if manifest else (src / "manifest.json" if (src / "manifest.json").is_file() else None)
+    if manifest:
+        if manifest.suffix == ".csv":
+            import csv
+
+            entries = list(csv.DictReader(manifest.open()))
+        else:
+            entries = json.loads(manifest.read_text())
+        for row in entries:
+            name = Path(row.get("file") or row.get("path") or "").name
+            rows[name] = row
+    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
+    sources, seen = [], set()
+    for path in files:
+        row = rows.get(path.name, {})
+        sid = safe_id(row.get("source_id") or str(path.relative_to(src).with_suffix("")))
+        while sid in seen:
+            sid += "_"
+        seen.add(sid)
+        sources.append(Source(source_id=sid, path=str(path.resolve()),
+                              group=str(row.get("group") or row.get("speaker") or sid),
+                              licence=str(row.get("licence") or row.get("license") or "unknown")))
+    return sources
+
+
+def assign_splits(sources: list[Source], fractions: dict[str, float], seed: int) -> list[Source]:
+    """Split by group (speaker/source), so no source -- and no speaker -- is in two splits.
+
+    Groups are ordered by a seeded hash and cut at the split fractions; with >= 3 groups, val and
+    test get at least one group each.
+    """
+    groups = sorted({s.group for s in sources}, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    n = len(groups)
+    names = [s for s in SPLITS if fractions.get(s, 0) > 0]
+    total = sum(fractions[s] for s in names)
+    counts = {s: int(round(n * fractions[s] / total)) for s in names}
+    if n >= len(names):
+        for s in names:
+            counts[s] = max(counts[s], 1)
+    while sum(counts.values()) > n:  # rounding overshoot: take from the largest split
+        counts[max(counts, key=counts.get)] -= 1
+    counts[names[0]] += n - sum(counts.values())
+    split_of, i = {}, 0
+    for s in names:
+        for g in groups[i:i + counts[s]]:
+            split_of[g] = s
+        i += counts[s]
+    return [Source(**{**asdict(src), "split": split_of[src.group]}) for src in sources]
+
+
+# ----------------------------------------------------------------------------- packing
+
+def _iter_samples(tar_path: Path) -> Iterator[tuple[str, list[tarfile.TarInfo], tarfile.TarFile]]:
+    with tarfile.open(tar_path) as tar:
+        members = tar.getmembers()
+        by_key: dict[str, list[tarfile.TarInfo]] = {}
+        for m in members:
+            by_key.setdefault(m.name.split(".", 1)[0], []).append(m)
+        for key in sorted(by_key):
+            yield key, by_key[key], tar
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pack_shards(summaries: list[dict[str, Any]], staging: Path, out_dir: Path,
+                max_count: int = 500, max_bytes: int = 512 << 20) -> list[dict[str, Any]]:
+    """Pack staging tars into `<split>-%06d.tar` shards, sources in id order; write then rename."""
+    shards = []
+    for split in SPLITS:
+        ids = sorted(s["source_id"] for s in summaries if s["status"] == "ok" and s["split"] == split)
+        buffer: list[tuple[str, bytes]] = []
+        count = size = 0
+
+        def flush():
+            nonlocal buffer, count, size
+            if not count:
+                return
+            path = out_dir / f"{split}-{len([s for s in shards if s['split'] == split]):06d}.tar"
+
+            def write(fh):
+                with tarfile.open(fileobj=fh, mode="w") as tar:
+                    for name, payload in buffer:
+                        tar.addfile(_tarinfo(name, len(payload)), io.BytesIO(payload))
+
+            _write_atomically(path, write)
+            shards.append({"file": path.name, "split": split, "count": count, "bytes": path.stat().st_size,
+                           "sha256": sha256_file(path)})
+            buffer, count, size = [], 0, 0
+
+        for sid in ids:
+            for key, members, tar in _iter_samples(staging / f"{sid}.tar"):
+                payloads = [(m.name, tar.extractfile(m).read()) for m in members]
+                sample_bytes = sum(len(p) for _, p in payloads)
+                if count and (count + 1 > max_count or size + sample_bytes > max_bytes):
+                    flush()
+                buffer.extend(payloads)
+                count += 1
+                size += sample_bytes
+        flush()
+    keep = {s["file"] for s in shards}
+    for stale in out_dir.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+        if stale.name not in keep:  # left by an earlier build with more shards
+            stale.unlink()
+    return shards
+
+
+# ----------------------------------------------------------------------------- build
+
+def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, workers: int = 2,
+          recipe: str | Path | None = None, window_seconds: float | None = None,
+          max_windows: int = 0, max_side: int = media.CANONICAL_MAX_SIDE,
+          donors: str | Path | None = None, manifest: str | Path | None = None,
+          cards_dir: str | Path | None = "data_cards", max_count: int = 500,
+          max_bytes: int = 512 << 20, progress: bool = True, command: list[str] | None = None) -> dict[str, Any]:
+    """Build `<out>/<dim>/` shards from the videos under `src` with recipe `recipe` (default: dim)."""
+    from tqdm import tqdm
+
+    from .cards import write_card
+
+    t0 = time.time()
+    recipe_obj = load_recipe(recipe or dim)
+    recipe_path = str(Path(recipe) if recipe and Path(recipe).suffix else Path(__file__).parent / "recipes" / f"{recipe or dim}.yaml")
+    window = float(window_seconds or recipe_obj.window_seconds)
+    out_dir = Path(out) / dim
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_key = hashlib.sha256(json.dumps(
+        [PIPELINE_VERSION, recipe_obj.source_text, seed, window, max_windows, max_side,
+         str(Path(donors).resolve()) if donors else ""]).encode()).hexdigest()[:12]
+    staging = out_dir / ".staging" / config_key  # a changed config never reuses old pairs
+    staging.mkdir(parents=True, exist_ok=True)
+
+    sources = assign_splits(find_sources(src, manifest), recipe_obj.splits, seed)
+    if not sources:
+        raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {src}")
+    external = sorted(str(p.resolve()) for p in Path(donors).rglob("*") if p.is_file()) if donors else []
+    donor_pool = {split: tuple(sorted(s.path for s in sources if s.split == split)) + tuple(external)
+                  for split in SPLITS}
+    job = Job(recipe_path=recipe_path, seed=seed, window_seconds=window, staging_dir=str(staging),
+              max_side=max_side, max_windows=max_windows, donors=donor_pool)
+
+    summaries: list[dict[str, Any]] = []
+    bar = tqdm(total=len(sources), desc=f"{dim}: sources", unit="src", disable=not progress)
+    if workers <= 1:
+        for s in sources:
+            summaries.append(process_source(s, job))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(process_source, s, job): s for s in sources}
+            for fut in as_completed(futures):
+                try:
+                    summaries.append(fut.result())
+                except Exception as err:  # a crash in one source must not stop the build
+                    s = futures[fut]
+                    summaries.append({"source_id": s.source_id, "path": s.path, "split": s.split,
+                                      "status": "rejected", "reason": f"internal error: {err!r}", "pairs": 0})
+                bar.update()
+    bar.close()
+    summaries.sort(key=lambda s: s["source_id"])
+
+    shards = pack_shards(summaries, staging, out_dir, max_count=max_count, max_bytes=max_bytes)
+    rejects = [{"source_id": s["source_id"], "path": s["path"], "reason": s["reason"]}
+               for s in summaries if s["status"] != "ok"]
+    _write_atomically(out_dir / "rejects.jsonl",
+                      lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rejects).encode()))
+    _write_json_atomically(out_dir / "manifest.json", {"dim": dim, "config_key": config_key, "shards": shards})
+    result = {
+        "dim": dim, "recipe": recipe_obj, "sources": sources, "summaries": summaries, "shards": shards,
+        "rejects": rejects, "seed": seed, "window_seconds": window, "out_dir": out_dir,
+        "command": command or sys.argv, "wall_s": time.time() - t0, "src": str(src),
+        "max_side": max_side, "donors": str(donors) if donors else None,
+    }
+    card = write_card(result, cards_dir=Path(cards_dir) if cards_dir else None)
+    result["card"] = card
+    return result

@@ -1,0 +1,240 @@
+"""Pairs and shards: format, splits, stream copy, determinism, resume after kill -9, bad inputs."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perturb import media
+from perturb.pipeline import build
+from tests.media_fixtures import make_video
+
+ROOT = Path(__file__).resolve().parents[1]
+WINDOW = 2.0
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("corpus")
+    for i in range(5):
+        make_video(src / f"spk{i}.mp4", seconds=4.4, seed=i)
+    return src
+
+
+def read_samples(shard_dir: Path) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in sorted(shard_dir.glob("*-[0-9]*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                assert ext not in samples.setdefault(key, {}), f"duplicate {m.name}"
+                samples[key][ext] = tar.extractfile(m).read()
+    return samples
+
+
+def decode_bytes(payload: bytes, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    path = tmp / "x.mp4"
+    path.write_bytes(payload)
+    return media.decode_frames(path), media.decode_audio(path)
+
+
+def lag_ms(a: np.ndarray, b: np.ndarray, sr: int = 16000) -> float:
+    """Lag of b relative to a (positive: b is delayed), by cross-correlation peak."""
+    from scipy.signal import correlate
+
+    c = correlate(b, a, mode="full", method="fft")
+    return (int(np.argmax(c)) - (len(a) - 1)) / sr * 1000
+
+
+def build_small(src: Path, out: Path, dim: str = "lip_sync", **kw):
+    return build(src, dim, out=out, seed=kw.pop("seed", 7), workers=kw.pop("workers", 1),
+                 window_seconds=WINDOW, cards_dir=out / "cards", progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def lip_build(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    return build_small(corpus, out), out
+
+
+def test_shard_format_and_card(lip_build, tmp_path):
+    result, out = lip_build
+    shard_dir = out / "lip_sync"
+    samples = read_samples(shard_dir)
+    # 5 sources x 2 windows x 3 pairs per window
+    assert len(samples) == 5 * 2 * 3
+    required = {"dim", "recipe", "source_id", "split", "window", "seed", "severity", "ops"}
+    for key, files in samples.items():
+        assert set(files) == {"chosen.mp4", "rejected.mp4", "json"}
+        meta = json.loads(files["json"])
+        assert required <= set(meta)
+        assert meta["ops"] and all({"name", "params"} <= set(op) for op in meta["ops"])
+        assert meta["window"][1] - meta["window"][0] == pytest.approx(WINDOW)
+    names = sorted(p.name for p in shard_dir.glob("*.tar"))
+    assert all(n.split("-")[0] in ("train", "val", "test") for n in names)
+    card = json.loads((out / "cards" / "lip_sync.json").read_text())
+    assert card["pairs"] == len(samples)
+    assert sum(card["counts_per_operator"].values()) == len(samples)
+    assert (out / "cards" / "lip_sync.md").read_text().startswith("# Data card")
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    from perturb.pipeline import sha256_file
+    for s in manifest["shards"]:
+        assert sha256_file(shard_dir / s["file"]) == s["sha256"]
+
+
+def test_loads_with_webdataset_and_datasets(lip_build):
+    import webdataset as wds
+    from datasets import load_dataset
+
+    _, out = lip_build
+    shards = sorted(str(p) for p in (out / "lip_sync").glob("*-[0-9]*.tar"))
+    n_wds = sum(1 for s in wds.WebDataset(shards, shardshuffle=False) if "chosen.mp4" in s)
+    ds = load_dataset("webdataset", data_files={"pairs": shards}, split="pairs")
+    assert n_wds == len(ds) == 30
+    assert {"chosen.mp4", "rejected.mp4", "json"} <= set(ds.column_names)
+
+
+def test_splits_are_disjoint_by_source(lip_build):
+    _, out = lip_build
+    by_split: dict[str, set[str]] = {}
+    for files in read_samples(out / "lip_sync").values():
+        meta = json.loads(files["json"])
+        by_split.setdefault(meta["split"], set()).add(meta["source_id"])
+    assert set(by_split) == {"train", "val", "test"}
+    splits = list(by_split.values())
+    for i in range(len(splits)):
+        for j in range(i + 1, len(splits)):
+            assert not splits[i] & splits[j]
+
+
+def test_groups_never_straddle_splits(tmp_path):
+    from perturb.pipeline import Source, assign_splits
+
+    sources = [Source(f"s{i}", f"/x/s{i}.mp4", group=f"g{i // 3}") for i in range(30)]
+    out = assign_splits(sources, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=1)
+    split_of_group: dict[str, set[str]] = {}
+    for s in out:
+        split_of_group.setdefault(s.group, set()).add(s.split)
+    assert all(len(v) == 1 for v in split_of_group.values())
+    assert {s.split for s in out} == {"train", "val", "test"}
+
+
+def test_audio_only_pairs_copy_video_and_shift_audio(lip_build, tmp_path):
+    _, out = lip_build
+    checked = 0
+    for files in read_samples(out / "lip_sync").values():
+        meta = json.loads(files["json"])
+        if meta["kind"] != "original_vs_perturbed" or meta["operator"] != "audio_shift":
+            continue
+        assert meta["video_copied"]
+        f_c, a_c = decode_bytes(files["chosen.mp4"], tmp_path)
+        f_r, a_r = decode_bytes(files["rejected.mp4"], tmp_path)
+        assert np.array_equal(f_c, f_r), "audio-only operator must leave the picture bit-identical"
+        offset = meta["ops"][0]["params"]["offset_ms"]
+        if abs(offset) < 0.4 * WINDOW * 1000:  # enough overlap for a clean correlation peak
+            assert lag_ms(a_c, a_r) == pytest.approx(offset, abs=1.0)
+            checked += 1
+    assert checked >= 3
+
+
+def test_pair_rebuilds_from_its_json(lip_build, tmp_path):
+    """Replaying the recorded ops on the chosen clip reproduces the rejected soundtrack."""
+    from perturb.clip import Clip
+    from perturb.operators import replay
+
+    _, out = lip_build
+    files = next(f for f in read_samples(out / "lip_sync").values()
+                 if json.loads(f["json"])["kind"] == "original_vs_perturbed")
+    meta = json.loads(files["json"])
+    _, a_c = decode_bytes(files["chosen.mp4"], tmp_path)
+    _, a_r = decode_bytes(files["rejected.mp4"], tmp_path)
+    replayed = replay(Clip(audio=a_c, video_path="unused.mp4"), meta["ops"]).audio
+    n = min(len(replayed), len(a_r))
+    corr = np.corrcoef(replayed[:n], a_r[:n])[0, 1]
+    assert corr > 0.95
+
+
+def test_same_seed_same_pairs(corpus, lip_build, tmp_path):
+    _, out_a = lip_build
+    build_small(corpus, tmp_path / "b")
+    a, b = read_samples(out_a / "lip_sync"), read_samples(tmp_path / "b" / "lip_sync")
+    assert a.keys() == b.keys()
+    for key in sorted(a)[:6]:
+        assert a[key]["json"] == b[key]["json"]
+        for side in ("chosen.mp4", "rejected.mp4"):
+            fa, aa = decode_bytes(a[key][side], tmp_path)
+            fb, ab = decode_bytes(b[key][side], tmp_path)
+            assert np.array_equal(fa, fb) and np.array_equal(aa, ab)
+    other = build_small(corpus, tmp_path / "c", seed=8)
+    c = read_samples(tmp_path / "c" / "lip_sync")
+    assert any(a[k]["json"] != c[k]["json"] for k in a)
+    assert other["card"]["pairs"] == len(a)
+
+
+def test_resume_after_kill(corpus, lip_build, tmp_path):
+    """kill -9 mid-build, then the same command again: same pairs, no duplicate, none missing."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "perturb", "build", "--src", str(corpus), "--dim", "lip_sync",
+           "--out", str(out), "--seed", "7", "--workers", "1", "--window", str(WINDOW),
+           "--cards", str(out / "cards")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    staging = out / "lip_sync" / ".staging"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(staging.glob("*/*.json")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(staging.glob("*/*.json")))
+    assert 1 <= done_before < 5, "the kill should land mid-build"
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True).returncode == 0
+    resumed, clean = read_samples(out / "lip_sync"), read_samples(lip_build[1] / "lip_sync")
+    assert resumed.keys() == clean.keys()
+    assert all(resumed[k]["json"] == clean[k]["json"] for k in clean)
+    assert not list((out / "lip_sync").glob(".*.tmp*"))
+
+
+def test_bad_inputs_are_skipped_with_reasons_and_odd_inputs_work(tmp_path):
+    src = tmp_path / "mixed"
+    src.mkdir()
+    make_video(src / "good.mp4", seconds=2.4, seed=1)
+    make_video(src / "odd_size_48k_stereo.mkv", seconds=2.4, width=63, height=47, sr=48000, channels=2,
+               vcodec=["-c:v", "libx264", "-pix_fmt", "yuv444p"], acodec=["-c:a", "libopus"], seed=2)
+    make_video(src / "mpeg_ps_mp2.mpg", seconds=2.4, width=64, height=48, sr=44100, channels=2,
+               vcodec=["-c:v", "mpeg1video"], acodec=["-c:a", "mp2"], fmt=["-f", "mpeg"], seed=3)
+    make_video(src / "hevc_8k.mp4", seconds=2.4, sr=8000,
+               vcodec=["-c:v", "libx265", "-pix_fmt", "yuv420p", "-x265-params", "log-level=none"], seed=4)
+    make_video(src / "vfr.mp4", seconds=2.4, seed=5, 
+               fmt=["-vf", "setpts=(N+0.4*mod(N\\,3))/25/TB", "-fps_mode", "vfr"])
+    make_video(src / "no_audio.mp4", seconds=2.4, audio=False, seed=6)
+    make_video(src / "no_video.mp4", seconds=2.4, video=False, seed=7)
+    make_video(src / "too_short.mp4", seconds=1.0, seed=8)
+    (src / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(20000))
+    truncated = (src / "good.mp4").read_bytes()
+    (src / "truncated.mp4").write_bytes(truncated[: len(truncated) // 3])
+
+    result = build_small(src, tmp_path / "out", workers=2)
+    reasons = {Path(r["path"]).stem: r["reason"] for r in result["rejects"]}
+    assert set(reasons) == {"no_audio", "no_video", "too_short", "corrupt", "truncated"}
+    assert "audio" in reasons["no_audio"] and "video" in reasons["no_video"]
+    assert "shorter" in reasons["too_short"]
+    rejects_file = (tmp_path / "out" / "lip_sync" / "rejects.jsonl").read_text().splitlines()
+    assert len(rejects_file) == 5
+    ok = {s["source_id"] for s in result["summaries"] if s["status"] == "ok"}
+    assert ok == {"good", "odd_size_48k_stereo", "mpeg_ps_mp2", "hevc_8k", "vfr"}
+    for files in read_samples(tmp_path / "out" / "lip_sync").values():
+        frames, audio = decode_bytes(files["rejected.mp4"], tmp_path)
+        assert frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0
+        assert len(frames) == pytest.approx(WINDOW * 25, abs=1)
+        assert len(audio) == pytest.approx(WINDOW * 16000, rel=0.02)
+    card = (tmp_path / "out" / "cards" / "lip_sync.md").read_text()
+    assert "corrupt.mp4" in card and "no audio stream" in card
