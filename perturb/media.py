@@ -197,11 +197,14 @@ AAC_ARGS = ["-c:a", "aac", "-b:a", "64k", "-ar", str(CANONICAL_SR), "-ac", "1"]
 
 
 def canonicalise_windows(src: str | Path, out_dir: str | Path, windows: list[tuple[float, float]],
-                         size: tuple[int, int], fps: int = CANONICAL_FPS) -> list[Path]:
+                         size: tuple[int, int], fps: int = CANONICAL_FPS,
+                         sr: int = CANONICAL_SR) -> tuple[list[Path], np.ndarray]:
     """Cut `windows` [(start, end)] out of `src` as canonical mp4s, in ONE ffmpeg run.
 
     One decode of the source serves every window (the expensive part for HEVC / large inputs);
-    the fps filter resamples variable frame rate input to constant.
+    the fps filter resamples variable frame rate input to constant. The same run also writes the
+    whole soundtrack as float32 mono at `sr` (returned), so perturbed audio starts from PCM, not
+    from a decoded AAC window.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -218,22 +221,49 @@ def canonicalise_windows(src: str | Path, out_dir: str | Path, windows: list[tup
             "-movflags", "+faststart", "-y", str(out),
         ]
         outs.append(out)
+    pcm = out_dir / "audio.f32"
+    args += ["-map", "0:a:0", "-ac", "1", "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-y", str(pcm)]
     run_ffmpeg(args)
-    return outs
+    return outs, np.fromfile(pcm, dtype=np.float32)
+
+
+def window_audio(track: np.ndarray, start: float, end: float, sr: int = CANONICAL_SR) -> np.ndarray:
+    """Samples [start, end) of a soundtrack, zero-padded when the track ends early."""
+    a, n = int(round(start * sr)), int(round((end - start) * sr))
+    out = np.zeros(n, dtype=np.float32)
+    piece = track[a:a + n]
+    out[: len(piece)] = piece
+    return out
+
+
+def mux_audio_tracks(video_src: str | Path, tracks: list[tuple[np.ndarray, str | Path]],
+                     sr: int = CANONICAL_SR) -> None:
+    """For each (audio, out): copy the video stream of `video_src` and encode `audio` as AAC.
+
+    All outputs come from ONE ffmpeg process (one start-up, one demux of the video) instead of
+    one process per pair: process start-up is most of a stream-copy remux's cost.
+    """
+    import tempfile
+
+    if not tracks:
+        return
+    with tempfile.TemporaryDirectory(prefix="avbench_mux_") as tmp:
+        args = ["-i", str(video_src)]
+        for k, (audio, _) in enumerate(tracks):
+            raw = Path(tmp) / f"{k}.f32"
+            np.ascontiguousarray(audio, dtype=np.float32).tofile(raw)
+            args += ["-f", "f32le", "-ar", str(sr), "-ac", "1", "-i", str(raw)]
+        for k, (_, out) in enumerate(tracks):
+            # no -shortest: it can drop the last video packets; both streams are one window long
+            args += ["-map", "0:v:0", "-map", f"{k + 1}:a:0", "-c:v", "copy", *AAC_ARGS,
+                     "-movflags", "+faststart", "-y", str(out)]
+        run_ffmpeg(args)
 
 
 def mux_new_audio(video_src: str | Path, audio: np.ndarray, out: str | Path,
                   sr: int = CANONICAL_SR) -> None:
     """Copy the video stream of `video_src` (no re-encode) and encode `audio` (float32 mono) as AAC."""
-    run_ffmpeg(
-        [
-            "-i", str(video_src),
-            "-f", "f32le", "-ar", str(sr), "-ac", "1", "-i", "pipe:0",
-            "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", *AAC_ARGS,
-            "-shortest", "-movflags", "+faststart", "-y", str(out),
-        ],
-        input_bytes=np.ascontiguousarray(audio, dtype=np.float32).tobytes(),
-    )
+    mux_audio_tracks(video_src, [(audio, out)], sr=sr)
 
 
 def encode_clip(frames: np.ndarray, audio: np.ndarray, out: str | Path, fps: float = CANONICAL_FPS,

@@ -29,10 +29,11 @@ import numpy as np
 
 from . import media
 from .clip import Clip
-from .operators import get_operator, modifies_video
+from .operators import get_operator, modifies_video, replay
 from .recipe import Recipe, derive_seed, load_recipe
 
 PIPELINE_VERSION = "1"
+CANONICAL_VERSION = "1"  # bump when canonical windows change: invalidates the canonical cache
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".ts", ".wmv", ".3gp"}
 SPLITS = ("train", "val", "test")
 
@@ -60,6 +61,7 @@ class Job:
     staging_dir: str
     max_side: int = media.CANONICAL_MAX_SIDE
     max_windows: int = 0  # 0 = every full window of the source
+    canonical_dir: str = ""  # cache of canonical windows, shared by every recipe built into one OUT
     donors: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> donor audio files
 
 
@@ -94,26 +96,37 @@ def defect_size(ops: list[dict[str, Any]]) -> float:
     return max((float(get_operator(r["name"])().defect_size(r["params"])) for r in ops), default=0.0)
 
 
-def _render(window: Path, clip: Clip, ops: list[dict[str, Any]], out: Path) -> None:
-    """Write a perturbed clip, re-encoding only what the ops changed (stream copy otherwise)."""
-    if not ops:
-        shutil.copyfile(window, out)
-        return
-    changes_audio = any(get_operator(r["name"]).modifies in ("audio", "both") for r in ops)
-    if not modifies_video(ops):
-        media.mux_new_audio(window, clip.audio, out, sr=clip.sr)
-    elif not changes_audio:
-        media.encode_frames_copy_audio(clip.load_frames(), window, out, fps=clip.fps)
-    else:
-        media.encode_clip(clip.load_frames(), clip.audio, out, fps=clip.fps, sr=clip.sr)
-
-
 def plan_windows(duration: float, window: float, max_windows: int = 0) -> list[tuple[float, float]]:
     """Non-overlapping full windows from t=0; the tail shorter than a window is dropped."""
     n = int(np.floor(duration / window + 1e-6))
     if max_windows:
         n = min(n, max_windows)
     return [(round(i * window, 6), round((i + 1) * window, 6)) for i in range(n)]
+
+
+def canonical_windows(source: Source, windows: list[tuple[float, float]], size: tuple[int, int],
+                      cache_root: Path) -> tuple[list[Path], np.ndarray]:
+    """The source's canonical window files and 16 kHz soundtrack, cached by content.
+
+    Canonicalising (decode + h264 encode) is the expensive step; every recipe built from the same
+    source, window and size reuses it, so an audio-only recipe built after another one only pays
+    its per-pair remux. The cache entry is a folder made under a temporary name, then renamed.
+    """
+    key = hashlib.sha256(json.dumps([CANONICAL_VERSION, sha256_file(Path(source.path)), windows, size]).encode()).hexdigest()[:20]
+    entry = cache_root / key
+    files = [entry / f"window_{i:04d}.mp4" for i in range(len(windows))]
+    if not (entry / "audio.f32").is_file():
+        cache_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root))
+        try:
+            media.canonicalise_windows(source.path, tmp, windows, size)
+            try:
+                os.rename(tmp, entry)
+            except OSError:  # another worker finished the same entry first: keep theirs
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return files, np.fromfile(entry / "audio.f32", dtype=np.float32)
 
 
 def process_source(source: Source, job: Job) -> dict[str, Any]:
@@ -141,27 +154,29 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
         size = media.canonical_size(info.width, info.height, job.max_side)
         donors = [d for d in job.donors.get(source.split, ()) if Path(d).resolve() != Path(source.path).resolve()]
         transform = recipe.build_transform({"voice_swap": {"donors": donors, "source_id": source.source_id}})
+        window_files, track = canonical_windows(source, windows, size, Path(job.canonical_dir))
+        if len(track) < 0.9 * windows[-1][1] * media.CANONICAL_SR:
+            raise Rejected(f"audio decodes to {len(track) / media.CANONICAL_SR:.2f} s of "
+                           f"{info.duration:.2f} s: broken or truncated stream")
+        samples = []
         with tempfile.TemporaryDirectory(prefix="avbench_") as tmp:
-            tmpdir = Path(tmp)
-            window_files = media.canonicalise_windows(source.path, tmpdir, windows, size)
-            samples = []
             for wi, (window_file, (start, end)) in enumerate(zip(window_files, windows)):
-                meta = {"source_id": source.source_id, "window": [start, end]}
-                original = Clip.from_file(window_file, meta=meta)
-                if len(original.audio) < 0.9 * job.window_seconds * original.sr:
-                    raise Rejected(f"window {wi} decoded short ({len(original.audio) / original.sr:.2f} s): broken stream")
-                for pi in range(recipe.pairs_per_window):
-                    samples.append(_make_pair(recipe, transform, job, source, wi, pi, window_file,
-                                              original, tmpdir))
-            shard_path = staging / f"{source.source_id}.tar"
+                if not window_file.is_file() or window_file.stat().st_size == 0:
+                    raise Rejected(f"window {wi} could not be decoded: broken stream")
+                original = Clip(audio=media.window_audio(track, start, end), video_path=str(window_file),
+                                meta={"source_id": source.source_id, "window": [start, end]})
+                pairs = [_plan_pair(recipe, transform, job, source, wi, pi, original)
+                         for pi in range(recipe.pairs_per_window)]
+                samples += _render_window(window_file, pairs, Path(tmp))
+        shard_path = staging / f"{source.source_id}.tar"
 
-            def write(fh):
-                with tarfile.open(fileobj=fh, mode="w") as tar:
-                    for key, files in samples:
-                        for ext, payload in files:
-                            tar.addfile(_tarinfo(f"{key}.{ext}", len(payload)), io.BytesIO(payload))
+        def write(fh):
+            with tarfile.open(fileobj=fh, mode="w") as tar:
+                for key, files in samples:
+                    for ext, payload in files:
+                        tar.addfile(_tarinfo(f"{key}.{ext}", len(payload)), io.BytesIO(payload))
 
-            _write_atomically(shard_path, write)
+        _write_atomically(shard_path, write)
         summary.update(status="ok", pairs=len(samples), windows=len(windows), duration=info.duration,
                        probe=json.loads(media.probe_json(info)))
     except (Rejected, media.MediaError) as err:
@@ -171,9 +186,42 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
     return summary
 
 
-def _make_pair(recipe: Recipe, transform, job: Job, source: Source, wi: int, pi: int,
-               window_file: Path, original: Clip, tmpdir: Path) -> tuple[str, list[tuple[str, bytes]]]:
-    """One (chosen, rejected) pair; its seed is derived from (seed, source, recipe, window, pair)."""
+def _render_window(window_file: Path, pairs: list[dict[str, Any]], tmp: Path) -> list[tuple[str, list[tuple[str, bytes]]]]:
+    """Write every side of a window's pairs, re-encoding only what the ops changed.
+
+    Untouched sides are the canonical window itself; audio-only sides share ONE ffmpeg run that
+    copies the video stream; sides whose picture changed are encoded one by one.
+    """
+    outputs: dict[tuple[int, str], Path] = {}
+    audio_only: list[tuple[np.ndarray, Path]] = []
+    for n, pair in enumerate(pairs):
+        for side in ("chosen", "rejected"):
+            clip, ops = pair[side]
+            out = tmp / f"{n}.{side}.mp4"
+            if not ops:
+                out = window_file
+            elif not modifies_video(ops):
+                audio_only.append((clip.audio, out))
+            elif not any(get_operator(r["name"]).modifies in ("audio", "both") for r in ops):
+                media.encode_frames_copy_audio(clip.load_frames(), window_file, out, fps=clip.fps)
+            else:
+                media.encode_clip(clip.load_frames(), clip.audio, out, fps=clip.fps, sr=clip.sr)
+            outputs[(n, side)] = out
+    media.mux_audio_tracks(window_file, audio_only)
+    samples = []
+    for n, pair in enumerate(pairs):
+        files = [(f"{side}.mp4", outputs[(n, side)].read_bytes()) for side in ("chosen", "rejected")]
+        files.append(("json", json.dumps(pair["record"], sort_keys=True).encode()))
+        samples.append((pair["record"]["key"], files))
+    return samples
+
+
+def _plan_pair(recipe: Recipe, transform, job: Job, source: Source, wi: int, pi: int,
+               original: Clip) -> dict[str, Any]:
+    """One (chosen, rejected) pair: its clips, ops and JSON record.
+
+    Its seed is derived from (global seed, source, recipe, window, pair), so it can be rebuilt alone.
+    """
     seed = derive_seed(job.seed, source.source_id, recipe.name, wi, pi)
     rng = np.random.default_rng(seed)
     graded = recipe.graded_pairs > 0 and rng.random() < recipe.graded_pairs and len(recipe.severity_levels) > 1
@@ -196,15 +244,6 @@ def _make_pair(recipe: Recipe, transform, job: Job, source: Source, wi: int, pi:
             raise Rejected(f"recipe {recipe.name} sampled no operator in 100 draws (all p too low?)")
         chosen_ops, chosen_sev = [], 0
     key = f"{source.source_id}__w{wi:03d}__p{pi:02d}"
-    files = []
-    for side, side_ops in (("chosen", chosen_ops), ("rejected", ops)):
-        out = tmpdir / f"{key}.{side}.mp4"
-        clip = original
-        for rec in side_ops:
-            clip = get_operator(rec["name"])().apply(clip, rec["params"])
-        _render(window_file, clip, side_ops, out)
-        files.append((f"{side}.mp4", out.read_bytes()))
-        out.unlink()
     record = {
         "key": key, "dim": recipe.dim, "recipe": recipe.name, "recipe_sha": recipe.fingerprint,
         "question": recipe.question, "source_id": source.source_id, "split": source.split,
@@ -219,8 +258,9 @@ def _make_pair(recipe: Recipe, transform, job: Job, source: Source, wi: int, pi:
         "canonical": {"fps": media.CANONICAL_FPS, "sr": media.CANONICAL_SR, "max_side": job.max_side},
         "pipeline_version": PIPELINE_VERSION,
     }
-    files.append(("json", json.dumps(record, sort_keys=True).encode()))
-    return key, files
+    return {"record": record,
+            "chosen": (replay(original, chosen_ops), chosen_ops),
+            "rejected": (replay(original, ops), ops)}
 
 
 # ----------------------------------------------------------------------------- planning
@@ -378,7 +418,8 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     donor_pool = {split: tuple(sorted(s.path for s in sources if s.split == split)) + tuple(external)
                   for split in SPLITS}
     job = Job(recipe_path=recipe_path, seed=seed, window_seconds=window, staging_dir=str(staging),
-              max_side=max_side, max_windows=max_windows, donors=donor_pool)
+              max_side=max_side, max_windows=max_windows, donors=donor_pool,
+              canonical_dir=str(Path(out) / ".canonical"))
 
     summaries: list[dict[str, Any]] = []
     bar = tqdm(total=len(sources), desc=f"{dim}: sources", unit="src", disable=not progress)
@@ -400,6 +441,7 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     bar.close()
     summaries.sort(key=lambda s: s["source_id"])
 
+    t_sources = time.time() - t0
     shards = pack_shards(summaries, staging, out_dir, max_count=max_count, max_bytes=max_bytes)
     rejects = [{"source_id": s["source_id"], "path": s["path"], "reason": s["reason"]}
                for s in summaries if s["status"] != "ok"]
@@ -412,6 +454,8 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         "command": command or sys.argv, "wall_s": time.time() - t0, "src": str(src),
         "max_side": max_side, "donors": str(donors) if donors else None,
     }
+    t_pack = time.time() - t0 - t_sources
     card = write_card(result, cards_dir=Path(cards_dir) if cards_dir else None)
     result["card"] = card
+    result["phase_s"] = {"sources": t_sources, "pack": t_pack, "card": time.time() - t0 - t_sources - t_pack}
     return result
