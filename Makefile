@@ -10,6 +10,11 @@ SRC     ?=
 OUT     ?= shards
 WORKERS ?= 2
 SEED    ?= 0
+WINDOW  ?=
+HOP     ?=
+PAIRS   ?=
+DONORS  ?=
+MANIFEST ?=
 OBJ     ?= reward
 CONFIG  ?=
 SHARDS  ?= $(OUT)/$(DIM)
@@ -35,7 +40,10 @@ test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
 
 shards: $(STAMP)
-	$(PYTHON) -m perturb build --dim $(DIM) --out $(OUT) --workers $(WORKERS) --seed $(SEED) $(if $(SRC),--src $(SRC),--demo)
+	$(PYTHON) -m perturb build --dim $(DIM) --out $(OUT) --workers $(WORKERS) --seed $(SEED) \
+	  $(if $(SRC),--src $(SRC),--demo) $(if $(WINDOW),--window $(WINDOW),) $(if $(HOP),--hop $(HOP),) \
+	  $(if $(PAIRS),--pairs-per-window $(PAIRS),) $(if $(DONORS),--donors $(DONORS),) \
+	  $(if $(MANIFEST),--manifest $(MANIFEST),)
 
 train: $(STAMP)
 	$(PYTHON) -m train --dim $(DIM) --objective $(OBJ) --shards $(SHARDS) --run $(RUN) $(if $(CONFIG),--config $(CONFIG),)

@@ -53,7 +53,8 @@ def card_dict(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "dim": result["dim"], "recipe": recipe.name, "recipe_sha": recipe.fingerprint,
         "question": recipe.question, "src": result["src"], "seed": result["seed"],
-        "window_seconds": result["window_seconds"], "max_side": result["max_side"],
+        "window_seconds": result["window_seconds"], "hop_seconds": result["hop_seconds"],
+        "pairs_per_window": result["pairs_per_window"], "max_side": result["max_side"],
         "donors": result["donors"], "command": " ".join(result["command"]),
         "pairs": len(records), "counts_per_split": dict(sorted(per_split.items())),
         "counts_per_operator": dict(sorted(per_op.items())),
@@ -69,7 +70,8 @@ def card_dict(result: dict[str, Any]) -> dict[str, Any]:
 def card_markdown(card: dict[str, Any]) -> str:
     lines = [f"# Data card: `{card['dim']}`", "",
              f"Question: **{card['question']}**", "",
-             f"- recipe: `{card['recipe']}` (sha {card['recipe_sha']}), window {card['window_seconds']} s, "
+             f"- recipe: `{card['recipe']}` (sha {card['recipe_sha']}), window {card['window_seconds']} s "
+             f"every {card['hop_seconds']} s, {card['pairs_per_window']} pairs per window, "
              f"seed {card['seed']}, canonical 25 fps / 16 kHz mono, longest side <= {card['max_side']} px",
              f"- sources from `{card['src']}`; donors: {card['donors'] or 'other sources of the same split'}",
              f"- rebuild: `{card['command']}`",

@@ -61,6 +61,8 @@ class Job:
     staging_dir: str
     max_side: int = media.CANONICAL_MAX_SIDE
     max_windows: int = 0  # 0 = every full window of the source
+    hop_seconds: float = 0.0  # 0 = window_seconds (no overlap)
+    pairs_per_window: int = 0  # 0 = the recipe's
     canonical_dir: str = ""  # cache of canonical windows, shared by every recipe built into one OUT
     donors: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> donor audio files
 
@@ -96,12 +98,14 @@ def defect_size(ops: list[dict[str, Any]]) -> float:
     return max((float(get_operator(r["name"])().defect_size(r["params"])) for r in ops), default=0.0)
 
 
-def plan_windows(duration: float, window: float, max_windows: int = 0) -> list[tuple[float, float]]:
-    """Non-overlapping full windows from t=0; the tail shorter than a window is dropped."""
-    n = int(np.floor(duration / window + 1e-6))
+def plan_windows(duration: float, window: float, max_windows: int = 0,
+                 hop: float | None = None) -> list[tuple[float, float]]:
+    """Full windows from t=0, one every `hop` s (default: window, no overlap); a short tail is dropped."""
+    hop = hop or window
+    n = int(np.floor((duration - window) / hop + 1e-6)) + 1 if duration + 1e-6 >= window else 0
     if max_windows:
         n = min(n, max_windows)
-    return [(round(i * window, 6), round((i + 1) * window, 6)) for i in range(n)]
+    return [(round(i * hop, 6), round(i * hop + window, 6)) for i in range(n)]
 
 
 def canonical_windows(source: Source, windows: list[tuple[float, float]], size: tuple[int, int],
@@ -150,7 +154,7 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
             raise Rejected(f"shorter than one window ({info.duration or 0:.2f} s < {job.window_seconds} s)")
         if not info.width or not info.height:
             raise Rejected("video size unknown")
-        windows = plan_windows(info.duration, job.window_seconds, job.max_windows)
+        windows = plan_windows(info.duration, job.window_seconds, job.max_windows, job.hop_seconds or None)
         size = media.canonical_size(info.width, info.height, job.max_side)
         donors = [d for d in job.donors.get(source.split, ()) if Path(d).resolve() != Path(source.path).resolve()]
         transform = recipe.build_transform({"voice_swap": {"donors": donors, "source_id": source.source_id}})
@@ -166,7 +170,7 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
                 original = Clip(audio=media.window_audio(track, start, end), video_path=str(window_file),
                                 meta={"source_id": source.source_id, "window": [start, end]})
                 pairs = [_plan_pair(recipe, transform, job, source, wi, pi, original)
-                         for pi in range(recipe.pairs_per_window)]
+                         for pi in range(job.pairs_per_window or recipe.pairs_per_window)]
                 samples += _render_window(window_file, pairs, Path(tmp))
         shard_path = staging / f"{source.source_id}.tar"
 
@@ -391,6 +395,7 @@ def pack_shards(summaries: list[dict[str, Any]], staging: Path, out_dir: Path,
 def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, workers: int = 2,
           recipe: str | Path | None = None, window_seconds: float | None = None,
           max_windows: int = 0, max_side: int = media.CANONICAL_MAX_SIDE,
+          hop_seconds: float | None = None, pairs_per_window: int | None = None,
           donors: str | Path | None = None, manifest: str | Path | None = None,
           cards_dir: str | Path | None = "data_cards", max_count: int = 500,
           max_bytes: int = 512 << 20, progress: bool = True, command: list[str] | None = None) -> dict[str, Any]:
@@ -406,7 +411,8 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     out_dir = Path(out) / dim
     out_dir.mkdir(parents=True, exist_ok=True)
     config_key = hashlib.sha256(json.dumps(
-        [PIPELINE_VERSION, recipe_obj.source_text, seed, window, max_windows, max_side,
+        [PIPELINE_VERSION, recipe_obj.source_text, seed, window, max_windows, max_side, hop_seconds or 0,
+         pairs_per_window or 0,
          str(Path(donors).resolve()) if donors else ""]).encode()).hexdigest()[:12]
     staging = out_dir / ".staging" / config_key  # a changed config never reuses old pairs
     staging.mkdir(parents=True, exist_ok=True)
@@ -419,6 +425,7 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
                   for split in SPLITS}
     job = Job(recipe_path=recipe_path, seed=seed, window_seconds=window, staging_dir=str(staging),
               max_side=max_side, max_windows=max_windows, donors=donor_pool,
+              hop_seconds=float(hop_seconds or 0), pairs_per_window=int(pairs_per_window or 0),
               canonical_dir=str(Path(out) / ".canonical"))
 
     summaries: list[dict[str, Any]] = []
@@ -451,6 +458,7 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     result = {
         "dim": dim, "recipe": recipe_obj, "sources": sources, "summaries": summaries, "shards": shards,
         "rejects": rejects, "seed": seed, "window_seconds": window, "out_dir": out_dir,
+        "hop_seconds": hop_seconds or window, "pairs_per_window": pairs_per_window or recipe_obj.pairs_per_window,
         "command": command or sys.argv, "wall_s": time.time() - t0, "src": str(src),
         "max_side": max_side, "donors": str(donors) if donors else None,
     }
