@@ -15,6 +15,7 @@ HOP     ?=
 PAIRS   ?=
 DONORS  ?=
 MANIFEST ?=
+SPLITS  ?=
 OBJ     ?= reward
 CONFIG  ?=
 SHARDS  ?= $(OUT)/$(DIM)
@@ -43,7 +44,7 @@ shards: $(STAMP)
 	$(PYTHON) -m perturb build --dim $(DIM) --out $(OUT) --workers $(WORKERS) --seed $(SEED) \
 	  $(if $(SRC),--src $(SRC),--demo) $(if $(WINDOW),--window $(WINDOW),) $(if $(HOP),--hop $(HOP),) \
 	  $(if $(PAIRS),--pairs-per-window $(PAIRS),) $(if $(DONORS),--donors $(DONORS),) \
-	  $(if $(MANIFEST),--manifest $(MANIFEST),)
+	  $(if $(MANIFEST),--manifest $(MANIFEST),) $(if $(SPLITS),--splits $(SPLITS),)
 
 train: $(STAMP)
 	$(PYTHON) -m train --dim $(DIM) --objective $(OBJ) --shards $(SHARDS) --run $(RUN) $(if $(CONFIG),--config $(CONFIG),)

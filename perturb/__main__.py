@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--window", type=float, help="window length in seconds (default: the recipe's)")
     b.add_argument("--hop", type=float, help="seconds between window starts (default: window, no overlap)")
     b.add_argument("--pairs-per-window", type=int, help="pairs per window (default: the recipe's)")
+    b.add_argument("--splits", help="train,val,test fractions, e.g. 0.6,0.2,0.2 (default: the recipe's)")
     b.add_argument("--max-windows", type=int, default=0, help="cap windows per source (0 = all)")
     b.add_argument("--max-side", type=int, default=512, help="canonical longest side in pixels")
     b.add_argument("--donors", help="folder of speech recordings used as donor voices (voice_swap)")
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     result = build(src_dir, args.dim, out=args.out, seed=args.seed, workers=args.workers,
                    recipe=args.recipe, window_seconds=args.window, max_windows=args.max_windows,
                    hop_seconds=args.hop, pairs_per_window=args.pairs_per_window,
+                   splits=dict(zip(("train", "val", "test"), map(float, args.splits.split(",")))) if args.splits else None,
                    max_side=args.max_side, donors=donors, manifest=args.manifest,
                    cards_dir=args.cards, max_count=args.max_count, max_bytes=args.max_mb << 20,
                    command=["python", "-m", "perturb", *(argv if argv is not None else sys.argv[1:])])

@@ -303,28 +303,29 @@ def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[So
     return sources
 
 
-def assign_splits(sources: list[Source], fractions: dict[str, float], seed: int) -> list[Source]:
+def assign_splits(sources: list[Source], fractions: dict[str, float], seed: int,
+                  weights: dict[str, float] | None = None) -> list[Source]:
     """Split by group (speaker/source), so no source -- and no speaker -- is in two splits.
 
-    Groups are ordered by a seeded hash and cut at the split fractions; with >= 3 groups, val and
-    test get at least one group each.
+    Groups are taken in a seeded-hash order and each goes to the split that is furthest below its
+    target share of the total weight (`weights[source_id]`, e.g. duration; 1 per source by
+    default), so splits get their share of the material, not just of the files. With >= 3 groups
+    every split gets at least one.
     """
-    groups = sorted({s.group for s in sources}, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    n = len(groups)
+    weights = weights or {}
+    group_weight: dict[str, float] = {}
+    for s in sources:
+        group_weight[s.group] = group_weight.get(s.group, 0.0) + max(float(weights.get(s.source_id, 1.0)), 1e-3)
+    groups = sorted(group_weight, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
     names = [s for s in SPLITS if fractions.get(s, 0) > 0]
     total = sum(fractions[s] for s in names)
-    counts = {s: int(round(n * fractions[s] / total)) for s in names}
-    if n >= len(names):
-        for s in names:
-            counts[s] = max(counts[s], 1)
-    while sum(counts.values()) > n:  # rounding overshoot: take from the largest split
-        counts[max(counts, key=counts.get)] -= 1
-    counts[names[0]] += n - sum(counts.values())
-    split_of, i = {}, 0
-    for s in names:
-        for g in groups[i:i + counts[s]]:
-            split_of[g] = s
-        i += counts[s]
+    target = {s: fractions[s] / total * sum(group_weight.values()) for s in names}
+    filled = {s: 0.0 for s in names}
+    split_of = {}
+    for g in groups:
+        split = max(names, key=lambda s: (target[s] - filled[s]) / target[s])
+        split_of[g] = split
+        filled[split] += group_weight[g]
     return [Source(**{**asdict(src), "split": split_of[src.group]}) for src in sources]
 
 
@@ -338,6 +339,13 @@ def _iter_samples(tar_path: Path) -> Iterator[tuple[str, list[tarfile.TarInfo], 
             by_key.setdefault(m.name.split(".", 1)[0], []).append(m)
         for key in sorted(by_key):
             yield key, by_key[key], tar
+
+
+def _duration_or_zero(path: str) -> float:
+    try:
+        return media.probe(path).duration or 0.0
+    except media.MediaError:
+        return 0.0
 
 
 def sha256_file(path: Path) -> str:
@@ -396,6 +404,7 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
           recipe: str | Path | None = None, window_seconds: float | None = None,
           max_windows: int = 0, max_side: int = media.CANONICAL_MAX_SIDE,
           hop_seconds: float | None = None, pairs_per_window: int | None = None,
+          splits: dict[str, float] | None = None,
           donors: str | Path | None = None, manifest: str | Path | None = None,
           cards_dir: str | Path | None = "data_cards", max_count: int = 500,
           max_bytes: int = 512 << 20, progress: bool = True, command: list[str] | None = None) -> dict[str, Any]:
@@ -412,14 +421,16 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     out_dir.mkdir(parents=True, exist_ok=True)
     config_key = hashlib.sha256(json.dumps(
         [PIPELINE_VERSION, recipe_obj.source_text, seed, window, max_windows, max_side, hop_seconds or 0,
-         pairs_per_window or 0,
+         pairs_per_window or 0, splits or recipe_obj.splits,
          str(Path(donors).resolve()) if donors else ""]).encode()).hexdigest()[:12]
     staging = out_dir / ".staging" / config_key  # a changed config never reuses old pairs
     staging.mkdir(parents=True, exist_ok=True)
 
-    sources = assign_splits(find_sources(src, manifest), recipe_obj.splits, seed)
+    sources = find_sources(src, manifest)
     if not sources:
         raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {src}")
+    sources = assign_splits(sources, splits or recipe_obj.splits, seed,
+                            weights={s.source_id: _duration_or_zero(s.path) for s in sources})
     external = sorted(str(p.resolve()) for p in Path(donors).rglob("*") if p.is_file()) if donors else []
     donor_pool = {split: tuple(sorted(s.path for s in sources if s.split == split)) + tuple(external)
                   for split in SPLITS}

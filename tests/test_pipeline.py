@@ -128,6 +128,21 @@ def test_groups_never_straddle_splits(tmp_path):
     assert {s.split for s in out} == {"train", "val", "test"}
 
 
+def test_splits_follow_material_share_not_file_count():
+    """Long sources weigh more: each split's share of the total duration is near its target."""
+    from perturb.pipeline import Source, assign_splits
+
+    rng = np.random.default_rng(0)
+    sources = [Source(f"s{i}", f"/x/s{i}.mp4", group=f"s{i}") for i in range(40)]
+    durations = {s.source_id: float(d) for s, d in zip(sources, rng.choice([3.0, 3.0, 3.0, 20.0], size=40))}
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    out = assign_splits(sources, fractions, seed=3, weights=durations)
+    total = sum(durations.values())
+    for split, frac in fractions.items():
+        share = sum(durations[s.source_id] for s in out if s.split == split)
+        assert abs(share - frac * total) <= max(durations.values()), (split, share, frac * total)
+
+
 def test_audio_only_pairs_copy_video_and_shift_audio(lip_build, tmp_path):
     _, out = lip_build
     checked = 0
