@@ -348,6 +348,14 @@ def _duration_or_zero(path: str) -> float:
         return 0.0
 
 
+def _single_threaded_worker() -> None:
+    """One source per process: intra-op threads (torch DSP) would only fight the other workers.
+
+    torch reads OMP_NUM_THREADS when it is first imported (by voice / pitch operators, if at all).
+    """
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -446,7 +454,7 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
             summaries.append(process_source(s, job))
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded_worker) as pool:
             futures = {pool.submit(process_source, s, job): s for s in sources}
             for fut in as_completed(futures):
                 try:
