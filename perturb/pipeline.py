@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -454,7 +455,9 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
             summaries.append(process_source(s, job))
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded_worker) as pool:
+        # spawn, not fork: a parent that already ran torch (OpenMP pool) deadlocks forked children
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_single_threaded_worker) as pool:
             futures = {pool.submit(process_source, s, job): s for s in sources}
             for fut in as_completed(futures):
                 try:
