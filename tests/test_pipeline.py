@@ -253,3 +253,25 @@ def test_bad_inputs_are_skipped_with_reasons_and_odd_inputs_work(tmp_path):
         assert len(audio) == pytest.approx(WINDOW * 16000, rel=0.02)
     card = (tmp_path / "out" / "cards" / "lip_sync.md").read_text()
     assert "corrupt.mp4" in card and "no audio stream" in card
+
+
+REALVIDS = ROOT.parent / "shared" / "realvids" / "clips"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REALVIDS.is_dir(), reason="../shared/realvids is not present")
+def test_real_clips_of_every_container_give_pairs(tmp_path):
+    """MPEG-PS/mp2, HEVC 1080x1920 and h264 crops from the real folder all become canonical pairs."""
+    src = tmp_path / "real"
+    src.mkdir()
+    picks = ["LipNet__evaluation_samples_GRID_bbaf2n.mpg", "LatentSync__assets_demo1_video.mp4",
+             "Talking-Face_PC-AVS__misc_Audio_Source_00086.mp4"]
+    for name in picks:
+        (src / name).symlink_to(REALVIDS / name)
+    result = build_small(src, tmp_path / "out", max_windows=1)
+    assert not result["rejects"]
+    samples = read_samples(tmp_path / "out" / "lip_sync")
+    assert len({json.loads(f["json"])["source_id"] for f in samples.values()}) == 3
+    for files in list(samples.values())[::3]:
+        frames, audio = decode_bytes(files["rejected.mp4"], tmp_path)
+        assert max(frames.shape[1:3]) <= 512 and len(frames) == pytest.approx(WINDOW * 25, abs=1)
