@@ -1,0 +1,115 @@
+"""Command line of avbench.eval: evaluate | score | filter | align (see `python -m eval CMD --help`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+RATINGS_HELP = """ratings CSV formats (header row required):
+  absolute ratings (MOS):  path,rating            -> SRCC, PLCC, Kendall tau with bootstrap 95% CIs
+  A/B preferences:         path_a,path_b,preferred (preferred = a | b; tie rows are skipped)
+                                                  -> pairwise agreement with bootstrap 95% CI
+paths are matched to the scores exactly, then by absolute path, then by unique file name."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    e = sub.add_parser("evaluate", help="score val/test, calibrate on val, report on test, export",
+                       description="Score the val and test shards with a trained judge, fit the "
+                       "temperature / Platt / isotonic calibrators on val only, write "
+                       "REPORT/report.md + report.json + plots, and export the calibrated judge.")
+    e.add_argument("--dim", required=True)
+    e.add_argument("--shards", required=True, help="folder with <split>-%%06d.tar and card.json")
+    e.add_argument("--run", required=True, help="training run folder (model/ + metrics.json)")
+    e.add_argument("--export", required=True, help="export folder to write")
+    e.add_argument("--report", required=True, help="report folder to write")
+    e.add_argument("--calibration", default="temperature", choices=["temperature", "platt", "isotonic"],
+                   help="calibration exported (all three are reported; default temperature)")
+    e.add_argument("--cache-dir", default=None, help="preprocessing cache (train.data.load_split)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for 95%% CIs")
+    e.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    e.add_argument("--workers", type=int, default=None,
+                   help="decoding workers when the preprocessing cache is built (train.data default)")
+    e.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("score", help="score videos with one or more exported judges",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Print one JSON line per video: {\"path\", \"scores\": {dim: p}} "
+                       "plus \"windows\": {dim: [{start, end, score}]} for videos longer than one "
+                       "window (or always with --windows). A file that cannot be read gives a line "
+                       "with \"error\" and the batch goes on; the exit status is 1 only when every "
+                       "video failed.")
+    s.add_argument("--scorer", action="append", required=True, metavar="DIR",
+                   help="export folder (repeat for several dimensions)")
+    s.add_argument("videos", nargs="+", metavar="VIDEO")
+    s.add_argument("--out", default=None, help="also write the results to a .jsonl or .csv file")
+    s.add_argument("--windows", action="store_true", help="per-window scores for every video")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--device", default=None)
+
+    f = sub.add_parser("filter", help="keep the videos whose scores reach a threshold",
+                       description="Score videos (files or folders, searched recursively) and write "
+                       "OUT_DIR/kept.txt and OUT_DIR/rejected.txt: tab-separated path then dim=score "
+                       "(unreadable files are rejected with error=...).")
+    f.add_argument("--scorer", action="append", required=True, metavar="DIR")
+    f.add_argument("--min", action="append", default=None, metavar="P|DIM=P",
+                   help="keep when score >= P on every dimension (default 0.5); DIM=P per dimension")
+    f.add_argument("src", nargs="+", metavar="SRC", help="video files or folders")
+    f.add_argument("--out-dir", default=".", help="where kept.txt and rejected.txt go (default .)")
+    f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--device", default=None)
+
+    a = sub.add_parser("align", help="agreement of scores with human ratings",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Correlate `score` output with human ratings.", epilog=RATINGS_HELP)
+    a.add_argument("--scores", required=True, help="scores.jsonl (or .csv) written by `score --out`")
+    a.add_argument("--ratings", required=True, help="ratings CSV (formats below)")
+    a.add_argument("--dim", default=None, help="dimension to use when the scores hold several")
+    a.add_argument("--n-boot", type=int, default=1000)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default=None, help="also write the result JSON here")
+    return p
+
+
+def _device(d: str | None) -> str:
+    if d:
+        return d
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd != "align":
+        try:  # no "Loading weights" / "Writing model shards" bars from transformers on stderr
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except Exception:  # pragma: no cover
+            pass
+    if args.cmd == "evaluate":
+        from .evaluate import evaluate
+
+        evaluate(args.dim, args.shards, args.run, args.export, args.report,
+                 calibration=args.calibration, cache_dir=args.cache_dir, batch_size=args.batch_size,
+                 n_boot=args.n_boot, device=_device(args.device), progress=not args.no_progress,
+                 workers=args.workers)
+        print(f"[eval] report: {args.report}/report.md; export: {args.export}", file=sys.stderr)
+        return 0
+    if args.cmd in ("score", "filter"):
+        from . import cli
+
+        args.device = _device(args.device)
+        return cli.cmd_score(args) if args.cmd == "score" else cli.cmd_filter(args)
+    if args.cmd == "align":
+        from .cli import cmd_align
+
+        return cmd_align(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

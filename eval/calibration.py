@@ -1,0 +1,334 @@
+"""Calibrators on the judge's decision logit z = z_yes - z_no (raw score = sigmoid(z)).
+
+Every calibrator is a monotone non-decreasing map z -> P(yes) in [0, 1]:
+
+  TemperatureScaling (default)  p = sigmoid(z / T), T > 0, T fitted by minimising the NLL over log T.
+  PlattScaling                  p = sigmoid(a * z + b), a >= 0 (bounded), fitted by NLL.
+  IsotonicCalibration           sklearn IsotonicRegression on sigmoid(z), increasing,
+                                out_of_bounds="clip"; stored as its breakpoints and applied with
+                                linear interpolation between them (continuous, piecewise linear),
+                                with outputs clipped to [eps, 1 - eps] (eps = 1e-3) so that no score
+                                is ever a hard 0 or 1.
+  IdentityCalibration ("none")  p = sigmoid(z): the uncalibrated judge.
+
+Fitting uses Platt's smoothed targets (y=1 -> (N+ + 1)/(N+ + 2), y=0 -> 1/(N- + 2)) for the two
+parametric maps: with perfectly separable validation data plain NLL drives T -> 0 (or a -> inf);
+the smoothed targets keep the fit finite and change nothing noticeable on realistic data.
+
+Serialised as calibration.json: {"method", "params", "fitted_on": "val", "n"}.
+`torch_transform` gives the same map on tensors (differentiable) for rewards; isotonic's torch map
+is the piecewise-linear interpolation, whose gradient is zero on flat steps, so a fitted isotonic
+calibrator also carries a temperature fit in params["fallback"] and `differentiable()` returns it
+(see eval.scorer.Scorer.reward).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+EPS = 1e-3
+_LOGT_BOUNDS = (np.log(1e-2), np.log(1e2))
+_A_MAX = 1e2
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
+
+
+def _smoothed_targets(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float64)
+    n_pos = float((y > 0.5).sum())
+    n_neg = float(len(y) - n_pos)
+    return np.where(y > 0.5, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+
+
+def _nll_logits(logits: np.ndarray, t: np.ndarray) -> float:
+    """Mean binary cross-entropy of sigmoid(logits) against (soft) targets t, numerically stable."""
+    # -[t log s(x) + (1-t) log(1-s(x))] = softplus(x) - t x
+    return float(np.mean(np.logaddexp(0.0, logits) - t * logits))
+
+
+def _check(z: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    z = np.asarray(z, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(z)):
+        raise ValueError("calibration input z contains non-finite values")
+    if y is not None:
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if len(y) != len(z):
+            raise ValueError(f"z and y differ in length: {len(z)} vs {len(y)}")
+        if len(z) == 0:
+            raise ValueError("cannot fit a calibrator on zero samples")
+    return z, y
+
+
+class Calibrator:
+    """Base: fit(z, y) -> self, transform(z) -> probabilities, JSON round trip."""
+
+    method: ClassVar[str] = "base"
+
+    def __init__(self) -> None:
+        self.n: int = 0
+        self.fitted_on: str = "val"
+        self.fitted: bool = False
+
+    # ----- to implement
+    def _fit(self, z: np.ndarray, y: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _transform(self, z: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def torch_transform(self, z):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load_params(self, params: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # ----- shared
+    def fit(self, z, y, fitted_on: str = "val") -> "Calibrator":
+        z, y = _check(z, y)
+        self._fit(z, y)
+        self.n = int(len(z))
+        self.fitted_on = fitted_on
+        self.fitted = True
+        return self
+
+    def transform(self, z) -> np.ndarray:
+        z, _ = _check(z)
+        return np.clip(self._transform(z), 0.0, 1.0)
+
+    __call__ = transform
+
+    def differentiable(self) -> "Calibrator":
+        """A calibrator whose torch map has useful gradients (itself, except for isotonic)."""
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "params": self.params, "fitted_on": self.fitted_on,
+                "n": int(self.n)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Calibrator":
+        method = d.get("method", "temperature")
+        if method not in CALIBRATORS:
+            raise ValueError(f"unknown calibration method {method!r}; known: {sorted(CALIBRATORS)}")
+        obj = CALIBRATORS[method]()
+        obj._load_params(d.get("params", {}))
+        obj.n = int(d.get("n", 0))
+        obj.fitted_on = d.get("fitted_on", "val")
+        obj.fitted = True
+        return obj
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibrator":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params}, n={self.n})"
+
+
+class IdentityCalibration(Calibrator):
+    """No calibration: p = sigmoid(z)."""
+
+    method = "none"
+
+    def _fit(self, z, y) -> None:
+        pass
+
+    def _transform(self, z):
+        return sigmoid(z)
+
+    def torch_transform(self, z):
+        import torch
+
+        return torch.sigmoid(z)
+
+    @property
+    def params(self):
+        return {}
+
+    def _load_params(self, params):
+        pass
+
+
+class TemperatureScaling(Calibrator):
+    """p = sigmoid(z / T); T fitted by NLL on log T (bounded to [0.01, 100])."""
+
+    method = "temperature"
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = float(temperature)
+
+    def _fit(self, z, y) -> None:
+        from scipy.optimize import minimize_scalar
+
+        t = _smoothed_targets(y)
+        res = minimize_scalar(lambda lt: _nll_logits(z / np.exp(lt), t), bounds=_LOGT_BOUNDS,
+                              method="bounded", options={"xatol": 1e-6})
+        self.temperature = float(np.exp(res.x))
+
+    def _transform(self, z):
+        return sigmoid(z / self.temperature)
+
+    def torch_transform(self, z):
+        import torch
+
+        return torch.sigmoid(z / self.temperature)
+
+    @property
+    def params(self):
+        return {"temperature": self.temperature}
+
+    def _load_params(self, params):
+        self.temperature = float(params.get("temperature", 1.0))
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+class PlattScaling(Calibrator):
+    """p = sigmoid(a z + b) with a in [0, 100] (non-decreasing), fitted by NLL (L-BFGS-B)."""
+
+    method = "platt"
+
+    def __init__(self, a: float = 1.0, b: float = 0.0) -> None:
+        super().__init__()
+        self.a, self.b = float(a), float(b)
+
+    def _fit(self, z, y) -> None:
+        from scipy.optimize import minimize
+
+        t = _smoothed_targets(y)
+
+        def f(p):
+            x = p[0] * z + p[1]
+            s = sigmoid(x)
+            g = s - t
+            return _nll_logits(x, t), np.array([np.mean(g * z), np.mean(g)])
+
+        res = minimize(f, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B",
+                       bounds=[(0.0, _A_MAX), (None, None)])
+        self.a, self.b = float(res.x[0]), float(res.x[1])
+
+    def _transform(self, z):
+        return sigmoid(self.a * z + self.b)
+
+    def torch_transform(self, z):
+        import torch
+
+        return torch.sigmoid(self.a * z + self.b)
+
+    @property
+    def params(self):
+        return {"a": self.a, "b": self.b}
+
+    def _load_params(self, params):
+        self.a, self.b = float(params.get("a", 1.0)), float(params.get("b", 0.0))
+        if self.a < 0:
+            raise ValueError(f"Platt slope must be >= 0 for a monotone map, got {self.a}")
+
+
+class IsotonicCalibration(Calibrator):
+    """Isotonic regression on sigmoid(z), applied as a continuous piecewise-linear map.
+
+    Breakpoints x (in sigmoid space) and y (clipped to [eps, 1-eps]); np.interp clips outside the
+    fitted range (out_of_bounds="clip"). A temperature fit rides along as params["fallback"] for
+    differentiable use.
+    """
+
+    method = "isotonic"
+
+    def __init__(self, eps: float = EPS) -> None:
+        super().__init__()
+        self.eps = float(eps)
+        self.x = np.array([0.0, 1.0])
+        self.y = np.array([self.eps, 1.0 - self.eps])
+        self.fallback = TemperatureScaling()
+
+    def _fit(self, z, y) -> None:
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(increasing=True, out_of_bounds="clip", y_min=self.eps,
+                                 y_max=1.0 - self.eps)
+        iso.fit(sigmoid(z), y)
+        self.x = np.asarray(iso.X_thresholds_, dtype=np.float64)
+        self.y = np.clip(np.asarray(iso.y_thresholds_, dtype=np.float64), self.eps, 1.0 - self.eps)
+        if len(self.x) == 1:  # a constant map (all z equal): keep it well defined for np.interp
+            self.x = np.array([self.x[0], self.x[0] + 1e-12])
+            self.y = np.array([self.y[0], self.y[0]])
+        self.y = np.maximum.accumulate(self.y)  # exact monotonicity after float clipping
+        self.fallback = TemperatureScaling().fit(z, y)
+
+    def _transform(self, z):
+        return np.interp(sigmoid(z), self.x, self.y)
+
+    def torch_transform(self, z):
+        """Piecewise-linear interpolation in torch (gradient zero on flat steps)."""
+        import torch
+
+        xs = torch.as_tensor(self.x, dtype=z.dtype, device=z.device)
+        ys = torch.as_tensor(self.y, dtype=z.dtype, device=z.device)
+        s = torch.sigmoid(z).clamp(xs[0], xs[-1])
+        idx = torch.searchsorted(xs, s.detach().contiguous(), right=True).clamp(1, len(xs) - 1)
+        x0, x1 = xs[idx - 1], xs[idx]
+        y0, y1 = ys[idx - 1], ys[idx]
+        w = (s - x0) / (x1 - x0).clamp_min(1e-12)
+        return y0 + w * (y1 - y0)
+
+    def differentiable(self) -> Calibrator:
+        return self.fallback
+
+    @property
+    def params(self):
+        return {"x": [float(v) for v in self.x], "y": [float(v) for v in self.y], "eps": self.eps,
+                "fallback": self.fallback.to_dict()}
+
+    def _load_params(self, params):
+        self.eps = float(params.get("eps", EPS))
+        self.x = np.asarray(params.get("x", [0.0, 1.0]), dtype=np.float64)
+        self.y = np.asarray(params.get("y", [self.eps, 1.0 - self.eps]), dtype=np.float64)
+        if len(self.x) != len(self.y) or len(self.x) < 2:
+            raise ValueError("isotonic params need matching x and y with >= 2 points")
+        if np.any(np.diff(self.x) < 0) or np.any(np.diff(self.y) < 0):
+            raise ValueError("isotonic breakpoints must be non-decreasing")
+        fb = params.get("fallback")
+        self.fallback = Calibrator.from_dict(fb) if fb else TemperatureScaling()
+
+
+CALIBRATORS: dict[str, type[Calibrator]] = {
+    "none": IdentityCalibration,
+    "temperature": TemperatureScaling,
+    "platt": PlattScaling,
+    "isotonic": IsotonicCalibration,
+}
+METHODS = ("temperature", "platt", "isotonic")
+DEFAULT_METHOD = "temperature"
+
+
+def fit_calibrator(method: str, z, y, fitted_on: str = "val") -> Calibrator:
+    """Fit a calibrator of `method` ("temperature", "platt", "isotonic" or "none") on (z, y)."""
+    if method not in CALIBRATORS:
+        raise ValueError(f"unknown calibration method {method!r}; known: {sorted(CALIBRATORS)}")
+    return CALIBRATORS[method]().fit(z, y, fitted_on=fitted_on)
+
+
+def load_calibrator(path_or_dict: str | Path | dict) -> Calibrator:
+    if isinstance(path_or_dict, dict):
+        return Calibrator.from_dict(path_or_dict)
+    return Calibrator.load(path_or_dict)

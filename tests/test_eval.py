@@ -1,0 +1,435 @@
+"""eval/: calibration, metrics, report building, export round trip, Scorer, CLI score/filter/align."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval import metrics as M
+from eval.calibration import (CALIBRATORS, METHODS, Calibrator, IsotonicCalibration,
+                              TemperatureScaling, fit_calibrator, sigmoid)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+needs_model = pytest.mark.skipif(not (_has("train.model") and _has("train.preprocess")),
+                                 reason="train/model.py or train/preprocess.py not there yet")
+needs_data = pytest.mark.skipif(not _has("train.data"), reason="train/data.py not there yet")
+
+
+def synthetic_logits(n: int, seed: int, overconfidence: float = 4.0, bias: float = 0.0):
+    """Labels and logits that are miscalibrated: true log-odds x, the judge says overconfidence*x + bias."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = (2 * y - 1) * 1.0 + rng.normal(0, 1, n)  # true log-odds of y=1 given x is 2x
+    return overconfidence * 2 * x + bias, y
+
+
+# ----------------------------------------------------------------------------- calibration
+@pytest.mark.parametrize("method", ["none", *METHODS])
+def test_calibrators_monotone_bounded_and_round_trip(method):
+    import torch
+
+    z, y = synthetic_logits(600, 0, bias=1.5)
+    cal = fit_calibrator(method, z, y)
+    grid = np.linspace(-60, 60, 4001)
+    p = cal.transform(grid)
+    assert np.all(np.diff(p) >= -1e-12), "calibration map must be non-decreasing"
+    assert p.min() >= 0 and p.max() <= 1
+    if method == "isotonic":  # continuous, never a hard 0 / 1
+        assert p.min() > 0 and p.max() < 1
+        assert np.max(np.abs(np.diff(p))) < 0.5
+    d = json.loads(json.dumps(cal.to_dict()))
+    assert d["method"] == method and d["fitted_on"] == "val" and d["n"] == 600
+    again = Calibrator.from_dict(d)
+    np.testing.assert_allclose(again.transform(grid), p, atol=1e-12)
+    # the torch map is the same function
+    tp = cal.torch_transform(torch.tensor(grid)).numpy()
+    np.testing.assert_allclose(tp, p, atol=1e-9)
+
+
+def test_temperature_scaling_reduces_ece_on_held_out_data():
+    z_val, y_val = synthetic_logits(3000, 1)
+    z_test, y_test = synthetic_logits(3000, 2)
+    cal = TemperatureScaling().fit(z_val, y_val)
+    assert 3.0 < cal.temperature < 5.5  # the judge is 4x overconfident
+    before = M.ece(sigmoid(z_test), y_test)
+    after = M.ece(cal.transform(z_test), y_test)
+    assert after < 0.5 * before and after < 0.04
+    assert M.brier(cal.transform(z_test), y_test) < M.brier(sigmoid(z_test), y_test)
+    for method in ("platt", "isotonic"):
+        c = fit_calibrator(method, z_val, y_val)
+        assert M.ece(c.transform(z_test), y_test) < before
+
+
+def test_calibration_on_separable_data_stays_finite():
+    z = np.array([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    for m in METHODS:
+        p = fit_calibrator(m, z, y).transform(z)
+        assert np.all((p > 0) & (p < 1))
+
+
+def test_isotonic_reward_uses_differentiable_fallback():
+    z, y = synthetic_logits(500, 3)
+    iso = fit_calibrator("isotonic", z, y)
+    assert isinstance(iso, IsotonicCalibration)
+    assert isinstance(iso.differentiable(), TemperatureScaling)
+    assert iso.differentiable().n == 500
+    assert set(CALIBRATORS) >= {"temperature", "platt", "isotonic"}
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_metrics_basics():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 5000)
+    p = rng.uniform(0, 1, 5000)
+    y_cal = (rng.uniform(0, 1, 5000) < p).astype(int)
+    assert M.ece(p, y_cal) < 0.03  # calibrated by construction
+    assert M.ece(np.full(100, 0.9), np.zeros(100)) == pytest.approx(0.9)
+    assert M.pairwise_accuracy([1, 2, 3], [0, 2, 4]) == pytest.approx(0.5)
+    assert M.auc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+    assert np.isnan(M.auc([0.1, 0.2], [1, 1]))
+    x, v = rng.normal(size=50), rng.normal(size=50)
+    assert M.spearman(x, v) == pytest.approx(stats.spearmanr(x, v).statistic)
+    assert M.kendall(x, v) == pytest.approx(stats.kendalltau(x, v).statistic)
+    assert M.pearson(x, v) == pytest.approx(stats.pearsonr(x, v).statistic)
+    lo, hi = M.bootstrap_ci(M.pearson, x, x + 0.5 * v, n_boot=300)
+    assert lo < M.pearson(x, x + 0.5 * v) < hi
+    assert len(M.reliability_bins(p, y)) == 15
+
+
+# ----------------------------------------------------------------------------- report building
+def _fake_pairs(n_sources: int, seed: int, split: str, shift: float = 0.0):
+    """Scored pairs: originals score high, perturbed lower with growing defect (audio_shift ladder)."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for s in range(n_sources):
+        z_orig = 3.0 + rng.normal(0, 1.5) + shift
+        for sev in range(1, 6):
+            for op, unit in (("audio_shift", 120.0), ("voice_swap", 1.0)):
+                meta = {"source_id": f"{split}{s}", "window": [0.0, 5.0], "split": split,
+                        "kind": "original_vs_perturbed", "severity": sev, "chosen_severity": 0,
+                        "ops": [{"name": op, "params": {"k": sev * unit}}], "chosen_ops": [],
+                        "operator": op, "defect": sev * unit, "chosen_defect": 0.0,
+                        "question": "Is the speech in sync with the lips?"}
+                pairs.append({"meta": meta, "z_chosen": z_orig,
+                              "z_rejected": 3.0 - 1.6 * sev + rng.normal(0, 1.5) + shift})
+        # one graded pair: milder perturbed chosen vs stronger rejected
+        meta = {"source_id": f"{split}{s}", "window": [0.0, 5.0], "split": split, "kind": "graded",
+                "severity": 4, "chosen_severity": 1,
+                "ops": [{"name": "audio_shift", "params": {"k": 480.0}}],
+                "chosen_ops": [{"name": "audio_shift", "params": {"k": 120.0}}],
+                "operator": "audio_shift", "defect": 480.0, "chosen_defect": 120.0}
+        pairs.append({"meta": meta, "z_chosen": 1.0 + shift, "z_rejected": -3.0 + shift})
+    return pairs
+
+
+def test_build_report_fits_calibration_on_val_only():
+    from eval.evaluate import build_report, clip_records
+
+    val = _fake_pairs(12, 0, "val")
+    test = _fake_pairs(10, 1, "test")
+    report, cals = build_report(val, test, dim="lip_sync", n_boot=100)
+    n_val_clips = len(clip_records(val))
+    # 12 originals + 12*10 perturbed; both sides of the graded pair (audio_shift k=120 / k=480)
+    # repeat ladder clips (same source, window and ops), so they are counted once
+    assert n_val_clips == 12 + 12 * 10
+    for m in METHODS:
+        assert cals[m].n == n_val_clips and cals[m].fitted_on == "val"
+        assert report["calibration"]["test"][m]["n_fit"] == n_val_clips
+    # different test data -> same calibrators
+    test2 = _fake_pairs(10, 99, "test", shift=-2.0)
+    _, cals2 = build_report(val, test2, dim="lip_sync", n_boot=20)
+    for m in METHODS:
+        assert cals2[m].to_dict() == cals[m].to_dict()
+    # ... and different val data -> different calibrators
+    _, cals3 = build_report(_fake_pairs(12, 5, "val", shift=1.0), test, n_boot=20)
+    assert cals3["temperature"].to_dict() != cals["temperature"].to_dict()
+
+    t = report["test"]
+    assert t["n_pairs"] == len(test)
+    assert 0.8 < t["pairwise_accuracy"]["value"] <= 1.0
+    lo, hi = t["pairwise_accuracy"]["ci95"]
+    assert lo <= t["pairwise_accuracy"]["value"] <= hi
+    assert t["auc"]["value"] > 0.8
+    assert {r["operator"] for r in report["per_operator"]} == {"audio_shift", "voice_swap"}
+    assert [r["severity"] for r in report["per_severity"]] == [0, 1, 2, 3, 4, 5]
+    means = [r["mean_score"] for r in report["per_severity"]]
+    assert means[0] > means[-1]
+    for op, row in report["ladder"].items():
+        assert row["spearman_defect"] < -0.5 and row["falls_with_defect"] is True
+        assert row["n_originals"] == 10
+    # 1 original per 10 perturbed clips: a base-rate shift that only maps with a bias can fix
+    ct = report["calibration"]["test"]
+    assert min(ct["platt"]["ece"], ct["isotonic"]["ece"]) < ct["none"]["ece"]
+
+
+def test_report_markdown_and_plots(tmp_path):
+    from eval.evaluate import build_report, clip_records, make_plots, report_markdown
+
+    val, test = _fake_pairs(6, 0, "val"), _fake_pairs(6, 1, "test")
+    report, cals = build_report(val, test, dim="lip_sync", n_boot=20)
+    clips = clip_records(test)
+    for r in clips:
+        r["score"] = float(cals["temperature"].transform([r["z"]])[0])
+    plots = make_plots(tmp_path, clips, cals, "temperature")
+    assert set(plots) == {"reliability.png", "score_hist.png", "score_vs_severity.png"}
+    for p in plots:
+        assert (tmp_path / p).stat().st_size > 1000
+    md = report_markdown(report, plots)
+    for needle in ("pairwise accuracy", "AUC", "ECE", "audio_shift", "Spearman", "isotonic", "platt"):
+        assert needle in md
+
+
+def test_single_class_val_falls_back_to_uncalibrated():
+    from eval.evaluate import build_report
+
+    val = [p for p in _fake_pairs(3, 0, "val")]
+    for p in val:  # only perturbed clips in val: make every chosen perturbed too
+        p["meta"] = dict(p["meta"], chosen_severity=1, chosen_ops=[{"name": "x", "params": {}}])
+    report, cals = build_report(val, _fake_pairs(3, 1, "test"), n_boot=10)
+    assert report["calibration"]["warning"] and report["calibration"]["default"] == "none"
+
+
+# ----------------------------------------------------------------------------- align
+def test_align_mos_matches_scipy(tmp_path):
+    from scipy import stats
+
+    from eval.__main__ import main
+
+    rng = np.random.default_rng(0)
+    paths = [f"clips/v{i}.mp4" for i in range(40)]
+    s = rng.uniform(0, 1, 40)
+    mos = 1 + 4 * s + rng.normal(0, 0.8, 40)
+    with open(tmp_path / "scores.jsonl", "w") as fh:
+        for p, v in zip(paths, s):
+            fh.write(json.dumps({"path": p, "scores": {"lip_sync": float(v)}}) + "\n")
+        fh.write(json.dumps({"path": "clips/bad.mp4", "scores": {}, "error": "boom"}) + "\n")
+    with open(tmp_path / "ratings.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "rating"])
+        for p, r in zip(paths, mos):
+            w.writerow([p, r])
+    out = tmp_path / "align.json"
+    assert main(["align", "--scores", str(tmp_path / "scores.jsonl"), "--ratings",
+                 str(tmp_path / "ratings.csv"), "--n-boot", "300", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["kind"] == "mos" and res["n"] == 40 and res["dim"] == "lip_sync"
+    assert res["srcc"]["value"] == pytest.approx(stats.spearmanr(s, mos).statistic)
+    assert res["plcc"]["value"] == pytest.approx(stats.pearsonr(s, mos).statistic)
+    assert res["krcc"]["value"] == pytest.approx(stats.kendalltau(s, mos).statistic)
+    for k in ("srcc", "plcc", "krcc"):
+        lo, hi = res[k]["ci95"]
+        assert lo < res[k]["value"] < hi
+
+
+def test_align_ab_pairwise_agreement(tmp_path):
+    from eval.align import align
+
+    scores = {"a.mp4": 0.9, "b.mp4": 0.2, "c.mp4": 0.5, "d.mp4": 0.5}
+    (tmp_path / "s.csv").write_text("path,lip_sync,error\n" + "".join(
+        f"/data/{p},{v},\n" for p, v in scores.items()))
+    rows = [("a.mp4", "b.mp4", "a"), ("b.mp4", "c.mp4", "a"), ("c.mp4", "a.mp4", "b"),
+            ("c.mp4", "d.mp4", "a"), ("a.mp4", "c.mp4", "tie")]
+    (tmp_path / "r.csv").write_text("path_a,path_b,preferred\n" + "".join(f"{a},{b},{p}\n" for a, b, p in rows))
+    res = align(tmp_path / "s.csv", tmp_path / "r.csv", n_boot=200)  # matched by file name
+    assert res["kind"] == "ab" and res["n"] == 4 and res["human_ties"] == 1
+    # a>b agrees, b preferred over c disagrees, a preferred over c agrees, c = d is a half
+    assert res["pairwise_agreement"]["value"] == pytest.approx((1 + 0 + 1 + 0.5) / 4)
+
+
+# ----------------------------------------------------------------------------- judge, export, CLI
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    if not (_has("train.model") and _has("train.preprocess")):
+        pytest.skip("train/model.py or train/preprocess.py not there yet")
+    from tests.eval_fixtures import make_export, make_video
+
+    d = tmp_path_factory.mktemp("eval_media")
+    good = make_video(d / "good.mp4", 3.0, seed=0)
+    long = make_video(d / "long.mp4", 7.0, seed=1)  # > one 5 s window: two windows
+    bad = d / "corrupt.mp4"
+    bad.write_bytes(np.random.default_rng(0).bytes(4000))
+    exp = make_export(d / "export")
+    return {"dir": d, "good": good, "long": long, "bad": bad, "export": exp}
+
+
+@needs_model
+def test_export_then_load_gives_identical_scores(media, tmp_path):
+    import torch
+
+    from eval.evaluate import export
+    from eval.scorer import Scorer
+    from train.model import AVJudge
+    from train.preprocess import PreprocessConfig, windows_for
+
+    src = media["export"]
+    model = AVJudge.from_pretrained(str(src)).eval()
+    cfg = PreprocessConfig.load(src / "preprocessing.json")
+    z_val, y_val = synthetic_logits(200, 4, overconfidence=0.3, bias=0.5)
+    cal = fit_calibrator("platt", z_val, y_val)
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    cfg.save(run / "model" / "preprocessing.json")
+    report = {"dim": "lip_sync", "question": "Is the speech in sync with the lips?",
+              "calibration": {"test": {"platt": {"ece": 0.01, "brier": 0.1}}},
+              "test": {"n_pairs": 3, "n_clips": 4, "pairwise_accuracy": {"value": 1.0, "ci95": [1, 1]}},
+              "window_seconds": cfg.window_seconds}
+    out = tmp_path / "exported"
+    export(run, out, model, cfg, cal, report, {"recipe": "r", "sources": 3}, {"best": 1})
+    for f in ("model.safetensors", "config.json", "preprocessing.json", "calibration.json",
+              "README.md", "metrics.json"):
+        assert (out / f).is_file(), f
+    readme = (out / "README.md").read_text()
+    assert 'Scorer.from_pretrained("' in readme and "Is the speech in sync" in readme
+    assert json.loads((out / "calibration.json").read_text())["method"] == "platt"
+
+    scorer = Scorer.from_pretrained(out)
+    assert scorer.dim == "lip_sync" and scorer.calibrator.method == "platt"
+    wins = windows_for(str(media["long"]), cfg)
+    with torch.no_grad():
+        z = model.decision_logit(torch.stack([w[2]["video"] for w in wins]),
+                                 torch.stack([w[2]["audio"] for w in wins])).numpy()
+    expected = cal.transform([z.mean()])[0]
+    assert scorer.score(media["long"]) == pytest.approx(expected, abs=1e-6)
+    ws = scorer.score_windows(media["long"])
+    assert [(w["start"], w["end"]) for w in ws] == [(0.0, 5.0), (2.0, 7.0)]
+    np.testing.assert_allclose([w["score"] for w in ws], cal.transform(z), atol=1e-6)
+    # the same weights loaded twice score identically
+    assert Scorer.from_pretrained(out).score_batch([media["good"]]) == scorer.score_batch([media["good"]])
+
+
+@needs_model
+def test_reward_is_differentiable(media):
+    import torch
+
+    from eval.scorer import Scorer
+    from train.preprocess import windows_for
+
+    for cal in (None, "isotonic"):
+        scorer = Scorer.from_pretrained(media["export"])
+        if cal == "isotonic":
+            z, y = synthetic_logits(300, 0, overconfidence=0.2)
+            scorer.calibrator = fit_calibrator("isotonic", z, y)
+        inputs = windows_for(str(media["good"]), scorer.cfg)[0][2]
+        video = inputs["video"].clone().requires_grad_(True)
+        audio = inputs["audio"].clone().requires_grad_(True)
+        r = scorer.reward(video, audio)  # unbatched input -> (1,)
+        assert r.shape == (1,) and 0 < float(r.detach()) < 1
+        r.sum().backward()
+        assert video.grad is not None and float(video.grad.abs().sum()) > 0
+        assert audio.grad is not None and float(audio.grad.abs().sum()) > 0
+        if cal is None:  # reward equals the calibrated score of that window
+            assert float(r.detach()) == pytest.approx(scorer.score_windows(media["good"])[0]["score"], abs=1e-5)
+    batch = scorer.reward(torch.stack([inputs["video"]] * 2), torch.stack([inputs["audio"]] * 2))
+    assert batch.shape == (2,)
+
+
+@needs_model
+def test_cli_score_survives_a_corrupt_file(media, capsys, tmp_path):
+    from eval.__main__ import main
+
+    out = tmp_path / "scores.csv"
+    rc = main(["score", "--scorer", str(media["export"]), str(media["good"]), str(media["bad"]),
+               str(media["long"]), "--out", str(out)])
+    assert rc == 0
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 3
+    assert [ln["path"] for ln in lines] == [str(media["good"]), str(media["bad"]), str(media["long"])]
+    assert "error" in lines[1] and lines[1]["scores"] == {}
+    for ln in (lines[0], lines[2]):
+        assert "error" not in ln
+        assert 0 <= ln["scores"]["lip_sync"] <= 1
+    assert "windows" not in lines[0]  # 3 s: one window
+    assert len(lines[2]["windows"]["lip_sync"]) == 2  # 7 s with 5 s windows
+    rows = list(csv.DictReader(out.open()))
+    assert [r["error"] != "" for r in rows] == [False, True, False]
+    # every video failing -> exit status 1
+    assert main(["score", "--scorer", str(media["export"]), str(media["bad"])]) == 1
+    capsys.readouterr()
+
+
+@needs_model
+def test_cli_filter_splits_by_threshold(media, tmp_path, capsys):
+    from eval.__main__ import main
+    from eval.scorer import Scorer
+
+    scorer = Scorer.from_pretrained(media["export"])
+    sg, sl = scorer.score(media["good"]), scorer.score(media["long"])
+    assert sg != sl
+    thr = (sg + sl) / 2
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in ("good", "long", "bad"):
+        os.symlink(media[k], src / media[k].name)
+    out = tmp_path / "out"
+    assert main(["filter", "--scorer", str(media["export"]), "--min", f"{thr}", str(src),
+                 "--out-dir", str(out)]) == 0
+    capsys.readouterr()
+    kept = [ln.split("\t") for ln in (out / "kept.txt").read_text().splitlines()]
+    rejected = [ln.split("\t") for ln in (out / "rejected.txt").read_text().splitlines()]
+    hi, lo = ("good", "long") if sg > sl else ("long", "good")
+    assert [Path(r[0]).name for r in kept] == [media[hi].name]
+    assert sorted(Path(r[0]).name for r in rejected) == sorted([media[lo].name, "corrupt.mp4"])
+    assert float(kept[0][1].split("=")[1]) == pytest.approx(max(sg, sl), abs=1e-5)
+    assert any(c.startswith("error=") for r in rejected for c in r)
+
+
+def test_cli_help_is_fast_and_documents_formats():
+    res = subprocess.run([sys.executable, "-m", "eval", "align", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0
+    assert "path,rating" in res.stdout and "path_a,path_b,preferred" in res.stdout
+    res = subprocess.run([sys.executable, "-c", "import eval, sys; print('torch' in sys.modules)"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- end to end
+@needs_model
+@needs_data
+def test_evaluate_end_to_end(tmp_path):
+    from eval.__main__ import main
+    from eval.scorer import Scorer
+    from tests.eval_fixtures import make_export
+    from tests.train_fixtures import write_fixture_shards
+
+    shards = write_fixture_shards(tmp_path / "shards", sources=4, seconds=2.0, pairs_per_window=2,
+                                  splits={"val": 0.5, "test": 0.5})
+    run = tmp_path / "run"
+    make_export(run / "model")
+    (run / "metrics.json").write_text(json.dumps({"best_val_pairwise_accuracy": 0.5}))
+    exp, rep = tmp_path / "export", tmp_path / "report"
+    rc = main(["evaluate", "--dim", "lip_sync", "--shards", str(shards), "--run", str(run),
+               "--export", str(exp), "--report", str(rep), "--n-boot", "50", "--no-progress",
+               "--cache-dir", str(tmp_path / "cache"), "--workers", "0"])
+    assert rc == 0
+    report = json.loads((rep / "report.json").read_text())
+    assert (rep / "report.md").is_file() and (rep / "reliability.png").is_file()
+    n_val_clips = report["calibration"]["n_val_clips"]
+    assert n_val_clips == report["val"]["n_clips"] == 2 + 4  # 2 originals + 2x2 shifted
+    cal = json.loads((exp / "calibration.json").read_text())
+    assert cal["method"] == "temperature" and cal["fitted_on"] == "val" and cal["n"] == n_val_clips
+    assert report["test"]["n_pairs"] == 4
+    for m in ("none", "temperature", "platt", "isotonic"):
+        assert m in report["calibration"]["test"]
+    scorer = Scorer.from_pretrained(exp)
+    assert scorer.calibrator.method == "temperature"

@@ -1,0 +1,229 @@
+"""train/: preprocessing, tensor cache, judge model, the three TRL objectives, CLI resume.
+
+Runs on tiny synthetic lip-sync shards (tests/train_fixtures.py): 2 s clips, 64x64.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.train_fixtures import draw_face, speech_like, write_fixture_shards
+from train import data as tdata
+from train.data import PairCollator, load_split
+from train.model import AVJudge, JudgeConfig, judge_config_for
+from train.preprocess import PreprocessConfig, load_media, make_inputs, windows_for
+from train.trainers import OBJECTIVES, judge_metrics
+
+torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and does not spin on a shared machine
+
+PRE = PreprocessConfig(window_seconds=2.0, crop_size=(24, 36), n_mels=32, detect_frames=3)
+MODEL = dict(vis_widths=[8, 16], aud_widths=[24, 24], emb_dim=24, max_offset_frames=8, n_segments=2,
+             head_hidden=32, use_pooled=False)
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    return write_fixture_shards(tmp_path_factory.mktemp("shards"), sources=4, seconds=2.0, pairs_per_window=2,
+                                splits={"train": 0.75, "val": 0.25}, seed=1)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def pairs(shards, cache_dir):
+    # the first build goes through the multi-worker DataLoader path
+    return (load_split(shards, "train", PRE, cache_dir, num_workers=2, log=lambda *a: None),
+            load_split(shards, "val", PRE, cache_dir, num_workers=0, log=lambda *a: None))
+
+
+def _model(seed: int = 0) -> AVJudge:
+    torch.manual_seed(seed)
+    return AVJudge(judge_config_for(PRE, **MODEL))
+
+
+# ------------------------------------------------------------------------------ preprocessing
+
+def test_preprocess_config_roundtrip_and_fingerprint(tmp_path):
+    p = tmp_path / "pre.json"
+    PRE.save(p)
+    back = PreprocessConfig.load(p)
+    assert back == PRE and back.fingerprint() == PRE.fingerprint()
+    assert PreprocessConfig.from_dict(PRE.to_dict()) == PRE
+    assert PreprocessConfig(**{**PRE.to_dict(), "n_mels": 40}).fingerprint() != PRE.fingerprint()
+    assert PRE.mel_per_frame == 4 and PRE.n_frames == 50
+
+
+def test_make_inputs_shapes_padding_and_fallback():
+    rng = np.random.default_rng(0)
+    audio, env = speech_like(rng, 1.5)
+    frames = draw_face(np.clip(env[::640][:37], 0, 1), rng, size=48)  # 37 frames < 50: padded
+    inputs, info = make_inputs(frames, audio, PRE, return_info=True)
+    assert inputs["video"].shape == (50, 1, 24, 36) and inputs["video"].dtype == torch.float32
+    assert inputs["audio"].shape == (32, 200)
+    assert abs(float(inputs["video"].mean())) < 1e-3 and abs(float(inputs["video"].std()) - 1) < 1e-2
+    assert info["face_source"] in {"frontal", "profile", "fallback"}
+    blank = np.full((50, 40, 40, 3), 128, np.uint8)  # no face anywhere: documented fallback
+    _, info = make_inputs(blank, np.zeros(100), PRE, return_info=True)
+    assert info["face_source"] == "fallback"
+
+
+def test_load_media_bytes_and_windows_for(tmp_path):
+    from perturb.media import encode_clip
+
+    rng = np.random.default_rng(2)
+    audio, env = speech_like(rng, 3.0)
+    frames = draw_face(env[: 75 * 640].reshape(75, 640).mean(1) / env.max(), rng, size=64)
+    path = tmp_path / "long.mp4"
+    encode_clip(frames, audio, path)
+    f, a = load_media(path.read_bytes(), PRE)
+    assert f.shape[1:] == (64, 64, 3) and abs(len(f) - 75) <= 1 and abs(len(a) - 48000) < 1600
+    wins = windows_for(path, PRE, hop_seconds=1.0)
+    assert [w[:2] for w in wins] == [(0.0, 2.0), (1.0, 3.0)]
+    assert wins[0][2]["video"].shape == (50, 1, 24, 36)
+
+
+# ------------------------------------------------------------------------------ cache
+
+def test_cache_reused_then_invalidated_by_fingerprint(shards, cache_dir, pairs, monkeypatch):
+    train, _ = pairs
+    assert len(train) == 6 and set(train[0]) == {"chosen", "rejected", "meta"}
+    entries = list(Path(cache_dir).glob("train-000000-*"))
+    assert len(entries) == 1 and (entries[0] / "tensors.safetensors").is_file()
+    assert not list(Path(cache_dir).rglob("*.pt")) and not list(Path(cache_dir).rglob("*.pkl"))
+
+    def no_decode(*a, **k):
+        raise AssertionError("mp4 decoded although the cache is valid")
+
+    monkeypatch.setattr(tdata, "preprocess_clip", no_decode)
+    again = load_split(shards, "train", PRE, cache_dir, num_workers=0, log=lambda *a: None)
+    assert torch.equal(again.tensors["chosen.video"], train.tensors["chosen.video"])
+
+    calls = {"n": 0}
+    from train.preprocess import preprocess_clip as real
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(tdata, "preprocess_clip", counting)
+    changed = PreprocessConfig(**{**PRE.to_dict(), "n_mels": 24})
+    d = load_split(shards, "val", changed, cache_dir, num_workers=0, log=lambda *a: None)
+    assert calls["n"] == 2 * len(d) and d[0]["chosen"]["audio"].shape[0] == 24
+
+    clips = train.clips()
+    assert len(clips) == 12 and sorted(set(clips.labels)) == [0, 1]
+
+
+# ------------------------------------------------------------------------------ model
+
+def test_gradient_flows_to_inputs_and_shapes(pairs):
+    train, _ = pairs
+    m = _model().eval()
+    b = PairCollator()([train[0], train[1]])
+    v = b["chosen_video"].clone().requires_grad_(True)
+    a = b["chosen_audio"].clone().requires_grad_(True)
+    out = m(video=v, audio=a, labels=torch.tensor([1, 0]))
+    assert out.logits.shape == (2, 2) and out.loss is not None
+    assert torch.allclose(m.decision_logit(v, a), out.logits[:, 1] - out.logits[:, 0])
+    m.score(v, a).sum().backward()
+    assert v.grad is not None and a.grad is not None
+    assert float(v.grad.abs().sum()) > 0 and float(a.grad.abs().sum()) > 0
+    assert torch.isfinite(v.grad).all() and torch.isfinite(a.grad).all()
+    assert 5_000 < sum(p.numel() for p in m.parameters()) < 300_000
+
+
+def test_save_load_roundtrip_identical_scores(pairs, tmp_path):
+    from transformers import AutoModel
+
+    _, val = pairs
+    b = PairCollator()([val[0], val[1]])
+    for head in ("mlp", "monotone"):
+        torch.manual_seed(3)
+        m = AVJudge(judge_config_for(PRE, **{**MODEL, "head": head}))
+        with torch.no_grad():  # move every weight and BN statistic off its initial value
+            for t in list(m.parameters()) + [x for n, x in m.named_buffers() if "running" in n]:
+                t.add_(0.05 * torch.randn_like(t))
+        m.eval()
+        m.save_pretrained(tmp_path / head)
+        assert (tmp_path / head / "model.safetensors").is_file()
+        for loaded in (AVJudge.from_pretrained(tmp_path / head), AutoModel.from_pretrained(tmp_path / head)):
+            loaded.eval()
+            assert isinstance(loaded.config, JudgeConfig) and loaded.config.head == head
+            with torch.no_grad():
+                assert torch.equal(m.score(b["chosen_video"], b["chosen_audio"]),
+                                   loaded.score(b["chosen_video"], b["chosen_audio"]))
+
+
+# ------------------------------------------------------------------------------ objectives
+
+def _fixed_loss(trainer, batch) -> float:
+    trainer.model.eval()
+    with torch.no_grad():
+        return float(trainer.compute_loss(trainer.model, batch))
+
+
+@pytest.mark.parametrize("objective", ["reward", "dpo", "sft"])
+def test_objective_lowers_loss(objective, pairs, tmp_path):
+    train, val = pairs
+    trainer_cls, config_cls = OBJECTIVES[objective]
+    args = config_cls(output_dir=str(tmp_path / "ckpt"), max_steps=12, per_device_train_batch_size=6,
+                      learning_rate=3e-3, warmup_steps=0, eval_strategy="no", save_strategy="no",
+                      logging_steps=4, disable_tqdm=True, use_cpu=True, augment=False, seed=0)
+    model = _model()
+    if objective == "reward":
+        trainer = trainer_cls(model, args, train, val)
+        batch = trainer.data_collator([train[i] for i in range(len(train))])
+    else:
+        trainer = trainer_cls(model, args, train.clips(), val.clips(), eval_pairs=val)
+        clips = train.clips()
+        batch = trainer.data_collator([clips[i] for i in range(len(clips))])
+    before = _fixed_loss(trainer, batch)
+    trainer.train()
+    after = _fixed_loss(trainer, batch)
+    assert trainer.state.global_step == 12
+    assert after < before, (objective, before, after)
+    m = judge_metrics(trainer.model, val)
+    assert 0.0 <= m["pairwise_accuracy"] <= 1.0 and m["n_pairs"] == len(val)
+
+
+# ------------------------------------------------------------------------------ CLI + resume
+
+def test_cli_writes_run_and_resumes(shards, cache_dir, pairs, tmp_path, capsys):
+    import yaml
+
+    from train.__main__ import main
+
+    conf = {"dim": "lip_sync", "question": "Is the speech in sync with the lips?",
+            "preprocess": PRE.to_dict(), "model": MODEL,
+            "train": {"batch_size": 4, "learning_rate": 3e-3, "save_steps": 2, "eval_steps": 3,
+                      "logging_steps": 2, "disable_tqdm": True},
+            "objectives": {"reward": {"margin_scale": 0.1}}}
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(conf))
+    run = tmp_path / "run"
+    common = ["--dim", "lip_sync", "--objective", "reward", "--shards", str(shards), "--run", str(run),
+              "--config", str(cfg), "--cache-dir", str(cache_dir)]
+    m1 = main(common + ["--max-steps", "4"])
+    assert m1["steps"] == 4 and m1["resumed_from"] is None
+    assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "preprocessing.json").is_file()
+    assert PreprocessConfig.load(run / "model" / "preprocessing.json") == PRE
+    saved = json.loads((run / "metrics.json").read_text())
+    for k in ("val_pairwise_accuracy", "val_auc", "steps", "wall_time_s", "train_pairs_per_s",
+              "data_loading_share", "compute_share", "objective", "data_card"):
+        assert k in saved, k
+    assert saved["data_card"]["recipe"] == "lip_sync_fixture"
+
+    capsys.readouterr()
+    m2 = main(common + ["--max-steps", "6"])  # interrupted-run stand-in: continue from checkpoint-4
+    assert m2["resumed_from"].endswith("checkpoint-4")
+    assert m2["steps"] == 6 and m2["steps_this_run"] == 2
+    assert "resuming from" in capsys.readouterr().out
+    state = json.loads((run / "checkpoints" / "reward" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6

@@ -1,0 +1,265 @@
+"""python -m train --dim lip_sync --objective reward|dpo|sft --shards DIR --run DIR [--config YAML] ...
+
+Trains a judge on the train-* shards, validates on val-*, and writes
+    RUN/model/            AVJudge.save_pretrained (config.json + model.safetensors) + preprocessing.json
+    RUN/metrics.json      val pairwise accuracy / AUC, steps, times, throughput, data card
+    RUN/metrics_<objective>.json  the same, kept per objective
+    RUN/checkpoints/<objective>/  Trainer checkpoints (a re-run resumes from the last one)
+    RUN/train_config.json the resolved configuration
+
+Multi-process (same training, global batch split over processes):
+    accelerate launch --cpu --num_processes 2 -m train --dim lip_sync ...          # CPU, gloo
+    accelerate launch --multi_gpu --num_processes 4 -m train --dim lip_sync ...    # GPUs, nccl
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def load_config(dim: str, path: str | None) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path) if path else CONFIG_DIR / f"{dim}.yaml"
+    if not p.is_file():
+        raise SystemExit(f"no training config {p} (write one or pass --config)")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    cfg["_path"] = str(p)
+    return cfg
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dim", required=True, help="lip_sync | voice_identity | video_quality | ...")
+    ap.add_argument("--objective", default="reward", choices=["reward", "dpo", "sft"])
+    ap.add_argument("--shards", default=None, help="shard directory (default shards/<dim>)")
+    ap.add_argument("--run", default=None, help="run directory (default runs/<dim>)")
+    ap.add_argument("--config", default=None, help="YAML (default train/configs/<dim>.yaml)")
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--cache-dir", default=None, help="tensor cache (default cache/tensors or $AVBENCH_CACHE)")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints (start over)")
+    ap.add_argument("--workers", type=int, default=None, help="preprocessing DataLoader workers")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    t_start = time.time()
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+    from accelerate import PartialState
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .data import load_split, read_card
+    from .model import AVJudge, judge_config_for
+    from .preprocess import PreprocessConfig
+    from .trainers import OBJECTIVES, judge_metrics
+
+    # cpu=True when there is no GPU: under torchrun / `accelerate launch --multi_gpu` this makes the
+    # processes a gloo (MULTI_CPU) group; without it accelerate sees LOCAL_RANK, finds no CUDA and
+    # silently runs every process as a separate single-process job.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    main_proc = state.is_main_process
+    world = state.num_processes
+
+    def log(msg: str) -> None:
+        if main_proc:
+            print(msg if msg.startswith("[") else f"[train] {msg}", flush=True)
+
+    conf = load_config(args.dim, args.config)
+    shards = Path(args.shards or f"shards/{args.dim}")
+    run = Path(args.run or f"runs/{args.dim}")
+    ckpt_dir = run / "checkpoints" / args.objective  # objectives sharing a run dir never resume each other
+    if args.no_resume and main_proc and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    state.wait_for_everyone()
+    run.mkdir(parents=True, exist_ok=True)
+    if state.device.type == "cpu":  # processes share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+
+    # ---------------------------------------------------------------- data
+    pre = PreprocessConfig.from_dict(conf.get("preprocess", {}))
+    card = read_card(shards)
+    t0 = time.time()
+    with state.main_process_first():  # rank 0 builds the cache, the others then read it
+        train_pairs = load_split(shards, "train", pre, args.cache_dir, num_workers=args.workers, log=log)
+        val_pairs = load_split(shards, "val", pre, args.cache_dir, num_workers=args.workers, log=log)
+    preprocess_s = time.time() - t0
+    win = {tuple(m.get("window") or ()) for m in train_pairs.metas[:50]}
+    lens = {round(w[1] - w[0], 2) for w in win if len(w) == 2}
+    if lens and any(abs(x - pre.window_seconds) > 0.05 for x in lens):
+        log(f"warning: shard windows are {sorted(lens)} s, preprocessing pads/cuts to {pre.window_seconds} s")
+    log(f"data: {len(train_pairs)} train pairs, {len(val_pairs)} val pairs from {shards} "
+        f"(preprocessing {preprocess_s:.1f}s, crops: {train_pairs.face_sources})")
+
+    # ---------------------------------------------------------------- model
+    seed = args.seed if args.seed is not None else int(conf.get("seed", 0))
+    set_seed(seed)
+    question = conf.get("question") or (train_pairs.metas[0].get("question") if train_pairs.metas else "")
+    model_conf = judge_config_for(pre, dim=args.dim, question=question, **conf.get("model", {}))
+    model = AVJudge(model_conf)
+
+    # ---------------------------------------------------------------- trainer config
+    trainer_cls, config_cls = OBJECTIVES[args.objective]
+    targs: dict[str, Any] = dict(conf.get("train", {}))
+    targs.update((conf.get("objectives") or {}).get(args.objective, {}) or {})
+    global_batch = int(targs.pop("batch_size", 16))
+    budget_min = targs.pop("max_train_minutes", None)
+    if args.max_steps is not None:
+        targs["max_steps"] = args.max_steps
+    targs.setdefault("max_steps", 300)
+    targs["per_device_train_batch_size"] = max(1, global_batch // world)
+    targs["seed"] = seed
+    targs["output_dir"] = str(ckpt_dir)
+    targs["use_cpu"] = not torch.cuda.is_available()
+    targs.setdefault("disable_tqdm", not sys.stderr.isatty() and not os.environ.get("AVBENCH_TQDM"))
+    targs.setdefault("logging_steps", 10)
+    training_args = config_cls(**targs)
+
+    callbacks = []
+    if budget_min:
+        callbacks.append(TimeBudget(float(budget_min) * 60))
+
+    # Resume only checkpoints made from the same data, preprocessing and model (max_steps may change).
+    resume_key = hashlib.sha256(json.dumps(
+        {"objective": args.objective, "preprocess": pre.fingerprint(), "model": conf.get("model", {}),
+         "seed": seed, "train_shards": train_pairs.shards}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key_file = ckpt_dir / "resume_key.txt"
+    last = None if args.no_resume else (get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None)
+    if last and (not key_file.is_file() or key_file.read_text().strip() != resume_key):
+        log(f"checkpoints in {ckpt_dir} come from other data / preprocessing / model settings: starting over")
+        last = None
+        if main_proc:
+            shutil.rmtree(ckpt_dir)
+    state.wait_for_everyone()
+    if main_proc:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(resume_key)
+    if args.objective == "reward":
+        trainer = trainer_cls(model, training_args, train_pairs, val_pairs, callbacks=callbacks)
+    else:
+        extra = {}
+        if args.objective == "dpo":
+            extra["ref_model"] = _dpo_reference(model, ckpt_dir / "dpo_reference", last, state, log)
+        trainer = trainer_cls(model, training_args, train_pairs.clips(), val_pairs.clips(), eval_pairs=val_pairs,
+                              callbacks=callbacks, **extra)
+
+    if last:
+        log(f"resuming from {last} (delete {ckpt_dir} or pass --no-resume to start over)")
+    else:
+        log(f"training {args.objective} judge for {args.dim}: {training_args.max_steps} steps, global batch "
+            f"{global_batch} ({world} process(es)), {sum(p.numel() for p in model.parameters())} parameters")
+    t_train = time.time()
+    train_out = trainer.train(resume_from_checkpoint=last)
+    train_s = time.time() - t_train
+
+    # ---------------------------------------------------------------- final eval + outputs
+    jm = judge_metrics(trainer.accelerator.unwrap_model(trainer.model), val_pairs, training_args.eval_batch_pairs,
+                       training_args.device)
+    steps_run = trainer.state.global_step - (int(Path(last).name.split("-")[-1]) if last else 0)
+    per_step = global_batch if args.objective == "reward" else global_batch / 2
+    timing = trainer.timing
+    busy = timing["data_s"] + timing["step_s"]
+    metrics = {
+        "dim": args.dim, "objective": args.objective,
+        "val_pairwise_accuracy": jm["pairwise_accuracy"], "val_auc": jm["auc"],
+        "val_clip_accuracy": jm["clip_accuracy"],
+        "val_pairwise_accuracy_by_severity": jm["pairwise_accuracy_by_severity"],
+        "val_pairwise_accuracy_by_operator": jm["pairwise_accuracy_by_operator"],
+        "val_pairwise_accuracy_by_kind": jm["pairwise_accuracy_by_kind"],
+        "steps": trainer.state.global_step, "steps_this_run": steps_run,
+        "resumed_from": last, "global_batch": global_batch, "world_size": world,
+        "wall_time_s": round(time.time() - t_start, 2), "train_time_s": round(train_s, 2),
+        "preprocess_time_s": round(preprocess_s, 2),
+        "train_pairs_per_s": round(steps_run * per_step / max(train_s, 1e-9), 2),
+        "data_loading_share": round(timing["data_s"] / busy, 4) if busy else None,
+        "compute_share": round(timing["step_s"] / busy, 4) if busy else None,
+        "eval_time_s": round(timing["eval_s"], 2),
+        "train_loss": train_out.training_loss,
+        "n_train_pairs": len(train_pairs), "n_val_pairs": len(val_pairs),
+        "crops": {"train": train_pairs.face_sources, "val": val_pairs.face_sources},
+        "preprocess_fingerprint": pre.fingerprint(),
+        "device": str(training_args.device), "torch_threads": torch.get_num_threads(),
+        "versions": _versions(), "config": conf.get("_path"),
+        "data_card": card,
+    }
+    if main_proc:
+        out = run / "model"
+        if out.exists():
+            shutil.rmtree(out)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(out))
+        pre.save(out / "preprocessing.json")
+        if card is not None:
+            (out / "data_card.json").write_text(json.dumps(card, indent=2))
+        (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        (run / f"metrics_{args.objective}.json").write_text(json.dumps(metrics, indent=2, default=str))
+        (run / "train_config.json").write_text(json.dumps(
+            {"config": conf, "objective": args.objective, "shards": str(shards),
+             "training_args": training_args.to_dict(), "preprocess": pre.to_dict(),
+             "model": model_conf.to_dict()}, indent=2, default=str))
+        log(f"val pairwise accuracy {jm['pairwise_accuracy']:.3f}, AUC {jm['auc']}, "
+            f"{trainer.state.global_step} steps in {train_s:.0f}s; wrote {out} and {run / 'metrics.json'}")
+    state.wait_for_everyone()
+    return metrics
+
+
+def _dpo_reference(model, path: Path, resuming: str | None, state, log):
+    """The frozen DPO reference = the initial model. Saved beside the checkpoints when training
+    starts, and read back when resuming, so a resumed run compares against the same reference."""
+    from .model import AVJudge
+
+    if resuming and (path / "config.json").is_file():
+        log(f"DPO reference from {path}")
+    else:
+        if state.is_main_process:
+            model.save_pretrained(str(path))
+        state.wait_for_everyone()
+    return AVJudge.from_pretrained(str(path))
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training (with a final checkpoint) once the wall-time budget is spent."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.t0 = seconds, None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.time()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.t0 is not None and time.time() - self.t0 > self.seconds:
+            print(f"[train] time budget of {self.seconds / 60:.1f} min spent at step {state.global_step}", flush=True)
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import torch
+    import transformers
+    import trl
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "trl": trl.__version__, "accelerate": accelerate.__version__}
+
+
+if __name__ == "__main__":
+    main()

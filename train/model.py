@@ -1,0 +1,358 @@
+"""AVJudge: a small audio-visual yes/no judge (transformers PreTrainedModel, safetensors checkpoints).
+
+    video (B, T, C, H, W) --per-frame 2D CNN (frame + frame difference; patchify stem)--> (B, T, F)
+                          --temporal conv1d--> v_t (B, D, T)            one embedding per video frame
+    audio (B, n_mels, R*T) --conv1d, then conv1d stride R--> a_t (B, D, T)   one per video frame
+    SyncNet-like comparison: c_k = mean_t cos(v_t, a_{t+k}), k in [-K, K] -> a (2K+1) profile,
+        globally and on `n_segments` consecutive parts of the window (drift shows as a moving peak)
+    [profile summaries (expected |offset| under the offset posterior, profile at 0) and/or raw profiles,
+     optionally pooled v, pooled a, pooled v*a] -> MLP -> logits (B, 2) ordered [no, yes]
+
+decision_logit = z_yes - z_no, score = sigmoid(decision_logit). Everything is differentiable with
+respect to both inputs (eval/ uses the score as an RLHF reward). Inputs are normalised per clip
+inside the model as well (same statistics as train/preprocess.py), so the judge does not depend on
+its caller's brightness / loudness conventions.
+
+Sizes live in JudgeConfig: a larger variant is a config change (widths, emb_dim, head_hidden).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+LABELS = ("no", "yes")
+N_SUMMARY = 2  # features per sync profile fed to the head (AVJudge.profile_summary)
+
+
+class JudgeConfig(PretrainedConfig):
+    model_type = "avbench_judge"
+
+    def __init__(
+        self,
+        dim: str = "lip_sync",
+        question: str = "Is the speech in sync with the lips?",
+        n_frames: int = 125,
+        crop_size: tuple[int, int] | list[int] = (32, 48),
+        channels: int = 1,
+        n_mels: int = 40,
+        mel_per_frame: int = 4,
+        vis_widths: tuple[int, ...] | list[int] = (16, 32),
+        stem_stride: int = 4,
+        aud_widths: tuple[int, ...] | list[int] = (48, 48),
+        emb_dim: int = 48,
+        temporal_kernel: int = 5,
+        max_offset_frames: int = 15,
+        n_segments: int = 3,
+        use_motion: bool = True,
+        use_pooled: bool = True,
+        head_hidden: int = 64,
+        dropout: float = 0.1,
+        normalize_inputs: bool = True,
+        audio_norm: str = "cmvn",
+        head_features: str = "summary",
+        head: str = "mlp",
+        sync_aux_weight: float = 0.0,
+        sync_aux_temperature: float = 10.0,
+        **kwargs,
+    ):
+        self.dim = dim
+        self.question = question
+        self.n_frames = int(n_frames)
+        self.crop_size = [int(v) for v in crop_size]
+        self.channels = int(channels)
+        self.n_mels = int(n_mels)
+        self.mel_per_frame = int(mel_per_frame)
+        self.vis_widths = [int(v) for v in vis_widths]
+        self.stem_stride = int(stem_stride)
+        self.aud_widths = [int(v) for v in aud_widths]
+        self.emb_dim = int(emb_dim)
+        self.temporal_kernel = int(temporal_kernel)
+        self.max_offset_frames = int(max_offset_frames)
+        self.n_segments = int(n_segments)
+        self.use_motion = bool(use_motion)
+        self.use_pooled = bool(use_pooled)
+        self.head_hidden = int(head_hidden)
+        self.dropout = float(dropout)
+        self.normalize_inputs = bool(normalize_inputs)
+        self.audio_norm = audio_norm
+        if head_features not in ("summary", "profile", "both"):
+            raise ValueError(f"head_features must be summary | profile | both, got {head_features!r}")
+        self.head_features = head_features
+        if head not in ("mlp", "linear", "monotone"):
+            raise ValueError(f"head must be mlp | linear | monotone, got {head!r}")
+        if head == "monotone" and (head_features != "summary" or use_pooled):
+            raise ValueError("head 'monotone' needs head_features 'summary' and use_pooled false")
+        self.head = head
+        self.sync_aux_weight = float(sync_aux_weight)
+        self.sync_aux_temperature = float(sync_aux_temperature)
+        kwargs.setdefault("id2label", {0: "no", 1: "yes"})
+        kwargs.setdefault("label2id", {"no": 0, "yes": 1})
+        super().__init__(**kwargs)
+
+
+@dataclass
+class JudgeOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None    # weighted sync-contrastive loss on in-sync clips (training aid)
+    logits: torch.Tensor | None = None      # (B, 2): [no, yes]
+    decision: torch.Tensor | None = None    # (B,): z_yes - z_no
+    profile: torch.Tensor | None = None     # (B, n_segments + 1, 2K + 1) sync correlation profiles
+
+
+class MonotoneHead(nn.Module):
+    """decision = b + sum_s softplus(u_s) * C_s - softplus(w_s) * E_s  on the profile summaries
+    (E = expected |offset|, C = profile at offset 0, per segment): 'yes' can only grow when the
+    offset shrinks, so the judge ranks a 40 ms shift above a 400 ms one whatever the training
+    labels say about them (yes / no data never orders two 'no' clips). logits = [-d/2, d/2]."""
+
+    def __init__(self, n_segments: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(n_segments))
+        self.u = nn.Parameter(torch.zeros(n_segments))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.w.fill_(1.0)
+            self.u.fill_(-1.0)
+            self.bias.fill_(0.5)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        f = feats.view(feats.shape[0], -1, N_SUMMARY)
+        d = self.bias + (F.softplus(self.u) * f[..., 1]).sum(-1) - (F.softplus(self.w) * f[..., 0] * 10).sum(-1)
+        return torch.stack([-d / 2, d / 2], dim=-1)
+
+
+def _conv_bn(conv: nn.Module, width: int, dims: int) -> list[nn.Module]:
+    bn = nn.BatchNorm2d(width) if dims == 2 else nn.BatchNorm1d(width)
+    return [conv, bn, nn.ReLU(inplace=True)]
+
+
+def normalize_video(video: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(1, video.dim()))
+    mean = video.mean(dim=dims, keepdim=True)
+    std = video.std(dim=dims, keepdim=True).clamp_min(1e-3)
+    return (video - mean) / std
+
+
+def normalize_audio(audio: torch.Tensor, mode: str = "cmvn") -> torch.Tensor:
+    audio = audio - (audio.mean(dim=-1, keepdim=True) if mode == "cmvn" else audio.mean(dim=(-2, -1), keepdim=True))
+    return audio / audio.std(dim=(-2, -1), keepdim=True).clamp_min(1e-3)
+
+
+class AVJudge(PreTrainedModel):
+    config_class = JudgeConfig
+    base_model_prefix = "judge"
+    main_input_name = "video"
+    supports_gradient_checkpointing = False
+
+    def __init__(self, config: JudgeConfig):
+        super().__init__(config)
+        c = config
+        in_ch = c.channels * (2 if c.use_motion else 1)
+        layers, prev = [], in_ch
+        for i, w in enumerate(c.vis_widths):
+            # the stem is a patchify conv (kernel = stride): 4x cheaper on CPU than a strided 5x5
+            conv = (nn.Conv2d(prev, w, c.stem_stride, stride=c.stem_stride, bias=False) if i == 0
+                    else nn.Conv2d(prev, w, 3, stride=2, padding=1, bias=False))
+            layers += _conv_bn(conv, w, 2)
+            prev = w
+        layers += [nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten()]
+        self.frame_cnn = nn.Sequential(*layers)
+        d = c.emb_dim
+        self.vis_temporal = nn.Sequential(
+            *_conv_bn(nn.Conv1d(prev * 4, d, c.temporal_kernel, padding=c.temporal_kernel // 2, bias=False), d, 1),
+            nn.Dropout(c.dropout),
+            nn.Conv1d(d, d, 3, padding=1),
+        )
+        a0, a1 = c.aud_widths[0], c.aud_widths[-1]
+        self.aud_net = nn.Sequential(
+            *_conv_bn(nn.Conv1d(c.n_mels, a0, 5, padding=2, bias=False), a0, 1),
+            *_conv_bn(nn.Conv1d(a0, a1, c.mel_per_frame, stride=c.mel_per_frame, bias=False), a1, 1),
+            *_conv_bn(nn.Conv1d(a1, d, 3, padding=1, bias=False), d, 1),
+            nn.Dropout(c.dropout),
+            nn.Conv1d(d, d, 3, padding=1),
+        )
+        n_seg = c.n_segments + 1 if c.n_segments > 1 else 1
+        n_feat = (n_seg * N_SUMMARY if c.head_features in ("summary", "both") else 0) + \
+                 (n_seg * (2 * c.max_offset_frames + 1) if c.head_features in ("profile", "both") else 0) + \
+                 (3 * d if c.use_pooled else 0)
+        self.sync_scale = nn.Parameter(torch.tensor(5.0))  # cosines are small: scale them up for the head
+        self.log_temp = nn.Parameter(torch.tensor(2.3))    # softmax temperature of the offset posterior
+        if c.head == "mlp":
+            self.head = nn.Sequential(
+                nn.Linear(n_feat, c.head_hidden), nn.ReLU(inplace=True), nn.Dropout(c.dropout),
+                nn.Linear(c.head_hidden, 2),
+            )
+        elif c.head == "linear":
+            self.head = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(n_feat, 2))
+        else:  # monotone: see MonotoneHead
+            self.head = MonotoneHead(n_seg)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, MonotoneHead):
+            module.reset_parameters()
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        if module is self and isinstance(module, AVJudge):
+            with torch.no_grad():
+                module.sync_scale.fill_(5.0)
+                module.log_temp.fill_(2.3)
+
+    # ------------------------------------------------------------------ streams
+    def embed_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) -> (B, D, T)."""
+        b, t = video.shape[:2]
+        x = video
+        if self.config.use_motion:
+            diff = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
+            x = torch.cat([x, diff], dim=2)
+        f = self.frame_cnn(x.flatten(0, 1))            # (B*T, F)
+        f = f.view(b, t, -1).transpose(1, 2)           # (B, F, T)
+        return self.vis_temporal(f)
+
+    def embed_audio(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """(B, n_mels, R*T) -> (B, D, T)."""
+        need = n_frames * self.config.mel_per_frame
+        if audio.shape[-1] < need:
+            audio = F.pad(audio, (0, need - audio.shape[-1]))
+        return self.aud_net(audio[..., :need])
+
+    def sync_profile(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Cosine profiles (B, S, 2K+1): S = 1 (whole window) + n_segments parts when n_segments > 1.
+
+        profile[b, s, K + k] = mean over frames t of segment s (with 0 <= t + k < T) of cos(v_t, a_{t+k}).
+        """
+        k_max = self.config.max_offset_frames
+        t = v.shape[-1]
+        vn, an = F.normalize(v, dim=1), F.normalize(a, dim=1)
+        a_pad = F.pad(an, (k_max, k_max))                          # (B, D, T + 2K)
+        shifted = a_pad.unfold(2, t, 1)                            # (B, D, 2K+1, T): a_{t+k}
+        sim = torch.einsum("bdt,bdkt->bkt", vn, shifted)           # (B, 2K+1, T)
+        masks = self._profile_masks(t, sim.device, sim.dtype)      # (S, 2K+1, T)
+        return torch.einsum("bkt,skt->bsk", sim, masks)
+
+    def _profile_masks(self, t: int, device, dtype) -> torch.Tensor:
+        key = (t, str(device), dtype)
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        if key not in cache:
+            k_max = self.config.max_offset_frames
+            ks = torch.arange(-k_max, k_max + 1).view(-1, 1)
+            ts = torch.arange(t).view(1, -1)
+            valid = ((ts + ks >= 0) & (ts + ks < t)).to(dtype)    # (2K+1, T)
+            segs = [(0, t)]
+            if self.config.n_segments > 1:
+                edges = torch.linspace(0, t, self.config.n_segments + 1).round().long().tolist()
+                segs += list(zip(edges[:-1], edges[1:]))
+            masks = []
+            for lo, hi in segs:
+                m = valid.clone()
+                m[:, :lo] = 0
+                m[:, hi:] = 0
+                masks.append(m / m.sum(dim=1, keepdim=True).clamp_min(1))
+            cache[key] = torch.stack(masks).to(device)
+        return cache[key]
+
+    # ------------------------------------------------------------------ API
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor | None = None,
+                in_sync: torch.Tensor | None = None, return_dict: bool = True, **kwargs) -> JudgeOutput:
+        """logits (B, 2) = [no, yes]; loss = CE(labels) (+ aux_loss); aux_loss needs `in_sync`.
+
+        in_sync: (B,) bool, clips known to be in sync (the originals). With config.sync_aux_weight > 0
+        their whole-window profile is trained to peak at offset 0 (InfoNCE over offsets, as SyncNet):
+        it teaches the two streams what "in sync" looks like from every original frame, not just
+        from the final yes/no bit -- a much denser signal when pairs are few.
+        """
+        if self.config.normalize_inputs:
+            video, audio = normalize_video(video), normalize_audio(audio, self.config.audio_norm)
+        v = self.embed_video(video)
+        a = self.embed_audio(audio, v.shape[-1])
+        prof = self.sync_profile(v, a)
+        feats = []
+        if self.config.head_features in ("summary", "both"):
+            feats.append(self.profile_summary(prof).flatten(1))
+        if self.config.head_features in ("profile", "both"):
+            feats.append(self.sync_scale * prof.flatten(1))
+        if self.config.use_pooled:
+            vp, ap = v.mean(-1), a.mean(-1)
+            feats += [vp, ap, F.normalize(vp, dim=1) * F.normalize(ap, dim=1) * vp.shape[1] ** 0.5]
+        logits = self.head(torch.cat(feats, dim=1))
+        aux = None
+        if in_sync is not None and self.config.sync_aux_weight > 0:
+            aux = self.config.sync_aux_weight * self.sync_aux_loss(prof, in_sync)
+        loss = F.cross_entropy(logits, labels.long()) if labels is not None else None
+        if loss is not None and aux is not None:
+            loss = loss + aux
+        return JudgeOutput(loss=loss, aux_loss=aux, logits=logits, decision=logits[:, 1] - logits[:, 0], profile=prof)
+
+    def profile_summary(self, prof: torch.Tensor) -> torch.Tensor:
+        """(B, S, 2K+1) -> (B, S, N_SUMMARY) summaries of each profile that grow or shrink
+        monotonically with the audio-video offset:
+
+          E_q |k| / K          expected absolute offset under q = softmax(temperature * profile),
+                               the posterior over offsets (~0 in sync, ~|offset| when shifted)
+          scale * (c_0 - mean)  how much the profile at offset 0 stands out
+
+        A (linear) head on these ranks a 55 ms shift above a 350 ms one for free, and generalises
+        across faces; a head on the raw profile (head_features "profile") learns the same from
+        many more examples. Per segment, a drift shows as E|k| growing from one part to the next.
+        """
+        k_max = self.config.max_offset_frames
+        ks = torch.arange(-k_max, k_max + 1, device=prof.device, dtype=prof.dtype).abs() / max(k_max, 1)
+        q = F.softmax(prof * self.log_temp.exp(), dim=-1)
+        return torch.stack([
+            (q * ks).sum(-1),
+            self.sync_scale * (prof[..., k_max] - prof.mean(-1)),
+        ], dim=-1)
+
+    def sync_aux_loss(self, profile: torch.Tensor, in_sync: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of offset 0 among the 2K+1 offsets of the whole-window profile (in-sync clips)."""
+        mask = in_sync.bool()
+        if not bool(mask.any()):
+            return profile.sum() * 0.0  # keeps every parameter in the graph (DDP)
+        logits = profile[mask, 0] * self.config.sync_aux_temperature
+        target = torch.full((logits.shape[0],), self.config.max_offset_frames, device=logits.device)
+        return F.cross_entropy(logits, target)
+
+    def decision_logit(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """(B,) z_yes - z_no: > 0 means the judge answers yes."""
+        return self.forward(video, audio).decision
+
+    def score(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """(B,) P(yes) = sigmoid(z_yes - z_no)."""
+        return torch.sigmoid(self.decision_logit(video, audio))
+
+
+def judge_config_for(pre, **model_kwargs) -> JudgeConfig:
+    """A JudgeConfig whose input geometry matches a train.preprocess.PreprocessConfig."""
+    return JudgeConfig(n_frames=pre.n_frames, crop_size=list(pre.crop_size), channels=pre.channels,
+                       n_mels=pre.n_mels, mel_per_frame=pre.mel_per_frame, audio_norm=pre.audio_norm,
+                       **model_kwargs)
+
+
+def load_judge(model_dir: str, device: str | torch.device = "cpu"):
+    """(AVJudge in eval mode, its PreprocessConfig) from a run's model/ folder."""
+    from pathlib import Path
+
+    from .preprocess import PreprocessConfig
+
+    judge = AVJudge.from_pretrained(str(model_dir)).to(device).eval()
+    return judge, PreprocessConfig.load(Path(model_dir) / "preprocessing.json")
+
+
+try:  # AutoConfig.from_pretrained / AutoModel.from_pretrained on a run_dir/model folder
+    AutoConfig.register("avbench_judge", JudgeConfig)
+    AutoModel.register(JudgeConfig, AVJudge)
+except ValueError:  # already registered (module reloaded)
+    pass

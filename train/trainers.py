@@ -1,0 +1,376 @@
+"""The three training objectives, as subclasses of TRL's trainers (one Config dataclass beside each).
+
+    reward  JudgeRewardTrainer(RewardTrainer) + JudgeRewardConfig(RewardConfig)
+            Bradley-Terry on (chosen, rejected) clips: -logsigmoid(r_c - r_r - margin), r = decision_logit.
+    dpo     JudgeDPOTrainer(DPOTrainer) + JudgeDPOConfig(DPOConfig)
+            per clip, the right answer (yes for originals, no for perturbed) is "chosen", the wrong one
+            "rejected"; DPO loss on log-prob ratios policy / frozen reference of the two answers.
+    sft     JudgeSFTTrainer(SFTTrainer) + JudgeSFTConfig(SFTConfig)
+            yes/no answer of single clips, cross-entropy on the two logits.
+
+WHY SUBCLASS AND OVERRIDE SO MUCH: TRL's trainers are built for language models. Their __init__
+loads a tokenizer, requires a `datasets.Dataset` of text / token ids, tokenises it, sets pad
+tokens and builds a padding collator, and their losses read per-token log-probs out of a causal LM
+head (DPO even asks the model for fused-LM-head outputs: `log_probs`, `entropy`, `is_top1`). None of
+that exists for a judge that reads (video, audio) tensors and answers with two logits. So each
+subclass
+  * skips the text-only __init__ (calls TRL's _BaseTrainer / transformers.Trainer __init__ directly
+    with our map-style torch datasets and collators -- there is nothing to tokenise);
+  * overrides compute_loss with the same objective on the judge's outputs (the reward and DPO loss
+    formulas are TRL's, re-written here because TRL does not expose them as functions: they are
+    inlined in compute_loss / _compute_loss next to the token bookkeeping);
+and keeps the rest of TRL and transformers: the Config classes and their hyper-parameters (beta,
+loss_type, label_smoothing, center_rewards_coefficient...), TRL's metric logging (`_metrics` ->
+`log`), and the Trainer machinery (optimiser / scheduler, accelerate + DDP, safetensors checkpoints,
+resume_from_checkpoint, progress bar, evaluation on val).
+
+Every trainer evaluates the judge the same way on the val pairs (`judge_metrics`): pairwise accuracy
+(score(chosen) > score(rejected)) and yes-vs-no AUC on single clips, next to its own val loss.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from torch.utils.data import DataLoader
+from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from trl.trainer.base_trainer import _BaseTrainer
+from trl.trainer.utils import disable_dropout_in_model
+
+from .data import ClipCollator, ClipDataset, PairCollator, PairDataset, clip_label
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+@torch.no_grad()
+def pair_decisions(model, pairs: PairDataset, batch_size: int = 32, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """decision_logit of every pair's chosen and rejected clip (model in eval mode, no augmentation)."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    dc, dr = [], []
+    loader = DataLoader(pairs, batch_size=batch_size, shuffle=False, collate_fn=PairCollator(augment=False))
+    for b in loader:
+        dc.append(model.decision_logit(b["chosen_video"].to(device), b["chosen_audio"].to(device)).float().cpu())
+        dr.append(model.decision_logit(b["rejected_video"].to(device), b["rejected_audio"].to(device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(dc).numpy(), torch.cat(dr).numpy()
+
+
+def judge_metrics(model, pairs: PairDataset, batch_size: int = 32, device=None) -> dict[str, Any]:
+    """Pairwise accuracy (ties count half), single-clip yes/no AUC and accuracy at score 0.5, per-group accuracy."""
+    from sklearn.metrics import roc_auc_score
+
+    dc, dr = pair_decisions(model, pairs, batch_size, device)
+    win = (dc > dr).astype(float) + 0.5 * (dc == dr)
+    yc = np.array([clip_label(m, "chosen") for m in pairs.metas])
+    scores = np.concatenate([dc, dr])
+    labels = np.concatenate([yc, np.zeros_like(yc)])
+    out: dict[str, Any] = {
+        "pairwise_accuracy": float(win.mean()),
+        "auc": float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None,
+        "clip_accuracy": float(((scores > 0).astype(int) == labels).mean()),
+        "n_pairs": int(len(dc)),
+        "n_clips": int(len(scores)),
+    }
+    for group in ("severity", "operator", "kind"):
+        vals = [str(m.get(group)) for m in pairs.metas]
+        out[f"pairwise_accuracy_by_{group}"] = {
+            g: round(float(win[[v == g for v in vals]].mean()), 4) for g in sorted(set(vals))}
+    return out
+
+
+# ---------------------------------------------------------------------------------- shared
+
+@dataclass
+class _JudgeArgs:
+    """Defaults shared by the three configs (they override TRL's / TrainingArguments' defaults)."""
+
+    augment: Any = field(default=True, metadata={
+        "help": "Augment training clips: true, false, or a dict of train.data.Augment fields."})
+    eval_batch_pairs: int = field(default=32, metadata={"help": "Batch size of the val judge metrics."})
+    disable_dropout: bool = field(default=False, metadata={"help": "Zero the dropout of the model."})
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.05
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 32
+    activation_checkpointing: bool | None = False  # a 100k-parameter CNN keeps no activations worth it
+    gradient_checkpointing: bool | None = False    # (its deprecated alias; TRL defaults it to True)
+    bf16: bool | None = False              # TRL defaults to bf16: slower and lossy for this model on CPU
+    report_to: Any = "none"
+    remove_unused_columns: bool = False    # our batches are dicts of tensors, not model kwargs
+    logging_steps: float = 10
+    save_strategy: str = "steps"
+    save_steps: float = 50
+    save_total_limit: int | None = 2
+    eval_strategy: str = "steps"
+    eval_steps: float | None = 50
+    dataloader_num_workers: int = 0        # the cache lives in memory: workers only add IPC
+    ddp_find_unused_parameters: bool | None = False
+    seed: int = 0
+
+
+@dataclass
+class JudgeRewardConfig(_JudgeArgs, RewardConfig):
+    """RewardConfig + margin_scale: the BT margin is json `margin` (severity gap) * margin_scale."""
+
+    margin_scale: float = field(default=0.1, metadata={"help": "Multiplier of the pair margin (0 = plain BT)."})
+    center_rewards_coefficient: float | None = 0.01  # keeps decision_logit ~0-centred: its sign means yes / no
+    max_length: int | None = None
+
+
+@dataclass
+class JudgeDPOConfig(_JudgeArgs, DPOConfig):
+    """DPOConfig (beta, loss_type, label_smoothing) for the yes/no answer of a clip."""
+
+    beta: float = 0.5
+    max_length: int | None = None
+
+
+@dataclass
+class JudgeSFTConfig(_JudgeArgs, SFTConfig):
+    """SFTConfig (loss_type nll | dft, label_smoothing_factor) for the yes/no answer of a clip."""
+
+    max_length: int | None = None
+
+
+class _JudgeTrainerMixin:
+    """What the three trainers share: construction without text processing, eval, timing."""
+
+    def _judge_init(self, model, args, train_dataset, eval_dataset, data_collator, eval_pairs, callbacks):
+        if args.disable_dropout:
+            disable_dropout_in_model(model)
+        # transformers.Trainer.__init__ (through TRL's _BaseTrainer) -- NOT RewardTrainer / DPOTrainer /
+        # SFTTrainer.__init__, which tokenise text datasets and load a tokenizer (module docstring).
+        _BaseTrainer.__init__(self, model=model, args=args, data_collator=data_collator,
+                              train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+        # state TRL's own methods (log, training_step) expect
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._total_train_tokens = 0
+        self._tp_size = 1
+        self.maybe_activation_offload_context = contextlib.nullcontext()
+        self.can_return_loss = True
+        self.label_names = []
+        self.eval_pairs = eval_pairs
+        self.timing = {"data_s": 0.0, "step_s": 0.0, "eval_s": 0.0}
+        self.last_judge_metrics: dict[str, Any] = {}
+
+    def _send_telemetry(self):  # never phone home from a judge training (often offline)
+        return
+
+    def _save_checkpoint(self, model, trial):  # skip TRL's model-card writing (hub / trackio lookups)
+        return transformers.Trainer._save_checkpoint(self, model, trial)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = []
+
+    # timing: data loading vs compute
+    def get_batch_samples(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = super().get_batch_samples(*args, **kwargs)
+        self.timing["data_s"] += time.perf_counter() - t0
+        return out
+
+    def training_step(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        with self.maybe_activation_offload_context:
+            out = transformers.Trainer.training_step(self, *args, **kwargs)
+        self.timing["step_s"] += time.perf_counter() - t0
+        return out
+
+    # eval: the objective's own loss on val, plus the judge metrics on the val pairs
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        # TRL's evaluate() tokenises / precomputes reference log-probs of text datasets: nothing to do here
+        return transformers.Trainer.evaluate(self, eval_dataset, ignore_keys, metric_key_prefix)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        t0 = time.perf_counter()
+        coll = self.data_collator
+        aug, coll.aug = coll.aug, None  # never augment val
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only=True,
+                                             ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        finally:
+            coll.aug = aug
+        if self.eval_pairs is not None and len(self.eval_pairs):
+            # every rank scores all val pairs with the unwrapped model (no DDP collective): same numbers
+            jm = judge_metrics(self.accelerator.unwrap_model(self.model), self.eval_pairs,
+                               self.args.eval_batch_pairs, self.args.device)
+            self.last_judge_metrics = jm
+            for k in ("pairwise_accuracy", "auc", "clip_accuracy"):
+                if jm[k] is not None:
+                    output.metrics[f"{metric_key_prefix}_{k}"] = jm[k]
+        self.timing["eval_s"] += time.perf_counter() - t0
+        return output
+
+    def _add_aux(self, loss, outputs, mode):
+        """The model's auxiliary sync loss (config.sync_aux_weight; 0 = off) joins every objective."""
+        if outputs.aux_loss is None:
+            return loss
+        self._metrics[mode]["sync_aux_loss"].append(self._gather_mean(outputs.aux_loss))
+        return loss + outputs.aux_loss
+
+    def _mode(self) -> str:
+        return "train" if self.model.training else "eval"
+
+    def _gather_mean(self, x: torch.Tensor) -> float:
+        return self.accelerator.gather(x.detach().float().mean().reshape(1)).mean().item()
+
+
+# ---------------------------------------------------------------------------------- reward
+
+class JudgeRewardTrainer(_JudgeTrainerMixin, RewardTrainer):
+    """Bradley-Terry reward training of the judge's decision logit on (chosen, rejected) pairs."""
+
+    _tag_names = ["trl", "reward-trainer", "avbench-judge"]
+
+    def __init__(self, model, args: JudgeRewardConfig, train_dataset: PairDataset,
+                 eval_dataset: PairDataset | None = None, callbacks=None):
+        collator = PairCollator(augment=args.augment, margin_scale=args.margin_scale)
+        self._judge_init(model, args, train_dataset, eval_dataset, collator, eval_dataset, callbacks)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = self._mode()
+        video = torch.cat([inputs["chosen_video"], inputs["rejected_video"]])
+        audio = torch.cat([inputs["chosen_audio"], inputs["rejected_audio"]])
+        in_sync = torch.cat([inputs["chosen_label"], inputs["rejected_label"]]).bool()  # originals
+        outputs = model(video=video, audio=audio, in_sync=in_sync)  # one forward for both sides (DDP-friendly)
+        r_c, r_r = outputs.decision.chunk(2)
+        margin = inputs.get("margin")
+        margin = margin.to(r_c.dtype) if margin is not None else torch.zeros_like(r_c)
+        loss = -F.logsigmoid(r_c - r_r - margin).mean()
+        if self.args.center_rewards_coefficient:
+            loss = loss + self.args.center_rewards_coefficient * torch.mean((r_c + r_r) ** 2)
+        loss = self._add_aux(loss, outputs, mode)
+        with torch.no_grad():
+            self._metrics[mode]["accuracy"].append(self._gather_mean((r_c > r_r).float()))
+            self._metrics[mode]["margin"].append(self._gather_mean(r_c - r_r))
+            self._metrics[mode]["mean_reward"].append(self._gather_mean(outputs.decision))
+        return (loss, outputs) if return_outputs else loss
+
+
+# ---------------------------------------------------------------------------------- DPO
+
+def dpo_losses(delta: torch.Tensor, loss_type: str, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-example DPO losses from delta = (logp_c - ref_c) - (logp_r - ref_r), as in TRL's DPOTrainer."""
+    if loss_type == "sigmoid":
+        return (-F.logsigmoid(beta * delta) * (1 - label_smoothing)
+                - F.logsigmoid(-beta * delta) * label_smoothing)
+    if loss_type == "robust":
+        return ((-F.logsigmoid(beta * delta) * (1 - label_smoothing) + F.logsigmoid(-beta * delta) * label_smoothing)
+                / (1 - 2 * label_smoothing))
+    if loss_type == "hinge":
+        return torch.relu(1 - beta * delta)
+    if loss_type == "ipo":
+        return (delta - 1 / (2 * beta)) ** 2
+    raise ValueError(f"unsupported DPO loss_type {loss_type!r} (sigmoid, robust, hinge, ipo)")
+
+
+class JudgeDPOTrainer(_JudgeTrainerMixin, DPOTrainer):
+    """DPO over the yes/no answer: chosen answer = the right one for the clip, reference = frozen copy."""
+
+    _tag_names = ["trl", "dpo", "avbench-judge"]
+
+    def __init__(self, model, args: JudgeDPOConfig, train_dataset: ClipDataset,
+                 eval_dataset: ClipDataset | None = None, eval_pairs: PairDataset | None = None,
+                 ref_model=None, callbacks=None):
+        collator = ClipCollator(augment=args.augment)
+        self._judge_init(model, args, train_dataset, eval_dataset, collator, eval_pairs, callbacks)
+        ref = ref_model if ref_model is not None else copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        self.ref_model = ref.to(self.args.device).eval().requires_grad_(False)
+        self.beta = args.beta
+        self.loss_types = args.loss_type if isinstance(args.loss_type, list) else [args.loss_type]
+        self.loss_weights = args.loss_weights or [1.0] * len(self.loss_types)
+        self.label_smoothing = args.label_smoothing
+
+    @staticmethod
+    def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(right answer), log p(wrong answer) from the [no, yes] logits."""
+        logp = F.log_softmax(logits.float(), dim=-1)
+        right = labels.long().view(-1, 1)
+        return logp.gather(1, right).squeeze(1), logp.gather(1, 1 - right).squeeze(1)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = self._mode()
+        outputs = model(video=inputs["video"], audio=inputs["audio"], in_sync=inputs["labels"].bool())
+        chosen_logps, rejected_logps = self.answer_logps(outputs.logits, inputs["labels"])
+        with torch.no_grad():
+            ref_logits = self.ref_model(video=inputs["video"], audio=inputs["audio"]).logits
+            ref_chosen_logps, ref_rejected_logps = self.answer_logps(ref_logits, inputs["labels"])
+        chosen_logratios = chosen_logps - ref_chosen_logps
+        rejected_logratios = rejected_logps - ref_rejected_logps
+        delta = chosen_logratios - rejected_logratios
+        loss = sum(w * dpo_losses(delta, t, self.beta, self.label_smoothing).mean()
+                   for t, w in zip(self.loss_types, self.loss_weights))
+        loss = self._add_aux(loss, outputs, mode)
+        with torch.no_grad():
+            rc, rr = self.beta * chosen_logratios, self.beta * rejected_logratios
+            self._metrics[mode]["rewards/chosen"].append(self._gather_mean(rc))
+            self._metrics[mode]["rewards/rejected"].append(self._gather_mean(rr))
+            self._metrics[mode]["rewards/accuracies"].append(self._gather_mean((rc > rr).float()))
+            self._metrics[mode]["rewards/margins"].append(self._gather_mean(rc - rr))
+            self._metrics[mode]["answer_accuracy"].append(self._gather_mean((chosen_logps > rejected_logps).float()))
+        return (loss, outputs) if return_outputs else loss
+
+
+# ---------------------------------------------------------------------------------- SFT
+
+class JudgeSFTTrainer(_JudgeTrainerMixin, SFTTrainer):
+    """Supervised yes/no answers of single clips: cross-entropy on the judge's two logits.
+
+    SFTTrainer is text-only (it tokenises prompt/completion text and trains the LM head on the
+    completion tokens); what carries over is the objective -- NLL of the target answer given the
+    input, here the one-token answer "yes"/"no" given the clip -- and SFTConfig's loss options
+    (loss_type nll | dft, label_smoothing_factor).
+    """
+
+    _tag_names = ["trl", "sft", "avbench-judge"]
+
+    def __init__(self, model, args: JudgeSFTConfig, train_dataset: ClipDataset,
+                 eval_dataset: ClipDataset | None = None, eval_pairs: PairDataset | None = None, callbacks=None):
+        collator = ClipCollator(augment=args.augment)
+        self._judge_init(model, args, train_dataset, eval_dataset, collator, eval_pairs, callbacks)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = self._mode()
+        outputs = model(video=inputs["video"], audio=inputs["audio"], in_sync=inputs["labels"].bool())
+        labels = inputs["labels"].long()
+        logp = F.log_softmax(outputs.logits.float(), dim=-1)
+        eps = self.args.label_smoothing_factor
+        nll = -logp.gather(1, labels.view(-1, 1)).squeeze(1)
+        per = (1 - eps) * nll - eps * logp.mean(dim=-1) if eps else nll
+        if self.args.loss_type == "dft":  # Dynamic Fine-Tuning: weight by the (detached) target prob
+            per = per * torch.exp(-nll).detach()
+        loss = self._add_aux(per.mean(), outputs, mode)
+        with torch.no_grad():
+            self._metrics[mode]["answer_accuracy"].append(
+                self._gather_mean((outputs.logits.argmax(-1) == labels).float()))
+        return (loss, outputs) if return_outputs else loss
+
+
+OBJECTIVES = {
+    "reward": (JudgeRewardTrainer, JudgeRewardConfig),
+    "dpo": (JudgeDPOTrainer, JudgeDPOConfig),
+    "sft": (JudgeSFTTrainer, JudgeSFTConfig),
+}
