@@ -56,7 +56,9 @@ demo: $(STAMP)
 	$(MAKE) shards DIM=lip_sync
 	$(MAKE) train DIM=lip_sync
 	$(MAKE) eval DIM=lip_sync
-	$(PYTHON) -m eval score --scorer $(EXPORT) $$(ls $(OUT)/lip_sync/demo_videos/*.mp4 | head -n 3)
+	# score held-out demo pairs: each original (chosen) should score higher than its desynced twin
+	$(PYTHON) -m perturb samples --shards $(OUT)/lip_sync --split test --n 2 --out $(OUT)/lip_sync/demo_videos
+	$(PYTHON) -m eval score --scorer $(EXPORT) $(OUT)/lip_sync/demo_videos/*.mp4
 
 bench: $(STAMP)
 	$(PYTHON) bench/bench_shards.py

@@ -30,7 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--demo-dir", default="demo_corpus", help="where --demo writes its synthetic corpus")
     b.add_argument("--max-count", type=int, default=500, help="pairs per shard at most")
     b.add_argument("--max-mb", type=int, default=512, help="megabytes per shard at most")
+    x = sub.add_parser("samples", help="write a few pairs of a split out of the shards as mp4 files")
+    x.add_argument("--shards", required=True, help="OUT/<dim> folder of a build")
+    x.add_argument("--split", default="test")
+    x.add_argument("--n", type=int, default=2, help="pairs to write")
+    x.add_argument("--out", required=True, help="folder for <key>.chosen.mp4 / <key>.rejected.mp4")
     args = parser.parse_args(argv)
+
+    if args.cmd == "samples":
+        from .pipeline import write_samples
+
+        for path in write_samples(args.shards, args.split, args.n, args.out):
+            print(path)
+        return 0
 
     from .pipeline import build
 

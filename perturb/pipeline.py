@@ -357,6 +357,23 @@ def _single_threaded_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+def write_samples(shard_dir: str | Path, split: str, n: int, out: str | Path) -> list[Path]:
+    """The first `n` pairs of `split` as `<key>.chosen.mp4` / `<key>.rejected.mp4` (+ .json) files."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for shard in sorted(Path(shard_dir).glob(f"{split}-[0-9]*.tar")):
+        for key, members, tar in _iter_samples(shard):
+            if len(written) >= 2 * n:
+                return written
+            for m in members:
+                target = out / m.name
+                target.write_bytes(tar.extractfile(m).read())
+                if target.suffix == ".mp4":
+                    written.append(target)
+    return written
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
