@@ -8,7 +8,7 @@ Trains a judge on the train-* shards, validates on val-*, and writes
     RUN/train_config.json the resolved configuration
 
 Multi-process (same training, global batch split over processes):
-    accelerate launch --cpu --num_processes 2 -m train --dim lip_sync ...          # CPU, gloo
+    accelerate launch --multi_gpu --num_processes 2 -m train --dim lip_sync ...    # no GPU: CPU, gloo
     accelerate launch --multi_gpu --num_processes 4 -m train --dim lip_sync ...    # GPUs, nccl
 """
 from __future__ import annotations
