@@ -304,6 +304,17 @@ def encode_frames_copy_audio(frames: np.ndarray, audio_src: str | Path, out: str
     )
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (shard checksums, cache keys)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def probe_json(info: StreamInfo) -> str:
     """A StreamInfo as JSON (for cards and rejects)."""
     d = dict(info.__dict__)

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import media
+from .media import sha256_file
 from .clip import Clip
 from .operators import get_operator, modifies_video, replay
 from .recipe import Recipe, derive_seed, load_recipe
@@ -372,14 +373,6 @@ def write_samples(shard_dir: str | Path, split: str, n: int, out: str | Path) ->
                 if target.suffix == ".mp4":
                     written.append(target)
     return written
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pack_shards(summaries: list[dict[str, Any]], staging: Path, out_dir: Path,

@@ -19,7 +19,6 @@ kept for the cache-vs-no-cache benchmark: `python -m train.data bench --shards D
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ from typing import Any, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from perturb.media import sha256_file  # the shared media layer, not perturb's internals
 
 from .preprocess import PreprocessConfig, preprocess_clip
 
@@ -44,14 +45,6 @@ class ShardInfo:
     split: str
     sha256: str
     count: int | None
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def list_shards(shards_dir: str | Path, split: str) -> list[ShardInfo]:
