@@ -17,6 +17,7 @@ Sizes live in JudgeConfig: a larger variant is a config change (widths, emb_dim,
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,8 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.utils import ModelOutput
 
 LABELS = ("no", "yes")
-N_SUMMARY = 2  # features per sync profile fed to the head (AVJudge.profile_summary)
+N_SUMMARY = 3  # features per sync profile fed to the head (AVJudge.profile_summary)
+MODEL_VERSION = "3"  # bump when the architecture changes for the same config: old checkpoints are not resumed
 
 
 class JudgeConfig(PretrainedConfig):
@@ -232,7 +234,8 @@ class AVJudge(PreTrainedModel):
     def sync_profile(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Cosine profiles (B, S, 2K+1): S = 1 (whole window) + n_segments parts when n_segments > 1.
 
-        profile[b, s, K + k] = mean over frames t of segment s (with 0 <= t + k < T) of cos(v_t, a_{t+k}).
+        profile[b, s, K + k] = sum over frames t of segment s with 0 <= t + k < T of cos(v_t, a_{t+k}),
+        divided by the segment's length.
         """
         k_max = self.config.max_offset_frames
         t = v.shape[-1]
@@ -257,10 +260,14 @@ class AVJudge(PreTrainedModel):
                 segs += list(zip(edges[:-1], edges[1:]))
             masks = []
             for lo, hi in segs:
+                # divide by the segment length, not by the pairs inside the window: pairs falling off
+                # the window count as zero similarity, so offsets with little overlap (a segment at the
+                # window's edge, large k) shrink towards 0 instead of averaging a few noisy frames
+                # (which produced spurious far-off peaks in the last quarter of in-sync clips)
                 m = valid.clone()
                 m[:, :lo] = 0
                 m[:, hi:] = 0
-                masks.append(m / m.sum(dim=1, keepdim=True).clamp_min(1))
+                masks.append(m / max(hi - lo, 1))
             cache[key] = torch.stack(masks).to(device)
         return cache[key]
 
@@ -297,23 +304,28 @@ class AVJudge(PreTrainedModel):
         return JudgeOutput(loss=loss, aux_loss=aux, logits=logits, decision=logits[:, 1] - logits[:, 0], profile=prof)
 
     def profile_summary(self, prof: torch.Tensor) -> torch.Tensor:
-        """(B, S, 2K+1) -> (B, S, N_SUMMARY) summaries of each profile that grow or shrink
-        monotonically with the audio-video offset:
+        """(B, S, 2K+1) -> (B, S, N_SUMMARY) summaries of each profile:
 
-          E_q |k| / K          expected absolute offset under q = softmax(temperature * profile),
-                               the posterior over offsets (~0 in sync, ~|offset| when shifted)
-          scale * (c_0 - mean)  how much the profile at offset 0 stands out
+          E_q|k| / K           expected absolute offset under q = softmax(temperature * profile), the
+                               posterior over offsets (~0 in sync, ~|offset| when shifted)
+          scale * (c_0 - mean) how much the profile at offset 0 stands out
+          g                    evidence: 1 - entropy(q) / log(2K+1), ~0 for a flat profile (no speech
+                               movement), ~1 for a clear peak (used by the mlp / linear heads)
 
-        A (linear) head on these ranks a 55 ms shift above a 350 ms one for free, and generalises
-        across faces; a head on the raw profile (head_features "profile") learns the same from
-        many more examples. Per segment, a drift shows as E|k| growing from one part to the next.
+        The first two grow / shrink monotonically with the offset: a (linear / monotone) head on them
+        ranks a 55 ms shift above a 350 ms one for free and generalises across faces; a head on the
+        raw profile (head_features "profile") has to learn the same from many more examples. Per
+        segment, a drift shows as E|k| growing along the window.
         """
         k_max = self.config.max_offset_frames
         ks = torch.arange(-k_max, k_max + 1, device=prof.device, dtype=prof.dtype).abs() / max(k_max, 1)
-        q = F.softmax(prof * self.log_temp.exp(), dim=-1)
+        logq = F.log_softmax(prof * self.log_temp.exp(), dim=-1)
+        q = logq.exp()
+        g = 1 + (q * logq).sum(-1) / math.log(2 * k_max + 1)
         return torch.stack([
             (q * ks).sum(-1),
             self.sync_scale * (prof[..., k_max] - prof.mean(-1)),
+            g,
         ], dim=-1)
 
     def sync_aux_loss(self, profile: torch.Tensor, in_sync: torch.Tensor) -> torch.Tensor:
