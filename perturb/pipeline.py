@@ -37,6 +37,7 @@ from .recipe import Recipe, derive_seed, load_recipe
 PIPELINE_VERSION = "1"
 CANONICAL_VERSION = "1"  # bump when canonical windows change: invalidates the canonical cache
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".ts", ".wmv", ".3gp"}
+AUDIO_EXTS = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
 SPLITS = ("train", "val", "test")
 
 
@@ -450,7 +451,9 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {src}")
     sources = assign_splits(sources, splits or recipe_obj.splits, seed,
                             weights={s.source_id: _duration_or_zero(s.path) for s in sources})
-    external = sorted(str(p.resolve()) for p in Path(donors).rglob("*") if p.is_file()) if donors else []
+    # media files only: a donor folder may hold a manifest or notes (e.g. the demo's donors.json)
+    external = sorted(str(p.resolve()) for p in Path(donors).rglob("*")
+                      if p.is_file() and p.suffix.lower() in AUDIO_EXTS | VIDEO_EXTS) if donors else []
     donor_pool = {split: tuple(sorted(s.path for s in sources if s.split == split)) + tuple(external)
                   for split in SPLITS}
     job = Job(recipe_path=recipe_path, seed=seed, window_seconds=window, staging_dir=str(staging),
