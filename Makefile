@@ -16,6 +16,8 @@ PAIRS   ?=
 DONORS  ?=
 MANIFEST ?=
 SPLITS  ?=
+# CARDS: folder for the data card (empty = data_cards/)
+CARDS   ?=
 OBJ     ?= reward
 CONFIG  ?=
 SHARDS  ?= $(OUT)/$(DIM)
@@ -44,7 +46,7 @@ shards: $(STAMP)
 	$(PYTHON) -m perturb build --dim $(DIM) --out $(OUT) --workers $(WORKERS) --seed $(SEED) \
 	  $(if $(SRC),--src $(SRC),--demo) $(if $(WINDOW),--window $(WINDOW),) $(if $(HOP),--hop $(HOP),) \
 	  $(if $(PAIRS),--pairs-per-window $(PAIRS),) $(if $(DONORS),--donors $(DONORS),) \
-	  $(if $(MANIFEST),--manifest $(MANIFEST),) $(if $(SPLITS),--splits $(SPLITS),)
+	  $(if $(MANIFEST),--manifest $(MANIFEST),) $(if $(SPLITS),--splits $(SPLITS),) $(if $(CARDS),--cards $(CARDS),)
 
 train: $(STAMP)
 	$(PYTHON) -m train --dim $(DIM) --objective $(OBJ) --shards $(SHARDS) --run $(RUN) $(if $(CONFIG),--config $(CONFIG),)

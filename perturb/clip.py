@@ -20,6 +20,10 @@ class Clip:
       clears it. Keeping it while only the audio changes is what lets the writer stream-copy the
       video instead of re-encoding it.
     meta: source metadata (source_id, window, probe facts...), carried along, never interpreted.
+    context_before / context_after: the source's soundtrack just before / after the window (float32,
+      possibly empty). Timing operators read from it, so a shifted window is filled with the speech
+      that really surrounds it instead of silence: a silent gap is a cue real desynced videos do not
+      have, and a judge trained on it would learn the gap, not the desync. Only the window is written.
     """
 
     audio: np.ndarray
@@ -28,6 +32,8 @@ class Clip:
     frames: np.ndarray | None = None
     video_path: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    context_before: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    context_after: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
     def duration(self) -> float:
@@ -47,8 +53,25 @@ class Clip:
         return decode_frames(self.video_path)
 
     def with_audio(self, audio: np.ndarray) -> "Clip":
-        """Same picture, new soundtrack (video stays stream-copyable)."""
-        return replace(self, audio=np.asarray(audio, dtype=np.float32))
+        """Same picture, new soundtrack (video stays stream-copyable).
+
+        The audio context is dropped: it no longer continues the new soundtrack (a later timing
+        operator then pads with silence, as without context).
+        """
+        empty = np.zeros(0, np.float32)
+        return replace(self, audio=np.asarray(audio, dtype=np.float32), context_before=empty, context_after=empty)
+
+    def extended_audio(self) -> tuple[np.ndarray, int]:
+        """context_before + audio + context_after, and where the window starts in it."""
+        ext = np.concatenate([self.context_before, self.audio, self.context_after]).astype(np.float32)
+        return ext, len(self.context_before)
+
+    def with_extended_audio(self, extended: np.ndarray) -> "Clip":
+        """Inverse of extended_audio for a same-length signal: new window audio and context."""
+        a, n = len(self.context_before), len(self.audio)
+        extended = np.asarray(extended, dtype=np.float32)
+        return replace(self, audio=extended[a:a + n].copy(), context_before=extended[:a].copy(),
+                       context_after=extended[a + n:].copy())
 
     def with_frames(self, frames: np.ndarray) -> "Clip":
         """Same soundtrack, new picture (the writer must encode it)."""

@@ -34,7 +34,9 @@ from .clip import Clip
 from .operators import get_operator, modifies_video, replay
 from .recipe import Recipe, derive_seed, load_recipe
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: timing operators read the audio context around the window
+# Timing operators shift up to 1 s (perturb/operators/timing.py OFFSET_BANDS_MS): the context covers it.
+AUDIO_CONTEXT_SECONDS = 1.0
 CANONICAL_VERSION = "1"  # bump when canonical windows change: invalidates the canonical cache
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".ts", ".wmv", ".3gp"}
 AUDIO_EXTS = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
@@ -111,6 +113,17 @@ def plan_windows(duration: float, window: float, max_windows: int = 0,
     return [(round(i * hop, 6), round(i * hop + window, 6)) for i in range(n)]
 
 
+def window_clip(track: np.ndarray, start: float, end: float, video_path: str,
+                meta: dict[str, Any], context_seconds: float = AUDIO_CONTEXT_SECONDS) -> Clip:
+    """The original Clip of a window, with the soundtrack around it as audio context (see Clip)."""
+    sr = media.CANONICAL_SR
+    a, b = int(round(start * sr)), int(round(end * sr))
+    c = int(round(context_seconds * sr))
+    return Clip(audio=media.window_audio(track, start, end), video_path=video_path, meta=meta,
+                context_before=np.asarray(track[max(0, a - c):a], np.float32),
+                context_after=np.asarray(track[b:b + c], np.float32))
+
+
 def canonical_windows(source: Source, windows: list[tuple[float, float]], size: tuple[int, int],
                       cache_root: Path) -> tuple[list[Path], np.ndarray]:
     """The source's canonical window files and 16 kHz soundtrack, cached by content.
@@ -170,8 +183,8 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
             for wi, (window_file, (start, end)) in enumerate(zip(window_files, windows)):
                 if not window_file.is_file() or window_file.stat().st_size == 0:
                     raise Rejected(f"window {wi} could not be decoded: broken stream")
-                original = Clip(audio=media.window_audio(track, start, end), video_path=str(window_file),
-                                meta={"source_id": source.source_id, "window": [start, end]})
+                original = window_clip(track, start, end, str(window_file),
+                                       meta={"source_id": source.source_id, "window": [start, end]})
                 pairs = [_plan_pair(recipe, transform, job, source, wi, pi, original)
                          for pi in range(job.pairs_per_window or recipe.pairs_per_window)]
                 samples += _render_window(window_file, pairs, Path(tmp))
@@ -263,6 +276,9 @@ def _plan_pair(recipe: Recipe, transform, job: Job, source: Source, wi: int, pi:
         "margin": float(severity - chosen_sev),
         "video_copied": not modifies_video(ops),
         "canonical": {"fps": media.CANONICAL_FPS, "sr": media.CANONICAL_SR, "max_side": job.max_side},
+        # seconds of source soundtrack the timing operators could read before / after the window
+        "audio_context_s": [round(len(original.context_before) / original.sr, 6),
+                            round(len(original.context_after) / original.sr, 6)],
         "pipeline_version": PIPELINE_VERSION,
     }
     return {"record": record,

@@ -74,6 +74,39 @@ def test_audio_shift_lag_matches_offset(offset_ms):
     assert np.all(gap == 0.0)
 
 
+def context_clip(track: np.ndarray, start: int, end: int, context: int) -> Clip:
+    """Window [start, end) of a longer track, with up to `context` samples around it."""
+    return Clip(audio=track[start:end].copy(), sr=SR, fps=FPS, video_path="fake.mp4",
+                context_before=track[max(0, start - context):start].copy(),
+                context_after=track[end:end + context].copy())
+
+
+@pytest.mark.parametrize("offset_ms", [300.0, -300.0, 1000.0, -1000.0])
+def test_audio_shift_reads_context_not_silence(offset_ms):
+    """With context, the shifted window is exactly the source's soundtrack offset_ms earlier/later."""
+    track = speech_like_noise(6.0, seed=5)
+    start, end = 2 * SR, 4 * SR
+    y = AudioShift().apply(context_clip(track, start, end, SR), {"offset_ms": offset_ms}).audio
+    k = int(round(offset_ms * SR / 1000))
+    np.testing.assert_array_equal(y, track[start - k:end - k])
+    assert abs(xcorr_lag_ms(track[start:end], y) - offset_ms) <= 1.0
+
+
+@pytest.mark.parametrize("start_ms,end_ms", [(0.0, 800.0), (-600.0, 0.0)])
+def test_lip_drift_reads_context_not_silence(start_ms, end_ms):
+    """On a ramp with context: out(t) = track(t - d(t)) everywhere in the window, no silent edge."""
+    n_track = 6 * SR
+    track = (np.arange(n_track, dtype=np.float64) / n_track + 0.1).astype(np.float32)
+    start, end = 2 * SR, 4 * SR
+    y = LipDrift().apply(context_clip(track, start, end, SR),
+                         {"start_ms": start_ms, "end_ms": end_ms}).audio.astype(np.float64)
+    assert np.all(y > 0.05)  # every sample came from the track (0 would be padding)
+    idx = np.arange(end - start)
+    delay_ms = ((start + idx) - (y - 0.1) * n_track) * 1000 / SR
+    expected = start_ms + (end_ms - start_ms) * idx / (len(idx) - 1)
+    assert np.max(np.abs(delay_ms - expected)) < 0.2
+
+
 def test_audio_shift_sampling_bands_and_signs():
     op = AudioShift()
     rng = np.random.default_rng(0)

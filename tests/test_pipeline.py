@@ -275,3 +275,18 @@ def test_real_clips_of_every_container_give_pairs(tmp_path):
     for files in list(samples.values())[::3]:
         frames, audio = decode_bytes(files["rejected.mp4"], tmp_path)
         assert max(frames.shape[1:3]) <= 512 and len(frames) == pytest.approx(WINDOW * 25, abs=1)
+
+
+def test_window_clip_context_stops_at_source_edges():
+    """The audio context is the track around the window, cut at the track's ends."""
+    from perturb.media import CANONICAL_SR as sr
+    from perturb.pipeline import window_clip
+
+    track = np.arange(5 * sr, dtype=np.float32)
+    first = window_clip(track, 0.0, 2.0, "w.mp4", {}, context_seconds=1.0)
+    assert len(first.context_before) == 0 and np.array_equal(first.context_after, track[2 * sr:3 * sr])
+    middle = window_clip(track, 2.0, 4.0, "w.mp4", {}, context_seconds=1.0)
+    assert np.array_equal(middle.context_before, track[sr:2 * sr])
+    assert np.array_equal(middle.audio, track[2 * sr:4 * sr])
+    last = window_clip(track, 3.0, 5.0, "w.mp4", {}, context_seconds=1.0)
+    assert len(last.context_after) == 0 and len(last.audio) == 2 * sr

@@ -144,9 +144,9 @@ def test_save_load_roundtrip_identical_scores(pairs, tmp_path):
 
     _, val = pairs
     b = PairCollator()([val[0], val[1]])
-    for head in ("mlp", "monotone"):
+    for head, encoder in (("mlp", "cnn"), ("monotone", "grid")):
         torch.manual_seed(3)
-        m = AVJudge(judge_config_for(PRE, **{**MODEL, "head": head}))
+        m = AVJudge(judge_config_for(PRE, **{**MODEL, "head": head, "frame_encoder": encoder}))
         with torch.no_grad():  # move every weight and BN statistic off its initial value
             for t in list(m.parameters()) + [x for n, x in m.named_buffers() if "running" in n]:
                 t.add_(0.05 * torch.randn_like(t))
@@ -159,6 +159,27 @@ def test_save_load_roundtrip_identical_scores(pairs, tmp_path):
             with torch.no_grad():
                 assert torch.equal(m.score(b["chosen_video"], b["chosen_audio"]),
                                    loaded.score(b["chosen_video"], b["chosen_audio"]))
+
+
+def test_grid_frame_encoder_sees_where_the_mouth_moves():
+    """GridPool: a patch flickering in one grid cell lights up that cell's |difference| feature only,
+    and the grid judge learns far fewer weights than the CNN one (no face templates to memorise)."""
+    from train.model import GridPool
+
+    t, h, w = 6, 32, 48
+    x = torch.zeros(t, 1, h, w)
+    x[1::2, :, 0:8, 0:12] = 1.0                       # flicker in the top-left cell of a 4 x 4 grid
+    diff = torch.cat([torch.zeros_like(x[:1]), x[1:] - x[:-1]])
+    feats = GridPool((4, 4), motion_channels=1)(torch.cat([x, diff], dim=1))
+    assert feats.shape == (t, 3 * 16)
+    motion = feats[:, 32:].view(t, 4, 4)              # the |difference| block
+    assert torch.all(motion[1:, 0, 0] == 1.0)
+    assert float(motion[:, 1:, :].abs().sum() + motion[:, :, 1:].abs().sum()) == 0.0
+    n = {enc: sum(p.numel() for p in AVJudge(judge_config_for(PRE, **{**MODEL, "frame_encoder": enc})).frame_cnn.parameters())
+         for enc in ("cnn", "grid")}
+    assert n["grid"] == 0 < n["cnn"]
+    with pytest.raises(ValueError):
+        JudgeConfig(frame_encoder="resnet")
 
 
 # ------------------------------------------------------------------------------ objectives

@@ -58,6 +58,8 @@ class JudgeConfig(PretrainedConfig):
         audio_norm: str = "cmvn",
         head_features: str = "summary",
         head: str = "mlp",
+        frame_encoder: str = "cnn",
+        grid_size: tuple[int, int] | list[int] = (4, 6),
         sync_aux_weight: float = 0.0,
         sync_aux_temperature: float = 10.0,
         **kwargs,
@@ -90,6 +92,10 @@ class JudgeConfig(PretrainedConfig):
         if head == "monotone" and (head_features != "summary" or use_pooled):
             raise ValueError("head 'monotone' needs head_features 'summary' and use_pooled false")
         self.head = head
+        self.frame_encoder = str(frame_encoder)
+        if self.frame_encoder not in ("cnn", "grid"):
+            raise ValueError(f"frame_encoder must be 'cnn' or 'grid', not {frame_encoder!r}")
+        self.grid_size = [int(v) for v in grid_size]
         self.sync_aux_weight = float(sync_aux_weight)
         self.sync_aux_temperature = float(sync_aux_temperature)
         kwargs.setdefault("id2label", {0: "no", 1: "yes"})
@@ -147,6 +153,27 @@ def normalize_audio(audio: torch.Tensor, mode: str = "cmvn") -> torch.Tensor:
     return audio / audio.std(dim=(-2, -1), keepdim=True).clamp_min(1e-3)
 
 
+class GridPool(nn.Module):
+    """Parameter-free frame encoder: (N, C', H, W) -> (N, C' * gh * gw + C_motion * gh * gw).
+
+    Mean of every channel (frame, and frame difference when use_motion) over a gh x gw grid, plus
+    the mean |frame difference| per cell: where the mouth region darkens / moves, not what the face
+    looks like. With only the temporal convolutions left to learn, the judge cannot memorise faces,
+    which is what a CNN on a few dozen training speakers does instead of learning sync.
+    """
+
+    def __init__(self, grid: tuple[int, int] | list[int], motion_channels: int):
+        super().__init__()
+        self.grid = tuple(int(v) for v in grid)
+        self.motion_channels = motion_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = [F.adaptive_avg_pool2d(x, self.grid)]
+        if self.motion_channels:
+            pooled.append(F.adaptive_avg_pool2d(x[:, -self.motion_channels:].abs(), self.grid))
+        return torch.cat(pooled, dim=1).flatten(1)
+
+
 class AVJudge(PreTrainedModel):
     config_class = JudgeConfig
     base_model_prefix = "judge"
@@ -157,18 +184,24 @@ class AVJudge(PreTrainedModel):
         super().__init__(config)
         c = config
         in_ch = c.channels * (2 if c.use_motion else 1)
-        layers, prev = [], in_ch
-        for i, w in enumerate(c.vis_widths):
-            # the stem is a patchify conv (kernel = stride): 4x cheaper on CPU than a strided 5x5
-            conv = (nn.Conv2d(prev, w, c.stem_stride, stride=c.stem_stride, bias=False) if i == 0
-                    else nn.Conv2d(prev, w, 3, stride=2, padding=1, bias=False))
-            layers += _conv_bn(conv, w, 2)
-            prev = w
-        layers += [nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten()]
-        self.frame_cnn = nn.Sequential(*layers)
+        if c.frame_encoder == "grid":
+            motion_ch = c.channels if c.use_motion else 0
+            self.frame_cnn = GridPool(c.grid_size, motion_ch)
+            frame_feats = (in_ch + motion_ch) * c.grid_size[0] * c.grid_size[1]
+        else:
+            layers, prev = [], in_ch
+            for i, w in enumerate(c.vis_widths):
+                # the stem is a patchify conv (kernel = stride): 4x cheaper on CPU than a strided 5x5
+                conv = (nn.Conv2d(prev, w, c.stem_stride, stride=c.stem_stride, bias=False) if i == 0
+                        else nn.Conv2d(prev, w, 3, stride=2, padding=1, bias=False))
+                layers += _conv_bn(conv, w, 2)
+                prev = w
+            layers += [nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten()]
+            self.frame_cnn = nn.Sequential(*layers)
+            frame_feats = prev * 4
         d = c.emb_dim
         self.vis_temporal = nn.Sequential(
-            *_conv_bn(nn.Conv1d(prev * 4, d, c.temporal_kernel, padding=c.temporal_kernel // 2, bias=False), d, 1),
+            *_conv_bn(nn.Conv1d(frame_feats, d, c.temporal_kernel, padding=c.temporal_kernel // 2, bias=False), d, 1),
             nn.Dropout(c.dropout),
             nn.Conv1d(d, d, 3, padding=1),
         )

@@ -3,7 +3,9 @@
 Sign convention, shared by both operators: a POSITIVE offset in milliseconds means the soundtrack is
 DELAYED, i.e. it lags the picture (you hear a syllable after you see the lips form it); a NEGATIVE
 offset means the soundtrack leads the picture. Both operators only touch the audio, keep its length
-exactly (zero padding / trimming) and leave the video stream copyable.
+exactly and leave the video stream copyable. Audio shifted into the window comes from the clip's
+audio context (the source's soundtrack around the window, see Clip) where there is one, and is
+silence only beyond it (source edges, or clips built without context).
 """
 from __future__ import annotations
 
@@ -61,30 +63,35 @@ class AudioShift(Operator):
         return {"offset_ms": _sample_offset_ms(rng, severity)}
 
     def apply(self, clip: Clip, params: dict[str, Any]) -> Clip:
-        """Shift the soundtrack by offset_ms (positive delays it)."""
+        """Shift the soundtrack (with its context) by offset_ms (positive delays it)."""
         k = int(round(float(params["offset_ms"]) * clip.sr / 1000.0))
-        return clip.with_audio(shift_audio(np.asarray(clip.audio, dtype=np.float32), k))
+        extended, _ = clip.extended_audio()
+        return clip.with_extended_audio(shift_audio(extended, k))
 
     def defect_size(self, params: dict[str, Any]) -> float:
         """|offset| in milliseconds."""
         return abs(float(params["offset_ms"]))
 
 
-def drift_audio(audio: np.ndarray, sr: int, start_ms: float, end_ms: float) -> np.ndarray:
+def drift_audio(audio: np.ndarray, sr: int, start_ms: float, end_ms: float,
+                context: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Time-varying delay d(t) going linearly from start_ms (first sample) to end_ms (last sample).
 
     out(t) = in(t - d(t)), read with linear interpolation on the warped time axis; reading outside
-    the original gives silence. A linearly changing delay is a constant change of playback rate,
-    so the pitch (and tempo) move by the factor drift_rate(...) (e.g. 0.99 for +100 ms over 10 s).
+    the original (and its optional context, the signal (before, after) the window) gives silence.
+    A linearly changing delay is a constant change of playback rate, so the pitch (and tempo) move
+    by the factor drift_rate(...) (e.g. 0.99 for +100 ms over 10 s).
     """
     n = len(audio)
     if n == 0:
         return np.zeros(0, dtype=np.float32)
+    before, after = context if context is not None else (np.zeros(0), np.zeros(0))
+    signal = np.concatenate([before, audio, after]).astype(np.float64)
     idx = np.arange(n, dtype=np.float64)
     frac = idx / max(n - 1, 1)
     delay_samples = (start_ms + (end_ms - start_ms) * frac) * sr / 1000.0
-    src = idx - delay_samples
-    out = np.interp(src, idx, np.asarray(audio, dtype=np.float64), left=0.0, right=0.0)
+    src = idx - delay_samples + len(before)
+    out = np.interp(src, np.arange(len(signal), dtype=np.float64), signal, left=0.0, right=0.0)
     return out.astype(np.float32)
 
 
@@ -122,7 +129,7 @@ class LipDrift(Operator):
         """Resample the soundtrack on a linearly warped time axis (then undo the pitch change)."""
         x = np.asarray(clip.audio, dtype=np.float32)
         start, end = float(params["start_ms"]), float(params["end_ms"])
-        out = drift_audio(x, clip.sr, start, end)
+        out = drift_audio(x, clip.sr, start, end, context=(clip.context_before, clip.context_after))
         rate = drift_rate(len(x), clip.sr, start, end)
         if params.get("keep_pitch") and start != end and 0.5 <= rate <= 2.0:  # else: left as is
             from .voice import pitch_shift
