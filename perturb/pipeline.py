@@ -34,7 +34,7 @@ from .clip import Clip
 from .operators import get_operator, modifies_video, replay
 from .recipe import Recipe, derive_seed, load_recipe
 
-PIPELINE_VERSION = "2"  # 2: timing operators read the audio context around the window
+PIPELINE_VERSION = "3"  # 2: timing ops read the audio context around the window; 3: grain (WSOLA) keep_pitch drift
 # Timing operators shift up to 1 s (perturb/operators/timing.py OFFSET_BANDS_MS): the context covers it.
 AUDIO_CONTEXT_SECONDS = 1.0
 CANONICAL_VERSION = "1"  # bump when canonical windows change: invalidates the canonical cache
@@ -113,15 +113,33 @@ def plan_windows(duration: float, window: float, max_windows: int = 0,
     return [(round(i * hop, 6), round(i * hop + window, 6)) for i in range(n)]
 
 
-def window_clip(track: np.ndarray, start: float, end: float, video_path: str,
-                meta: dict[str, Any], context_seconds: float = AUDIO_CONTEXT_SECONDS) -> Clip:
-    """The original Clip of a window, with the soundtrack around it as audio context (see Clip)."""
+def window_clip(track: np.ndarray, start: float, end: float, video_path: str, meta: dict[str, Any],
+                context_seconds: float | tuple[float, float] = AUDIO_CONTEXT_SECONDS) -> Clip:
+    """The original Clip of a window, with the soundtrack around it as audio context (see Clip).
+
+    context_seconds: the same before and after, or (before, after); cut at the track's ends.
+    """
     sr = media.CANONICAL_SR
+    before, after = (context_seconds, context_seconds) if np.isscalar(context_seconds) else context_seconds
     a, b = int(round(start * sr)), int(round(end * sr))
-    c = int(round(context_seconds * sr))
     return Clip(audio=media.window_audio(track, start, end), video_path=video_path, meta=meta,
-                context_before=np.asarray(track[max(0, a - c):a], np.float32),
-                context_after=np.asarray(track[b:b + c], np.float32))
+                context_before=np.asarray(track[max(0, a - int(round(before * sr))):a], np.float32),
+                context_after=np.asarray(track[b:b + int(round(after * sr))], np.float32))
+
+
+def rebuild_pair(record: dict[str, Any], source_path: str | Path) -> tuple[Clip, Clip]:
+    """(chosen, rejected) Clips of a pair, rebuilt from its json record and its source video.
+
+    The window's soundtrack and the audio context the timing operators read (record
+    "audio_context_s") are decoded from the source again; the picture stays lazy (video_path is
+    the source). Audio matches the shard's up to the AAC coding of the written mp4s.
+    """
+    start, end = (float(t) for t in record["window"])
+    context = tuple(float(c) for c in record.get("audio_context_s", (0.0, 0.0)))
+    original = window_clip(media.decode_audio(source_path), start, end, str(source_path),
+                           meta={"source_id": record["source_id"], "window": [start, end]},
+                           context_seconds=context)
+    return replay(original, record.get("chosen_ops", [])), replay(original, record["ops"])
 
 
 def canonical_windows(source: Source, windows: list[tuple[float, float]], size: tuple[int, int],

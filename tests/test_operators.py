@@ -107,6 +107,22 @@ def test_lip_drift_reads_context_not_silence(start_ms, end_ms):
     assert np.max(np.abs(delay_ms - expected)) < 0.2
 
 
+def test_lip_drift_keep_pitch_reads_context():
+    """Grain drift with context: a 300 ms start delay reads the speech before the window, no gap."""
+    track = speech_like_noise(6.0, seed=7)
+    start, end = 2 * SR, 4 * SR
+    params = {"start_ms": 300.0, "end_ms": 0.0, "keep_pitch": True}
+    y = LipDrift().apply(context_clip(track, start, end, SR), params).audio
+    head = slice(0, SR // 10)  # first 100 ms: silence without context
+    assert np.sqrt(np.mean(y[head] ** 2)) > 0.5 * np.sqrt(np.mean(track[start - SR // 2:start] ** 2))
+    no_context = LipDrift().apply(audio_clip(track[start:end]), params).audio
+    assert np.max(np.abs(no_context[head])) < 1e-6
+    # first 200 ms, where the delay falls from 300 to 270 ms: read 270-300 ms before the window
+    lead = np.zeros(SR // 2, np.float32)
+    lag = xcorr_lag_ms(track[start - SR // 2:start + SR // 5], np.concatenate([lead, y[:SR // 5]]))
+    assert 265.0 <= lag <= 305.0
+
+
 def test_audio_shift_sampling_bands_and_signs():
     op = AudioShift()
     rng = np.random.default_rng(0)
@@ -123,15 +139,19 @@ def test_audio_shift_sampling_bands_and_signs():
 
 
 # -------------------------------------------------------------------------------------- lip_drift
+@pytest.mark.parametrize("keep_pitch", [False, True])
 @pytest.mark.parametrize("start_ms,end_ms", [(0.0, 300.0), (0.0, -300.0), (300.0, 0.0),
                                              (-250.0, 0.0)])
-def test_lip_drift_local_lag_is_linear(start_ms, end_ms):
+def test_lip_drift_local_lag_is_linear(start_ms, end_ms, keep_pitch):
     """Windowed lags on speech-band noise. A drift is also a rate change (here <= 3.75 %), which
-    decorrelates waveform windows; faster drifts are checked exactly on a ramp below."""
+    decorrelates waveform windows; faster drifts are checked exactly on a ramp below. The
+    pitch-keeping (grain) drift follows the same delay line within its 4 ms search tolerance."""
     x = lowpass_noise(8.0)
     dur = len(x) / SR
-    y = LipDrift().apply(audio_clip(x), {"start_ms": start_ms, "end_ms": end_ms}).audio
+    y = LipDrift().apply(audio_clip(x), {"start_ms": start_ms, "end_ms": end_ms,
+                                         "keep_pitch": keep_pitch}).audio
     assert len(y) == len(x)
+    tol = 5.0 if keep_pitch else 2.0
     # windows whose source lies inside the original (no zero padding in them)
     first = 0.3 + max(start_ms, end_ms, 0.0) / 1000
     last = dur - 0.3 + min(start_ms, end_ms, 0.0) / 1000
@@ -140,9 +160,12 @@ def test_lip_drift_local_lag_is_linear(start_ms, end_ms):
     lags = local_lags_ms(x, y, centers, search_ms)
     slope, intercept, r2 = linear_fit(centers, lags)
     assert r2 > 0.99
-    assert abs(intercept - start_ms) <= 2.0
-    assert abs(slope * dur + intercept - end_ms) <= 2.0
-    assert abs(slope * dur - (end_ms - start_ms)) <= 2.0
+    assert abs(intercept - start_ms) <= tol
+    assert abs(slope * dur + intercept - end_ms) <= tol
+    assert abs(slope * dur - (end_ms - start_ms)) <= tol
+    if keep_pitch:  # grains overlap-add to unit gain: the level is kept (middle, away from padding)
+        mid = slice(len(x) // 4, 3 * len(x) // 4)
+        assert 0.85 < np.sqrt(np.mean(y[mid] ** 2) / np.mean(x[mid] ** 2)) < 1.15
 
 
 @pytest.mark.parametrize("start_ms,end_ms", [(0.0, 1000.0), (-1000.0, 0.0), (640.0, 0.0),

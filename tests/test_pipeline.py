@@ -161,21 +161,25 @@ def test_audio_only_pairs_copy_video_and_shift_audio(lip_build, tmp_path):
     assert checked >= 3
 
 
-def test_pair_rebuilds_from_its_json(lip_build, tmp_path):
-    """Replaying the recorded ops on the chosen clip reproduces the rejected soundtrack."""
-    from perturb.clip import Clip
-    from perturb.operators import replay
+def test_pair_rebuilds_from_its_json(corpus, lip_build, tmp_path):
+    """rebuild_pair(json, source) reproduces both soundtracks of a pair, context included: checked
+    on shifted pairs from windows with speech before them (which a window-only replay would fill
+    with silence)."""
+    from perturb.pipeline import rebuild_pair
 
     _, out = lip_build
-    files = next(f for f in read_samples(out / "lip_sync").values()
-                 if json.loads(f["json"])["kind"] == "original_vs_perturbed")
-    meta = json.loads(files["json"])
-    _, a_c = decode_bytes(files["chosen.mp4"], tmp_path)
-    _, a_r = decode_bytes(files["rejected.mp4"], tmp_path)
-    replayed = replay(Clip(audio=a_c, video_path="unused.mp4"), meta["ops"]).audio
-    n = min(len(replayed), len(a_r))
-    corr = np.corrcoef(replayed[:n], a_r[:n])[0, 1]
-    assert corr > 0.95
+    checked = 0
+    for files in read_samples(out / "lip_sync").values():
+        meta = json.loads(files["json"])
+        if meta["kind"] != "original_vs_perturbed" or meta["audio_context_s"][0] < 0.5 or checked == 3:
+            continue
+        chosen, rejected = rebuild_pair(meta, Path(corpus) / f"{meta['source_id']}.mp4")
+        for clip, side in ((chosen, "chosen.mp4"), (rejected, "rejected.mp4")):
+            _, written = decode_bytes(files[side], tmp_path)
+            n = min(len(clip.audio), len(written))
+            assert np.corrcoef(clip.audio[:n], written[:n])[0, 1] > 0.95
+        checked += 1
+    assert checked == 3
 
 
 def test_same_seed_same_pairs(corpus, lip_build, tmp_path):
