@@ -64,14 +64,14 @@ class Scorer:
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 8,
                         calibration: str | Path | dict | None = None) -> "Scorer":
         """Load an export folder. `calibration` overrides calibration.json (a path or a dict)."""
-        from train.model import AVJudge
+        from train.model import load_weights
         from train.preprocess import PreprocessConfig
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"not an exported judge (no config.json): {path}")
         device = device or "cpu"
-        model = AVJudge.from_pretrained(str(path)).to(device).eval()
+        model = load_weights(path, device)
         cfg = PreprocessConfig.load(path / "preprocessing.json")
         if calibration is not None:
             cal = load_calibrator(calibration)

@@ -144,21 +144,37 @@ def test_save_load_roundtrip_identical_scores(pairs, tmp_path):
 
     _, val = pairs
     b = PairCollator()([val[0], val[1]])
-    for head, encoder in (("mlp", "cnn"), ("monotone", "grid")):
+    for head, encoder in (("mlp", "cnn"), ("monotone", "grid"), ("mlp", "quality")):
         torch.manual_seed(3)
         m = AVJudge(judge_config_for(PRE, **{**MODEL, "head": head, "frame_encoder": encoder}))
         with torch.no_grad():  # move every weight and BN statistic off its initial value
             for t in list(m.parameters()) + [x for n, x in m.named_buffers() if "running" in n]:
                 t.add_(0.05 * torch.randn_like(t))
         m.eval()
-        m.save_pretrained(tmp_path / head)
-        assert (tmp_path / head / "model.safetensors").is_file()
-        for loaded in (AVJudge.from_pretrained(tmp_path / head), AutoModel.from_pretrained(tmp_path / head)):
+        out = tmp_path / f"{head}_{encoder}"
+        m.save_pretrained(out)
+        assert (out / "model.safetensors").is_file()
+        for loaded in (AVJudge.from_pretrained(out), AutoModel.from_pretrained(out)):
             loaded.eval()
             assert isinstance(loaded.config, JudgeConfig) and loaded.config.head == head
             with torch.no_grad():
                 assert torch.equal(m.score(b["chosen_video"], b["chosen_audio"]),
                                    loaded.score(b["chosen_video"], b["chosen_audio"]))
+
+
+def test_incompatible_checkpoint_gives_a_plain_error(tmp_path):
+    """Weights saved by another architecture (here: a wider head) fail with a message naming the cause."""
+    import json as _json
+
+    from train.model import load_weights
+
+    m = AVJudge(judge_config_for(PRE, **{**MODEL, "head": "mlp"}))
+    m.save_pretrained(tmp_path)
+    cfg = _json.loads((tmp_path / "config.json").read_text())
+    cfg["head_hidden"] = int(cfg["head_hidden"]) + 8  # what an older train/model.py would mean
+    (tmp_path / "config.json").write_text(_json.dumps(cfg))
+    with pytest.raises(RuntimeError, match="trained by an older avbench"):
+        load_weights(tmp_path)
 
 
 def test_grid_frame_encoder_sees_where_the_mouth_moves():
@@ -180,6 +196,35 @@ def test_grid_frame_encoder_sees_where_the_mouth_moves():
     assert n["grid"] == 0 < n["cnn"]
     with pytest.raises(ValueError):
         JudgeConfig(frame_encoder="resnet")
+
+
+def test_quality_stats_frame_encoder_measures_the_corruptions():
+    """QualityStats: blur lowers and noise raises the sharpness cells, a repeated frame has the
+    lowest motion, a red cast moves the red mean, a flat fill drops the local std."""
+    from train.model import QualityStats
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 68, 68, generator=g), 5, stride=1)  # (1, 3, 64, 64)
+    enc = QualityStats((4, 4), channels=3)
+    n = 16
+
+    def stats(frame: torch.Tensor, prev: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        diff = frame - (prev if prev is not None else frame * 0.9)
+        f = enc(torch.cat([frame, diff], dim=1)).view(6, n)
+        return {"red": f[0], "std": f[3], "sharp": f[4], "motion": f[5]}
+
+    ref = stats(base)
+    blurred = stats(torch.nn.functional.avg_pool2d(base, 3, stride=1, padding=1, count_include_pad=False))
+    noisy = stats(base + 0.05 * torch.randn(base.shape, generator=g))
+    assert torch.all(blurred["sharp"] < ref["sharp"]) and torch.all(noisy["sharp"] > ref["sharp"])
+    assert torch.all(stats(base, prev=base)["motion"] < ref["motion"])
+    cast = base.clone()
+    cast[:, 0] += 0.2
+    assert torch.allclose(stats(cast)["red"], ref["red"] + 0.2, atol=1e-5)
+    filled = base.clone()
+    filled[..., :16, :16] = 0.5
+    assert stats(filled)["std"][0] < 0.1 * ref["std"][0]
+    assert enc.n_features == 6 * n and not list(enc.parameters())
 
 
 # ------------------------------------------------------------------------------ objectives

@@ -93,8 +93,8 @@ class JudgeConfig(PretrainedConfig):
             raise ValueError("head 'monotone' needs head_features 'summary' and use_pooled false")
         self.head = head
         self.frame_encoder = str(frame_encoder)
-        if self.frame_encoder not in ("cnn", "grid"):
-            raise ValueError(f"frame_encoder must be 'cnn' or 'grid', not {frame_encoder!r}")
+        if self.frame_encoder not in ("cnn", "grid", "quality"):
+            raise ValueError(f"frame_encoder must be 'cnn', 'grid' or 'quality', not {frame_encoder!r}")
         self.grid_size = [int(v) for v in grid_size]
         self.sync_aux_weight = float(sync_aux_weight)
         self.sync_aux_temperature = float(sync_aux_temperature)
@@ -174,6 +174,42 @@ class GridPool(nn.Module):
         return torch.cat(pooled, dim=1).flatten(1)
 
 
+class QualityStats(nn.Module):
+    """Parameter-free frame encoder for picture quality: (N, C', H, W) -> (N, n_stats * gh * gw).
+
+    Per cell of a gh x gw grid, from the frame channels (the first `channels` of C'): each channel's
+    mean (colour casts, occluding fills), the local standard deviation (flat fills), log mean
+    |Laplacian| (sharpness: blur lowers it, noise and blocking raise it) and log mean |frame
+    difference| (frozen / repeated frames: zero). What a corruption changes is measured directly,
+    so the judge does not have to learn it from the faces of a few dozen training speakers.
+    """
+
+    def __init__(self, grid: tuple[int, int] | list[int], channels: int):
+        super().__init__()
+        self.grid = tuple(int(v) for v in grid)
+        self.channels = channels
+
+    @property
+    def n_features(self) -> int:
+        return (self.channels + 3) * self.grid[0] * self.grid[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.channels
+        frame = x[:, :c]
+        pool = lambda t: F.adaptive_avg_pool2d(t, self.grid)  # noqa: E731
+        mean = pool(frame)
+        std = (pool(frame ** 2) - mean ** 2).clamp_min(0).mean(1, keepdim=True).add(1e-6).sqrt()
+        # built here, not kept as a buffer: from_pretrained leaves unsaved buffers uninitialised
+        kernel = frame.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).expand(c, 1, 3, 3)
+        lap = F.conv2d(F.pad(frame, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+        sharp = pool(lap.abs()).mean(1, keepdim=True).add(1e-3).log()
+        if x.shape[1] > c:  # frame difference channels present (use_motion)
+            motion = pool(x[:, c:2 * c].abs()).mean(1, keepdim=True).add(1e-3).log()
+        else:
+            motion = torch.zeros_like(sharp)
+        return torch.cat([mean, std, sharp, motion], dim=1).flatten(1)
+
+
 class AVJudge(PreTrainedModel):
     config_class = JudgeConfig
     base_model_prefix = "judge"
@@ -188,6 +224,9 @@ class AVJudge(PreTrainedModel):
             motion_ch = c.channels if c.use_motion else 0
             self.frame_cnn = GridPool(c.grid_size, motion_ch)
             frame_feats = (in_ch + motion_ch) * c.grid_size[0] * c.grid_size[1]
+        elif c.frame_encoder == "quality":
+            self.frame_cnn = QualityStats(c.grid_size, c.channels)
+            frame_feats = self.frame_cnn.n_features
         else:
             layers, prev = [], in_ch
             for i, w in enumerate(c.vis_widths):
@@ -386,14 +425,30 @@ def judge_config_for(pre, **model_kwargs) -> JudgeConfig:
                        **model_kwargs)
 
 
+def load_weights(model_dir: str, device: str | torch.device = "cpu") -> AVJudge:
+    """AVJudge.from_pretrained in eval mode, with a plain error when the weights do not fit.
+
+    A judge saved by an older train/model.py (another head width, another encoder) fails inside
+    transformers with a size-mismatch report; say what that means instead.
+    """
+    try:
+        return AVJudge.from_pretrained(str(model_dir)).to(device).eval()
+    except RuntimeError as err:
+        if "mismatch" not in str(err).lower():
+            raise
+        raise RuntimeError(
+            f"{model_dir}: the saved weights do not fit this version's AVJudge (model version "
+            f"{MODEL_VERSION}); the judge was probably trained by an older avbench. Retrain it, or "
+            f"load it with the avbench commit that trained it.") from err
+
+
 def load_judge(model_dir: str, device: str | torch.device = "cpu"):
     """(AVJudge in eval mode, its PreprocessConfig) from a run's model/ folder."""
     from pathlib import Path
 
     from .preprocess import PreprocessConfig
 
-    judge = AVJudge.from_pretrained(str(model_dir)).to(device).eval()
-    return judge, PreprocessConfig.load(Path(model_dir) / "preprocessing.json")
+    return load_weights(model_dir, device), PreprocessConfig.load(Path(model_dir) / "preprocessing.json")
 
 
 try:  # AutoConfig.from_pretrained / AutoModel.from_pretrained on a run_dir/model folder
