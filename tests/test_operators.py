@@ -123,6 +123,21 @@ def test_lip_drift_keep_pitch_reads_context():
     assert 265.0 <= lag <= 305.0
 
 
+@pytest.mark.parametrize("start_ms,end_ms", [(234.771, 0.0), (0.0, -999.9), (-640.5, 0.0), (0.0, 999.9)])
+def test_lip_drift_keep_pitch_edges_without_context(start_ms, end_ms):
+    """Fractional offsets up to 1 s at a source edge (no context): full length, silence only where
+    the delay reads outside the clip, speech everywhere else."""
+    x = speech_like_noise(2.0, seed=2)
+    y = LipDrift().apply(audio_clip(x), {"start_ms": start_ms, "end_ms": end_ms, "keep_pitch": True}).audio
+    assert len(y) == len(x) and np.all(np.isfinite(y))
+    edge = int(0.2 * abs(start_ms or end_ms) * SR / 1000)  # well inside the part read from outside
+    outside = y[:edge] if start_ms > 0 else y[-edge:] if end_ms < 0 else None
+    if outside is not None:
+        assert np.max(np.abs(outside)) < 1e-6
+    middle = y[len(y) // 2 - SR // 10: len(y) // 2 + SR // 10]
+    assert np.sqrt(np.mean(middle ** 2)) > 0.3 * np.sqrt(np.mean(x ** 2))
+
+
 def test_audio_shift_sampling_bands_and_signs():
     op = AudioShift()
     rng = np.random.default_rng(0)

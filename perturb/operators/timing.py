@@ -112,7 +112,8 @@ def drift_audio_keep_pitch(audio: np.ndarray, sr: int, start_ms: float, end_ms: 
     before, after = context if context is not None else (np.zeros(0), np.zeros(0))
     g = max(4, int(round(grain_ms * sr / 1000.0)) // 2 * 2)
     hop, tol = g // 2, int(round(tolerance_ms * sr / 1000.0))
-    pad = g + tol + int(abs(start_ms) + abs(end_ms)) * sr // 1000 + 2
+    # zeros beyond the signal and its context: every grain read and search window stays inside
+    pad = g + hop + tol + int(np.ceil(max(abs(start_ms), abs(end_ms)) * sr / 1000.0)) + 2
     # signal coordinates: window sample i sits at pad + len(before) + i
     signal = np.concatenate([np.zeros(pad), before, audio, after, np.zeros(pad)]).astype(np.float64)
     origin = pad + len(before)
