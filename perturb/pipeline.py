@@ -523,7 +523,8 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
                for s in summaries if s["status"] != "ok"]
     _write_atomically(out_dir / "rejects.jsonl",
                       lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rejects).encode()))
-    _write_json_atomically(out_dir / "manifest.json", {"dim": dim, "config_key": config_key, "shards": shards})
+    _write_json_atomically(out_dir / "manifest.json", {"dim": dim, "config_key": config_key, "shards": shards,
+                                                       "build_wall_s": round(time.time() - t0, 2)})
     result = {
         "dim": dim, "recipe": recipe_obj, "sources": sources, "summaries": summaries, "shards": shards,
         "rejects": rejects, "seed": seed, "window_seconds": window, "out_dir": out_dir,
