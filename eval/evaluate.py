@@ -473,8 +473,7 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
              ) -> dict[str, Any]:
     """The whole `evaluate` command; returns the report dict."""
     from train.data import load_split
-    from train.model import load_weights
-    from train.preprocess import PreprocessConfig
+    from train.model import load_judge
 
     t0 = time.time()
     shards, run = Path(shards), Path(run)
@@ -484,8 +483,7 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
         raise FileNotFoundError(f"no trained judge at {model_dir} (run `make train DIM={dim}` first)")
     if not shards.is_dir():
         raise FileNotFoundError(f"no shards folder {shards} (run `make shards DIM={dim}` first)")
-    cfg = PreprocessConfig.load(model_dir / "preprocessing.json")
-    model = load_weights(model_dir, device)
+    model, cfg = load_judge(model_dir, device)
     run_metrics = _read_json(run / "metrics.json")
     card = _read_json(shards / "card.json") or (run_metrics or {}).get("data_card")
 

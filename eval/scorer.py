@@ -64,15 +64,13 @@ class Scorer:
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 8,
                         calibration: str | Path | dict | None = None) -> "Scorer":
         """Load an export folder. `calibration` overrides calibration.json (a path or a dict)."""
-        from train.model import load_weights
-        from train.preprocess import PreprocessConfig
+        from train.model import load_judge
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"not an exported judge (no config.json): {path}")
         device = device or "cpu"
-        model = load_weights(path, device)
-        cfg = PreprocessConfig.load(path / "preprocessing.json")
+        model, cfg = load_judge(path, device)
         if calibration is not None:
             cal = load_calibrator(calibration)
         elif (path / "calibration.json").is_file():

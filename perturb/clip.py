@@ -61,10 +61,9 @@ class Clip:
         empty = np.zeros(0, np.float32)
         return replace(self, audio=np.asarray(audio, dtype=np.float32), context_before=empty, context_after=empty)
 
-    def extended_audio(self) -> tuple[np.ndarray, int]:
-        """context_before + audio + context_after, and where the window starts in it."""
-        ext = np.concatenate([self.context_before, self.audio, self.context_after]).astype(np.float32)
-        return ext, len(self.context_before)
+    def extended_audio(self) -> np.ndarray:
+        """context_before + audio + context_after (the window starts at len(context_before))."""
+        return np.concatenate([self.context_before, self.audio, self.context_after]).astype(np.float32)
 
     def with_extended_audio(self, extended: np.ndarray) -> "Clip":
         """Inverse of extended_audio for a same-length signal: new window audio and context."""

@@ -186,8 +186,9 @@ def test_grid_frame_encoder_sees_where_the_mouth_moves():
     x = torch.zeros(t, 1, h, w)
     x[1::2, :, 0:8, 0:12] = 1.0                       # flicker in the top-left cell of a 4 x 4 grid
     diff = torch.cat([torch.zeros_like(x[:1]), x[1:] - x[:-1]])
-    feats = GridPool((4, 4), motion_channels=1)(torch.cat([x, diff], dim=1))
-    assert feats.shape == (t, 3 * 16)
+    pool = GridPool((4, 4), in_channels=2, motion_channels=1)
+    feats = pool(torch.cat([x, diff], dim=1))
+    assert feats.shape == (t, 3 * 16) == (t, pool.n_features)
     motion = feats[:, 32:].view(t, 4, 4)              # the |difference| block
     assert torch.all(motion[1:, 0, 0] == 1.0)
     assert float(motion[:, 1:, :].abs().sum() + motion[:, :, 1:].abs().sum()) == 0.0

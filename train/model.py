@@ -162,10 +162,15 @@ class GridPool(nn.Module):
     which is what a CNN on a few dozen training speakers does instead of learning sync.
     """
 
-    def __init__(self, grid: tuple[int, int] | list[int], motion_channels: int):
+    def __init__(self, grid: tuple[int, int] | list[int], in_channels: int, motion_channels: int):
         super().__init__()
         self.grid = tuple(int(v) for v in grid)
+        self.in_channels = in_channels
         self.motion_channels = motion_channels
+
+    @property
+    def n_features(self) -> int:
+        return (self.in_channels + self.motion_channels) * self.grid[0] * self.grid[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = [F.adaptive_avg_pool2d(x, self.grid)]
@@ -221,9 +226,8 @@ class AVJudge(PreTrainedModel):
         c = config
         in_ch = c.channels * (2 if c.use_motion else 1)
         if c.frame_encoder == "grid":
-            motion_ch = c.channels if c.use_motion else 0
-            self.frame_cnn = GridPool(c.grid_size, motion_ch)
-            frame_feats = (in_ch + motion_ch) * c.grid_size[0] * c.grid_size[1]
+            self.frame_cnn = GridPool(c.grid_size, in_ch, c.channels if c.use_motion else 0)
+            frame_feats = self.frame_cnn.n_features
         elif c.frame_encoder == "quality":
             self.frame_cnn = QualityStats(c.grid_size, c.channels)
             frame_feats = self.frame_cnn.n_features

@@ -65,8 +65,7 @@ class AudioShift(Operator):
     def apply(self, clip: Clip, params: dict[str, Any]) -> Clip:
         """Shift the soundtrack (with its context) by offset_ms (positive delays it)."""
         k = int(round(float(params["offset_ms"]) * clip.sr / 1000.0))
-        extended, _ = clip.extended_audio()
-        return clip.with_extended_audio(shift_audio(extended, k))
+        return clip.with_extended_audio(shift_audio(clip.extended_audio(), k))
 
     def defect_size(self, params: dict[str, Any]) -> float:
         """|offset| in milliseconds."""
@@ -167,7 +166,7 @@ class LipDrift(Operator):
         return {"start_ms": start, "end_ms": end, "keep_pitch": keep}
 
     def apply(self, clip: Clip, params: dict[str, Any]) -> Clip:
-        """Resample the soundtrack on a linearly warped time axis (then undo the pitch change)."""
+        """Delay the soundtrack linearly from start_ms to end_ms: resampled, or moved in grains (keep_pitch)."""
         x = np.asarray(clip.audio, dtype=np.float32)
         start, end = float(params["start_ms"]), float(params["end_ms"])
         context = (clip.context_before, clip.context_after)
