@@ -91,12 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # pragma: no cover
             pass
     if args.cmd == "evaluate":
+        from perturb.shard_format import ShardFormatError
+
         from .evaluate import evaluate
 
-        evaluate(args.dim, args.shards, args.run, args.export, args.report,
-                 calibration=args.calibration, cache_dir=args.cache_dir, batch_size=args.batch_size,
-                 n_boot=args.n_boot, device=_device(args.device), progress=not args.no_progress,
-                 workers=args.workers)
+        try:
+            evaluate(args.dim, args.shards, args.run, args.export, args.report,
+                     calibration=args.calibration, cache_dir=args.cache_dir, batch_size=args.batch_size,
+                     n_boot=args.n_boot, device=_device(args.device), progress=not args.no_progress,
+                     workers=args.workers)
+        except ShardFormatError as err:  # an invalid or hostile shard: one line, nothing decoded
+            print(f"error: invalid shard: {err}", file=sys.stderr)
+            return 2
         print(f"[eval] report: {args.report}/report.md; export: {args.export}", file=sys.stderr)
         return 0
     if args.cmd in ("score", "filter"):

@@ -39,9 +39,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "samples":
         from .pipeline import write_samples
+        from .shard_format import ShardFormatError
 
-        for path in write_samples(args.shards, args.split, args.n, args.out):
-            print(path)
+        try:
+            for path in write_samples(args.shards, args.split, args.n, args.out):
+                print(path)
+        except ShardFormatError as err:
+            print(f"error: invalid shard: {err}", file=sys.stderr)
+            return 2
         return 0
 
     from .pipeline import build

@@ -33,6 +33,7 @@ from .media import sha256_file
 from .clip import Clip
 from .operators import get_operator, modifies_video, replay
 from .recipe import Recipe, derive_seed, load_recipe
+from .shard_format import check_shard, split_member_name
 
 PIPELINE_VERSION = "3"  # 2: timing ops read the audio context around the window; 3: grain (WSOLA) keep_pitch drift
 # Timing operators shift up to 1 s (perturb/operators/timing.py OFFSET_BANDS_MS): the context covers it.
@@ -399,11 +400,13 @@ def write_samples(shard_dir: str | Path, split: str, n: int, out: str | Path) ->
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for shard in sorted(Path(shard_dir).glob(f"{split}-[0-9]*.tar")):
+        check_shard(shard)  # shards may come from anyone: a key like ../x or /x must not become a path
         for key, members, tar in _iter_samples(shard):
             if len(written) >= 2 * n:
                 return written
             for m in members:
-                target = out / m.name
+                key, ext = split_member_name(m.name, shard.name)
+                target = out / f"{key}.{ext}"
                 target.write_bytes(tar.extractfile(m).read())
                 if target.suffix == ".mp4":
                     written.append(target)

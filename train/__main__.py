@@ -298,4 +298,9 @@ def _versions() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    main()
+    from perturb.shard_format import ShardFormatError
+
+    try:
+        main()
+    except ShardFormatError as err:  # an invalid or hostile shard: one line, nothing decoded
+        sys.exit(f"error: invalid shard: {err}")

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from perturb.media import sha256_file  # the shared media layer, not perturb's internals
+from perturb.shard_format import ShardFormatError, check_sample, check_shard  # the shard contract
 
 from .preprocess import PreprocessConfig, preprocess_clip
 
@@ -65,6 +66,7 @@ def list_shards(shards_dir: str | Path, split: str) -> list[ShardInfo]:
         path = shards_dir / e["file"]
         if not path.is_file():
             raise FileNotFoundError(f"shard listed in manifest is missing: {path}")
+        check_shard(path)  # member names / types / sizes, before anything is decoded
         sha = sha256_file(path)
         if e.get("sha256") and e["sha256"] != sha:
             print(f"[train.data] warning: {path.name}: sha256 differs from manifest.json (shard rewritten?)")
@@ -93,10 +95,12 @@ def _no_split(src):
 
 
 def decode_pair(sample: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]:
-    """A raw WebDataset sample (after .decode(): json is a dict, mp4s bytes) -> preprocessed pair."""
-    meta = sample["json"]
-    if isinstance(meta, (bytes, str)):
-        meta = json.loads(meta)
+    """A raw WebDataset sample (bytes per member, checked by check_sample) -> preprocessed pair.
+
+    Only the format's members are decoded, by us: json with json.loads, the mp4s by ffmpeg. Never
+    WebDataset's .decode(), whose default handlers unpickle .pyd / .pickle and torch.load .pth members.
+    """
+    meta = json.loads(sample["json"])
     item: dict[str, Any] = {"key": sample["__key__"], "url": str(sample.get("__url__", "")), "meta": meta, "info": {}}
     for side in SIDES:
         inputs, info = preprocess_clip(sample[f"{side}.mp4"], cfg, return_info=True)
@@ -112,7 +116,7 @@ def _pipeline(urls: list[str], cfg: PreprocessConfig, shuffle: int = 0, seed: in
                         workersplitter=_no_split, empty_check=False, seed=seed)
     if shuffle:
         ds = ds.shuffle(shuffle, seed=seed)
-    return ds.compose(_sample_split_by_worker).decode().map(lambda s: decode_pair(s, cfg))
+    return ds.compose(_sample_split_by_worker).map(check_sample).map(lambda s: decode_pair(s, cfg))
 
 
 def _default_workers() -> int:
@@ -163,11 +167,14 @@ def build_cache(shards: list[ShardInfo], cfg: PreprocessConfig, cache_dir: str |
     loader = DataLoader(ds, batch_size=None, num_workers=workers,
                         persistent_workers=False) if workers > 0 else ds
     done = 0
-    for item in loader:
-        by_url[item["url"]].append(item)
-        done += 1
-        if done % 25 == 0:
-            log(f"[train.data] preprocessed {done}/{expected or '?'} pairs ({time.time() - t0:.0f}s)")
+    try:
+        for item in loader:
+            by_url[item["url"]].append(item)
+            done += 1
+            if done % 25 == 0:
+                log(f"[train.data] preprocessed {done}/{expected or '?'} pairs ({time.time() - t0:.0f}s)")
+    except ShardFormatError as err:  # re-raised by a DataLoader worker with its whole traceback
+        raise ShardFormatError(str(err).strip().splitlines()[-1].split("ShardFormatError: ")[-1]) from None
     for s in todo:
         _write_entry(cache_entry(s, cfg, cache_dir), s, by_url[str(s.path)], cfg, time.time() - t0)
     stats.update(pairs=done, build_s=round(time.time() - t0, 2))

@@ -1,0 +1,80 @@
+"""The pair-shard format, as a contract shared by its writer (perturb) and its readers (train, eval).
+
+A shard is a plain tar of samples; a sample is the members `<key>.chosen.mp4`, `<key>.rejected.mp4`
+and `<key>.json`. A key is a flat name of letters, digits, `_` and `-` (perturb.pipeline.safe_id
+makes them): no `/`, no `..`, no dot, so a key never names a path outside the folder it is
+written to, and WebDataset (which splits member names at the first dot) sees exactly one key.
+
+Shards may come from anyone, so readers decode nothing outside this format: json is parsed with
+json.loads, mp4s stay bytes for ffmpeg. A member with another extension (`.pyd`, `.pickle`, `.pth`,
+which WebDataset's default decoders would unpickle) makes the whole shard invalid.
+"""
+from __future__ import annotations
+
+import re
+import tarfile
+from pathlib import Path
+from typing import Any
+
+MEMBERS = ("chosen.mp4", "rejected.mp4", "json")
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,200}")
+# No real pair side comes close (a 5 s canonical window is ~0.3 MB); a larger declared size is a
+# broken or hostile shard, refused before anything is read into memory.
+MAX_MEMBER_BYTES = 256 << 20
+
+
+class ShardFormatError(ValueError):
+    """A shard that breaks the format; the message names the shard and the member."""
+
+
+def split_member_name(name: str, shard: str | Path = "") -> tuple[str, str]:
+    """`<key>.<ext>` -> (key, ext), or ShardFormatError when the name or the extension is not the format's."""
+    key, dot, ext = name.partition(".")
+    where = f"{shard}: " if shard else ""
+    if not dot or not KEY_PATTERN.fullmatch(key):
+        raise ShardFormatError(f"{where}member {name!r}: invalid sample key (letters, digits, _ and - only; "
+                               f"no '/', '..' or absolute path)")
+    if ext not in MEMBERS:
+        raise ShardFormatError(f"{where}member {name!r}: '.{ext}' is not part of the pair format "
+                               f"({', '.join(MEMBERS)}); refusing to decode it")
+    return key, ext
+
+
+def check_member(info: tarfile.TarInfo, shard: str | Path = "") -> tuple[str, str]:
+    """A tar member header -> (key, ext), checked: format name, regular file, sane size."""
+    key, ext = split_member_name(info.name, shard)
+    where = f"{shard}: " if shard else ""
+    if not info.isfile():
+        raise ShardFormatError(f"{where}member {info.name!r}: not a regular file (links and folders are refused)")
+    if info.size > MAX_MEMBER_BYTES:
+        raise ShardFormatError(f"{where}member {info.name!r}: declares {info.size} bytes, over the "
+                               f"{MAX_MEMBER_BYTES} byte limit of a pair side")
+    return key, ext
+
+
+def check_shard(path: str | Path) -> int:
+    """Check every member header of a shard (no payload is read); returns the number of samples."""
+    keys: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                keys.add(check_member(info, Path(path).name)[0])
+    except tarfile.TarError as err:
+        raise ShardFormatError(f"{Path(path).name}: not a readable tar ({err})") from err
+    return len(keys)
+
+
+def check_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """A raw WebDataset sample (bytes per extension) -> the same sample, or ShardFormatError.
+
+    The streaming twin of check_shard, for readers that never saw the tar's headers.
+    """
+    shard = Path(str(sample.get("__url__", ""))).name
+    key = str(sample.get("__key__", ""))
+    for ext in sample:
+        if not ext.startswith("__"):
+            split_member_name(f"{key}.{ext}", shard)
+    missing = [m for m in MEMBERS if m not in sample]
+    if missing:
+        raise ShardFormatError(f"{shard}: sample {key!r} lacks {', '.join(missing)}")
+    return sample
