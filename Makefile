@@ -20,12 +20,16 @@ SPLITS  ?=
 CARDS   ?=
 OBJ     ?= reward
 CONFIG  ?=
+# INIT: a run to start from (make pretrain's RUN); PLUGINS: modules that register encoders of their own
+INIT    ?=
+PLUGINS ?=
+PLUGIN_ARGS = $(foreach p,$(PLUGINS),--plugin $(p))
 SHARDS  ?= $(OUT)/$(DIM)
 RUN     ?= runs/$(DIM)
 EXPORT  ?= exports/$(DIM)
 REPORT  ?= reports/$(DIM)
 
-.PHONY: venv demo test test-slow shards train eval bench clean
+.PHONY: venv demo test test-slow shards train pretrain eval bench clean
 
 venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
@@ -34,6 +38,9 @@ $(STAMP): setup.cfg pyproject.toml
 	# torch first, pinned: a bare `torch` requirement would pull a different build (DEVELOPERS.md)
 	$(PYTHON) -m pip install -q torch==2.14.1 torchaudio==2.11.0
 	$(PYTHON) -m pip install -q -e ".[test]"
+	# MediaPipe FaceMesh (landmarks): Google's wheel without its pins (numpy<2, jax, opencv-contrib are
+	# not used by FaceMesh; train/landmarks.py says why this wheel)
+	$(PYTHON) -m pip install -q --no-deps mediapipe==0.10.21 absl-py attrs flatbuffers "protobuf>=4.25.3,<5"
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -49,10 +56,19 @@ shards: $(STAMP)
 	  $(if $(MANIFEST),--manifest $(MANIFEST),) $(if $(SPLITS),--splits $(SPLITS),) $(if $(CARDS),--cards $(CARDS),)
 
 train: $(STAMP)
-	$(PYTHON) -m train --dim $(DIM) --objective $(OBJ) --shards $(SHARDS) --run $(RUN) $(if $(CONFIG),--config $(CONFIG),)
+	$(PYTHON) -m train --dim $(DIM) --objective $(OBJ) --shards $(SHARDS) --run $(RUN) $(if $(CONFIG),--config $(CONFIG),) \
+	  $(if $(INIT),--init $(INIT),) $(PLUGIN_ARGS)
+
+# self-supervised sync pretraining on untouched videos (SRC: one or more folders); the val/test
+# sources of SHARDS are left out. Then: make train ... INIT=$(PRETRAIN_RUN)
+PRETRAIN_RUN ?= runs/$(DIM)_pretrain
+pretrain: $(STAMP)
+	$(if $(SRC),,$(error make pretrain needs SRC=DIR [DIR ...]))
+	$(PYTHON) -m train.pretrain --dim $(DIM) $(foreach s,$(SRC),--src $(s)) --shards $(SHARDS) \
+	  --run $(PRETRAIN_RUN) $(if $(CONFIG),--config $(CONFIG),) $(PLUGIN_ARGS)
 
 eval: $(STAMP)
-	$(PYTHON) -m eval evaluate --dim $(DIM) --shards $(SHARDS) --run $(RUN) --export $(EXPORT) --report $(REPORT)
+	$(PYTHON) -m eval evaluate --dim $(DIM) --shards $(SHARDS) --run $(RUN) --export $(EXPORT) --report $(REPORT) $(PLUGIN_ARGS)
 
 demo: $(STAMP)
 	$(MAKE) shards DIM=lip_sync

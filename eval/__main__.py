@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir", default=None, help="preprocessing cache (train.data.load_split)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for 95%% CIs")
+    e.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (a judge with encoders of its own); repeatable")
     e.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     e.add_argument("--workers", type=int, default=None,
                    help="decoding workers when the preprocessing cache is built (train.data default)")
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="also write the results to a .jsonl or .csv file")
     s.add_argument("--windows", action="store_true", help="per-window scores for every video")
     s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (a judge with encoders of its own); repeatable")
     s.add_argument("--device", default=None)
 
     f = sub.add_parser("filter", help="keep the videos whose scores reach a threshold",
@@ -59,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("src", nargs="+", metavar="SRC", help="video files or folders")
     f.add_argument("--out-dir", default=".", help="where kept.txt and rejected.txt go (default .)")
     f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (a judge with encoders of its own); repeatable")
     f.add_argument("--device", default=None)
 
     a = sub.add_parser("align", help="agreement of scores with human ratings",
@@ -90,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             hf_logging.disable_progress_bar()
         except Exception:  # pragma: no cover
             pass
+    if getattr(args, "plugin", None):
+        from train.encoders import import_plugins
+
+        import_plugins(args.plugin)
     if args.cmd == "evaluate":
         from perturb.shard_format import ShardFormatError
 

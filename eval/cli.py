@@ -24,8 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".ts",
-              ".wmv", ".3gp"}
+from perturb.media import VIDEO_EXTS  # the shared media layer
 
 
 def load_scorers(dirs: Sequence[str], device: str | None = None, batch_size: int = 8) -> list:

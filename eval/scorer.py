@@ -62,15 +62,17 @@ class Scorer:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, batch_size: int = 8,
-                        calibration: str | Path | dict | None = None) -> "Scorer":
-        """Load an export folder. `calibration` overrides calibration.json (a path or a dict)."""
+                        calibration: str | Path | dict | None = None,
+                        plugins: list[str] | None = None) -> "Scorer":
+        """Load an export folder. `calibration` overrides calibration.json (a path or a dict);
+        `plugins`: modules to import first (judges whose encoders are not part of avbench)."""
         from train.model import load_judge
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"not an exported judge (no config.json): {path}")
         device = device or "cpu"
-        model, cfg = load_judge(path, device)
+        model, cfg = load_judge(path, device, plugins)
         if calibration is not None:
             cal = load_calibrator(calibration)
         elif (path / "calibration.json").is_file():

@@ -17,6 +17,10 @@ from typing import Any
 
 import numpy as np
 
+# file extensions searched for videos when a folder is given (perturb's sources, eval's filter, train's pretraining)
+VIDEO_EXTS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".ts",
+                        ".wmv", ".3gp"})
+
 CANONICAL_FPS = 25
 CANONICAL_SR = 16000
 CANONICAL_MAX_SIDE = 512

@@ -180,38 +180,37 @@ def test_incompatible_checkpoint_gives_a_plain_error(tmp_path):
 def test_grid_frame_encoder_sees_where_the_mouth_moves():
     """GridPool: a patch flickering in one grid cell lights up that cell's |difference| feature only,
     and the grid judge learns far fewer weights than the CNN one (no face templates to memorise)."""
-    from train.model import GridPool
+    from train.encoders import GridPool
 
     t, h, w = 6, 32, 48
-    x = torch.zeros(t, 1, h, w)
-    x[1::2, :, 0:8, 0:12] = 1.0                       # flicker in the top-left cell of a 4 x 4 grid
-    diff = torch.cat([torch.zeros_like(x[:1]), x[1:] - x[:-1]])
-    pool = GridPool((4, 4), in_channels=2, motion_channels=1)
-    feats = pool(torch.cat([x, diff], dim=1))
+    x = torch.zeros(1, t, 1, h, w)
+    x[0, 1::2, :, 0:8, 0:12] = 1.0                    # flicker in the top-left cell of a 4 x 4 grid
+    pool = GridPool(JudgeConfig(grid_size=(4, 4), channels=1, use_motion=True))
+    feats = pool(x)[0].T                              # (T, F): the encoder stacks the frame difference itself
     assert feats.shape == (t, 3 * 16) == (t, pool.n_features)
     motion = feats[:, 32:].view(t, 4, 4)              # the |difference| block
     assert torch.all(motion[1:, 0, 0] == 1.0)
     assert float(motion[:, 1:, :].abs().sum() + motion[:, :, 1:].abs().sum()) == 0.0
-    n = {enc: sum(p.numel() for p in AVJudge(judge_config_for(PRE, **{**MODEL, "frame_encoder": enc})).frame_cnn.parameters())
+    n = {enc: sum(p.numel() for p in AVJudge(judge_config_for(PRE, **{**MODEL, "frame_encoder": enc})).video_encoder.parameters())
          for enc in ("cnn", "grid")}
     assert n["grid"] == 0 < n["cnn"]
-    with pytest.raises(ValueError):
-        JudgeConfig(frame_encoder="resnet")
+    with pytest.raises(ValueError, match="unknown video encoder frame_encoder='resnet'.*'grid'"):
+        AVJudge(JudgeConfig(frame_encoder="resnet"))
 
 
 def test_quality_stats_frame_encoder_measures_the_corruptions():
     """QualityStats: blur lowers and noise raises the sharpness cells, a repeated frame has the
     lowest motion, a red cast moves the red mean, a flat fill drops the local std."""
-    from train.model import QualityStats
+    from train.encoders import QualityStats
 
     g = torch.Generator().manual_seed(0)
     base = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 68, 68, generator=g), 5, stride=1)  # (1, 3, 64, 64)
-    enc = QualityStats((4, 4), channels=3)
+    enc = QualityStats(JudgeConfig(grid_size=(4, 4), channels=3, use_motion=True))
     n = 16
 
     def stats(frame: torch.Tensor, prev: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        diff = frame - (prev if prev is not None else frame * 0.9)
-        f = enc(torch.cat([frame, diff], dim=1)).view(6, n)
+        clip = torch.stack([prev if prev is not None else frame * 0.9, frame], dim=1)  # (1, 2 frames, 3, H, W)
+        f = enc(clip)[0, :, 1].view(6, n)            # the second frame's features (its difference to the first)
         return {"red": f[0], "std": f[3], "sharp": f[4], "motion": f[5]}
 
     ref = stats(base)

@@ -148,6 +148,25 @@ def write_fixture_shards(out: str | Path, sources: int = 6, seconds: float = 2.0
     return out
 
 
+def write_fixture_videos(out: str | Path, sources: int = 3, seconds: float = 3.0, size: int = 64,
+                         seed: int = 0) -> list[Path]:
+    """Untouched synthetic talking-head videos (picture and sound in sync), `fixture_NNN.mp4`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    fps, sr = CANONICAL_FPS, CANONICAL_SR
+    paths = []
+    for s in range(sources):
+        audio, env = speech_like(rng, seconds, sr)
+        n = int(seconds * fps)
+        env_frames = env[: n * (sr // fps)].reshape(n, sr // fps).mean(axis=1)
+        frames = draw_face(env_frames / max(env_frames.max(), 1e-6), rng, size)
+        path = out / f"fixture_{s:03d}.mp4"
+        encode_clip(frames, audio[: int(seconds * sr)], path)
+        paths.append(path)
+    return paths
+
+
 if __name__ == "__main__":
     import argparse
 

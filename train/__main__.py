@@ -34,6 +34,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_SECTIONS = {"dim", "question", "seed", "plugins", "preprocess", "model", "train", "objectives", "pretrain"}
 
 
 def load_config(dim: str, path: str | None) -> dict[str, Any]:
@@ -43,8 +44,28 @@ def load_config(dim: str, path: str | None) -> dict[str, Any]:
     if not p.is_file():
         raise SystemExit(f"no training config {p} (write one or pass --config)")
     cfg = yaml.safe_load(p.read_text()) or {}
+    unknown = sorted(set(cfg) - CONFIG_SECTIONS)
+    if unknown:
+        raise SystemExit(f"{p}: unknown section(s) {unknown}; valid: {sorted(CONFIG_SECTIONS)}")
     cfg["_path"] = str(p)
     return cfg
+
+
+def resolve_preprocess(conf: dict[str, Any], plugins: list[str]) -> dict[str, Any]:
+    """The YAML preprocess section with what the model's encoders need filled in (a conflict is an error)."""
+    from .encoders import preprocess_needs
+
+    model = conf.get("model") or {}
+    pre = dict(conf.get("preprocess") or {})
+    needs = preprocess_needs(model.get("frame_encoder", "cnn"), model.get("audio_encoder", "mel_conv"), plugins)
+    for key, value in needs.items():
+        given = pre.get(key, value)
+        if (list(given) if isinstance(given, (list, tuple)) else given) != \
+                (list(value) if isinstance(value, (list, tuple)) else value):
+            raise SystemExit(f"{conf.get('_path')}: preprocess {key}: {given!r} conflicts with the model's "
+                             f"encoders, which need {key}: {value!r}")
+        pre[key] = value
+    return pre
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,7 +83,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints (start over)")
     ap.add_argument("--workers", type=int, default=None, help="preprocessing DataLoader workers")
+    ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="import MODULE first (it registers encoders of its own); repeatable")
+    ap.add_argument("--init", default=None, metavar="RUN",
+                    help="start from the weights of another run (e.g. python -m train.pretrain's RUN or RUN/model)")
     return ap.parse_args(argv)
+
+
+def init_from(model, init: str, shards: Path, log) -> dict[str, Any]:
+    """Copy the weights of another run's judge (same names and shapes) into model; refuse a run
+    pretrained on this dataset's val / test sources. Returns what metrics.json records."""
+    from .model import load_weights
+    from .pretrain import held_out_files
+
+    src = Path(init)
+    if (src / "model" / "config.json").is_file():
+        src = src / "model"
+    if not (src / "config.json").is_file():
+        raise SystemExit(f"--init {init}: no judge there (no config.json in it or in its model/)")
+    run_metrics = src.parent / "metrics.json"
+    info = json.loads(run_metrics.read_text()) if run_metrics.is_file() else {}
+    used = {Path(s["file"]).name for s in info.get("pretrain_sources") or [] if s.get("windows")}
+    held = held_out_files(shards) if (shards / "card.json").is_file() else {}
+    leaked = sorted(used & set(held))
+    if leaked:
+        raise SystemExit(f"--init {init} was pretrained on val/test sources of {shards}: {leaked}")
+    own = model.state_dict()
+    theirs = load_weights(src).state_dict()
+    loaded = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+    if not loaded:
+        raise SystemExit(f"--init {init}: none of its weights fit this model (another architecture?)")
+    model.load_state_dict(loaded, strict=False)
+    log(f"initialised {len(loaded)} of {len(own)} tensors from {src}")
+    return {"init": str(src), "init_tensors": len(loaded), "pretrain_sources": info.get("pretrain_sources"),
+            "pretrain_excluded_sources": info.get("excluded_sources")}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -76,8 +130,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from .data import load_split, read_card
-    from .model import MODEL_VERSION, AVJudge, judge_config_for
+    from transformers import AutoModel
+
+    from .data import load_split, precompute_video_features, read_card
+    from .encoders import import_plugins
+    from .model import MODEL_VERSION, judge_config_for
     from .preprocess import PreprocessConfig
     from .trainers import OBJECTIVES, judge_metrics
 
@@ -93,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(msg if msg.startswith("[") else f"[train] {msg}", flush=True)
 
     conf = load_config(args.dim, args.config)
+    plugins = import_plugins([*(conf.get("plugins") or []), *args.plugin])
     shards = Path(args.shards or f"shards/{args.dim}")
     run = Path(args.run or f"runs/{args.dim}")
     ckpt_dir = run / "checkpoints" / args.objective  # objectives sharing a run dir never resume each other
@@ -104,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
     # ---------------------------------------------------------------- data
-    pre = PreprocessConfig.from_dict(conf.get("preprocess", {}))
+    pre = PreprocessConfig.from_dict(resolve_preprocess(conf, plugins))
     card = read_card(shards)
     t0 = time.time()
     with state.main_process_first():  # rank 0 builds the cache, the others then read it
@@ -122,8 +180,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seed = args.seed if args.seed is not None else int(conf.get("seed", 0))
     set_seed(seed)
     question = conf.get("question") or (train_pairs.metas[0].get("question") if train_pairs.metas else "")
-    model_conf = judge_config_for(pre, dim=args.dim, question=question, **conf.get("model", {}))
-    model = AVJudge(model_conf)
+    try:
+        model_conf = judge_config_for(pre, dim=args.dim, question=question, plugins=plugins, **conf.get("model", {}))
+        model = AutoModel.from_config(model_conf)
+        if not args.init:  # an --init run carries the pretrained weights already
+            for what in model.load_pretrained_encoders():
+                log(f"pretrained: {what}")
+    except (ValueError, FileNotFoundError) as err:  # a typo in the model section, a missing weights file
+        raise SystemExit(f"{conf['_path']}: model: {err}") from None
+    init_info = init_from(model, args.init, shards, log) if args.init else {}
+    with state.main_process_first():  # a frozen video encoder runs once per clip, not every step
+        for ds in (train_pairs, val_pairs):
+            precompute_video_features(model, ds.tensors, ["chosen.video", "rejected.video"],
+                                      [ds.shards, pre.fingerprint()], args.cache_dir, log=log)
 
     # ---------------------------------------------------------------- trainer config
     trainer_cls, config_cls = OBJECTIVES[args.objective]
@@ -156,6 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Resume only checkpoints made from the same data, preprocessing and model (max_steps may change).
     resume_key = hashlib.sha256(json.dumps(
         {"objective": args.objective, "preprocess": pre.fingerprint(), "model": conf.get("model", {}),
+         "init": init_info.get("init"),
          "model_version": MODEL_VERSION,
          "seed": seed, "train_shards": train_pairs.shards}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     key_file = ckpt_dir / "resume_key.txt"
@@ -234,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "preprocess_fingerprint": pre.fingerprint(),
         "device": str(training_args.device), "torch_threads": torch.get_num_threads(),
         "versions": _versions(), "config": conf.get("_path"),
-        "data_card": card,
+        "data_card": card, **init_info,
     }
     if main_proc:
         out = run / "model"
@@ -259,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _dpo_reference(model, path: Path, resuming: str | None, state, log):
     """The frozen DPO reference = the initial model. Saved beside the checkpoints when training
     starts, and read back when resuming, so a resumed run compares against the same reference."""
-    from .model import AVJudge
+    from .model import load_weights
 
     if resuming and (path / "config.json").is_file():
         log(f"DPO reference from {path}")
@@ -267,7 +337,7 @@ def _dpo_reference(model, path: Path, resuming: str | None, state, log):
         if state.is_main_process:
             model.save_pretrained(str(path))
         state.wait_for_everyone()
-    return AVJudge.from_pretrained(str(path))
+    return load_weights(path)
 
 
 class TimeBudget(TrainerCallback):

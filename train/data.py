@@ -19,6 +19,7 @@ kept for the cache-vs-no-cache benchmark: `python -m train.data bench --shards D
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -284,6 +285,137 @@ def load_split(shards_dir: str | Path, split: str, cfg: PreprocessConfig, cache_
                        shards=[{"file": s.path.name, "sha256": s.sha256} for s in shards])
 
 
+@torch.no_grad()
+def precompute_video_features(model, tensors: dict[str, torch.Tensor], keys: list[str], identity: Any,
+                              cache_dir: str | Path | None = None, batch_size: int = 16, log=print) -> bool:
+    """Replace tensors[k] (N, T, ...) by the judge's frozen video encoder output (N, T, F), in place.
+
+    A frozen pretrained encoder (Light-ASD's visual net: ~0.2 GMAC per frame) gives the same output
+    every epoch, so it runs once per clip instead of every step; AVJudge.embed_video takes the
+    (B, T, F) result as precomputed. Cached as safetensors, keyed by `identity` (what the inputs are:
+    shards + preprocessing fingerprint) and the encoder's weights. False when the encoder trains.
+    """
+    from safetensors.torch import load_file, save_file
+
+    enc = model.video_encoder
+    if not enc.frozen:
+        return False
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    for name, t in sorted(enc.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    path = (Path(cache_dir) if cache_dir else DEFAULT_CACHE) / f"encoded-{enc.name}-{h.hexdigest()[:20]}.safetensors"
+    if path.is_file():
+        tensors.update(load_file(str(path)))
+        return True
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[str, torch.Tensor] = {}
+    t0 = time.time()
+    total = sum(len(tensors[k]) for k in keys)
+    done = 0
+    for k in keys:
+        parts = []
+        for i in range(0, len(tensors[k]), batch_size):
+            parts.append(model.encode_video_frames(tensors[k][i:i + batch_size].float().to(device)).cpu().half())
+            done += len(parts[-1])
+            if len(parts) % 8 == 0:
+                log(f"[train.data] {enc.name}: encoded {done}/{total} clips ({time.time() - t0:.0f}s)")
+        out[k] = torch.cat(parts).contiguous()
+    model.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file(out, str(tmp))
+    os.replace(tmp, path)
+    log(f"[train.data] {enc.name}: encoded {total} clips once (frozen encoder) in {time.time() - t0:.0f}s")
+    tensors.update(out)
+    return True
+
+
+class WindowDataset(Dataset):
+    """Untouched windows of whole videos (self-supervised sync pretraining): item = {"video", "audio",
+    "label": 1, "meta": {"source", "start"}}. tensors: "video" (N, T, ...), "audio" (N, n_feat, R*T)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], metas: list[dict[str, Any]], sources: list[dict[str, Any]]):
+        self.tensors, self.metas, self.sources = tensors, metas, sources
+
+    def __len__(self) -> int:
+        return len(self.metas)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"video": self.tensors["video"][i].float(), "audio": self.tensors["audio"][i].float(),
+                "label": 1, "meta": self.metas[i]}
+
+
+class _SourceWindows(Dataset):
+    """One item per source video: all its full windows, preprocessed (DataLoader workers run sources in parallel)."""
+
+    def __init__(self, paths: list[Path], cfg: PreprocessConfig, hop: float):
+        self.paths, self.cfg, self.hop = paths, cfg, hop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from .preprocess import windows_for
+
+        path = self.paths[i]
+        try:
+            wins = [w for w in windows_for(path, self.cfg, hop_seconds=self.hop)
+                    if w[1] - w[0] >= self.cfg.window_seconds - 1e-3]  # no padded windows: silence is no sync cue
+        except Exception as err:  # an unreadable file is reported, not fatal
+            return {"path": str(path), "error": f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"}
+        return {"path": str(path), "starts": [w[0] for w in wins], "inputs": [w[2] for w in wins]}
+
+
+def load_windows(paths: list[str | Path], cfg: PreprocessConfig, hop: float, cache_dir: str | Path | None = None,
+                 num_workers: int | None = None, log=print) -> WindowDataset:
+    """Every full window (every `hop` s) of each video, preprocessed once into the tensor cache
+    (one entry per file content + preprocessing + hop)."""
+    from safetensors.torch import load_file, save_file
+
+    root = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+    entries = {}
+    for p in map(Path, paths):
+        sha = sha256_file(p)
+        entries[p] = (sha, root / f"windows-{p.stem[:40]}-{sha[:16]}-{cfg.fingerprint()}-hop{hop:g}")
+    todo = [p for p, (_, e) in entries.items() if not (e / "meta.json").is_file()]
+    if todo:
+        workers = num_workers if num_workers is not None else _default_workers()
+        ds = _SourceWindows(todo, cfg, hop)
+        loader = DataLoader(ds, batch_size=None, num_workers=workers) if workers else ds
+        t0 = time.time()
+        for n, item in enumerate(loader, 1):
+            p = Path(item["path"])
+            entry = entries[p][1]
+            tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            meta = {"file": p.name, "sha256": entries[p][0], "starts": item.get("starts", []),
+                    "error": item.get("error")}
+            if item.get("inputs"):
+                save_file({k: torch.stack([x[k] for x in item["inputs"]]).half().contiguous() for k in ("video", "audio")},
+                          str(tmp / "tensors.safetensors"))
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            shutil.rmtree(entry, ignore_errors=True)
+            os.replace(tmp, entry)
+            log(f"[train.data] windows of {n}/{len(todo)} sources ({time.time() - t0:.0f}s): {p.name}: "
+                f"{len(meta['starts'])} windows{' -- ' + meta['error'] if meta['error'] else ''}")
+    parts, metas, sources = [], [], []
+    for p, (sha, entry) in entries.items():
+        meta = json.loads((entry / "meta.json").read_text())
+        sources.append({"file": p.name, "path": str(p), "sha256": sha, "windows": len(meta["starts"]),
+                        **({"error": meta["error"]} if meta.get("error") else {})})
+        if meta["starts"]:
+            parts.append(load_file(str(entry / "tensors.safetensors")))
+            metas += [{"source": p.name, "start": s} for s in meta["starts"]]
+    if not parts:
+        raise ValueError("no full window in any source video")
+    tensors = {k: torch.cat([t[k] for t in parts]) for k in ("video", "audio")}
+    return WindowDataset(tensors, metas, sources)
+
+
 class StreamingPairs(IterableDataset):
     """No-cache path: decode pairs on the fly (shard shuffle + sample shuffle buffer, every epoch)."""
 
@@ -324,7 +456,10 @@ class Augment:
     audio_noise: float = 0.1
 
     def video(self, v: torch.Tensor) -> torch.Tensor:
-        """A batch (B, T, C, H, W), each clip with its own draw."""
+        """A batch (B, T, C, H, W), each clip with its own draw. Other ranks -- landmarks (B, T, F),
+        a frozen encoder's precomputed output -- are not pictures and pass unchanged."""
+        if v.dim() != 5:
+            return v
         b, t, c, h, w = v.shape
         if self.jitter:
             j = self.jitter

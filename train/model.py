@@ -1,24 +1,31 @@
 """AVJudge: a small audio-visual yes/no judge (transformers PreTrainedModel, safetensors checkpoints).
 
-    video (B, T, C, H, W) --per-frame 2D CNN (frame + frame difference; patchify stem)--> (B, T, F)
-                          --temporal conv1d--> v_t (B, D, T)            one embedding per video frame
-    audio (B, n_mels, R*T) --conv1d, then conv1d stride R--> a_t (B, D, T)   one per video frame
+    video (B, T, ...) --video encoder (config.frame_encoder, train/encoders.py)--> (B, F, T)
+                      --temporal conv1d--> v_t (B, D, T)                       one embedding per video frame
+    audio (B, n_feat, R*T) --audio encoder (config.audio_encoder)--> a_t (B, D, T)   one per video frame
     SyncNet-like comparison: c_k = mean_t cos(v_t, a_{t+k}), k in [-K, K] -> a (2K+1) profile,
         globally and on `n_segments` consecutive parts of the window (drift shows as a moving peak)
     [profile summaries (expected |offset| under the offset posterior, profile at 0) and/or raw profiles,
-     optionally pooled v, pooled a, pooled v*a] -> MLP -> logits (B, 2) ordered [no, yes]
+     optionally pooled v, pooled a, pooled v*a] -> head -> logits (B, 2) ordered [no, yes]
 
-decision_logit = z_yes - z_no, score = sigmoid(decision_logit). Everything is differentiable with
-respect to both inputs (eval/ uses the score as an RLHF reward). Inputs are normalised per clip
-inside the model as well (same statistics as train/preprocess.py), so the judge does not depend on
-its caller's brightness / loudness conventions.
+The judge contract (what eval/ and the trainers rely on; a judge of another architecture keeps it):
+  forward(video, audio, labels=None, in_sync=None) -> JudgeOutput with
+      logits   (B, 2) [no, yes];  decision (B,) = z_yes - z_no;  profile (B, S, 2K+1) offset evidence
+      loss     cross-entropy on labels (+ aux_loss) when labels are given
+  decision_logit(video, audio) -> (B,), score(video, audio) -> (B,) = sigmoid(decision)
+  Everything is differentiable with respect to both inputs (eval/ uses the score as an RLHF reward).
 
-Sizes live in JudgeConfig: a larger variant is a config change (widths, emb_dim, head_hidden).
+Encoders are registered classes (train/encoders.py); build and load through the Auto classes
+(AutoModel.from_config / from_pretrained, registered below). Sizes live in JudgeConfig: a larger
+variant is a config change (widths, emb_dim, head_hidden).
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +33,17 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .encoders import FREEZE_MODES, audio_encoder_class, import_plugins, video_encoder_class
+
 LABELS = ("no", "yes")
 N_SUMMARY = 3  # features per sync profile fed to the head (AVJudge.profile_summary)
-MODEL_VERSION = "3"  # bump when the architecture changes for the same config: old checkpoints are not resumed
+MODEL_VERSION = "4"  # bump when the architecture changes for the same config: old checkpoints are not resumed
+# 4: encoders are registered modules (video_encoder / audio_encoder); v3 checkpoints do not load
+
+# keys a transformers config.json carries besides our own fields (from_pretrained passes them back)
+_BASE_CONFIG_KEYS = {f.name for f in dataclasses.fields(PretrainedConfig)} | set(PretrainedConfig().to_dict()) | {
+    "torch_dtype", "name_or_path", "_name_or_path", "num_labels", "model_type", "_commit_hash",
+    "_attn_implementation_autoset", "attn_implementation", "use_cache"}  # Trainer sets use_cache
 
 
 class JudgeConfig(PretrainedConfig):
@@ -59,11 +74,19 @@ class JudgeConfig(PretrainedConfig):
         head_features: str = "summary",
         head: str = "mlp",
         frame_encoder: str = "cnn",
+        audio_encoder: str = "mel_conv",
+        pretrained: str | None = None,
+        freeze: str | bool = "none",
+        plugins: tuple[str, ...] | list[str] = (),
         grid_size: tuple[int, int] | list[int] = (4, 6),
         sync_aux_weight: float = 0.0,
         sync_aux_temperature: float = 10.0,
         **kwargs,
     ):
+        unknown = sorted(set(kwargs) - _BASE_CONFIG_KEYS)
+        if unknown:  # PretrainedConfig would keep a typo as an attribute and build the default
+            fields = sorted(p for p in inspect.signature(JudgeConfig.__init__).parameters if p not in ("self", "kwargs"))
+            raise ValueError(f"unknown judge config field(s) {unknown}; valid fields: {fields}")
         self.dim = dim
         self.question = question
         self.n_frames = int(n_frames)
@@ -92,9 +115,16 @@ class JudgeConfig(PretrainedConfig):
         if head == "monotone" and (head_features != "summary" or use_pooled):
             raise ValueError("head 'monotone' needs head_features 'summary' and use_pooled false")
         self.head = head
+        # encoder names are checked against the registries when the judge is built (plugins may
+        # register theirs after this config is read)
         self.frame_encoder = str(frame_encoder)
-        if self.frame_encoder not in ("cnn", "grid", "quality"):
-            raise ValueError(f"frame_encoder must be 'cnn', 'grid' or 'quality', not {frame_encoder!r}")
+        self.audio_encoder = str(audio_encoder)
+        self.pretrained = str(pretrained) if pretrained else None
+        freeze = {True: "all", False: "none"}.get(freeze, freeze) if isinstance(freeze, bool) else str(freeze)
+        if freeze not in FREEZE_MODES:
+            raise ValueError(f"freeze must be one of {FREEZE_MODES} (or true / false), got {freeze!r}")
+        self.freeze = freeze
+        self.plugins = [str(m) for m in plugins]
         self.grid_size = [int(v) for v in grid_size]
         self.sync_aux_weight = float(sync_aux_weight)
         self.sync_aux_temperature = float(sync_aux_temperature)
@@ -136,11 +166,6 @@ class MonotoneHead(nn.Module):
         return torch.stack([-d / 2, d / 2], dim=-1)
 
 
-def _conv_bn(conv: nn.Module, width: int, dims: int) -> list[nn.Module]:
-    bn = nn.BatchNorm2d(width) if dims == 2 else nn.BatchNorm1d(width)
-    return [conv, bn, nn.ReLU(inplace=True)]
-
-
 def normalize_video(video: torch.Tensor) -> torch.Tensor:
     dims = tuple(range(1, video.dim()))
     mean = video.mean(dim=dims, keepdim=True)
@@ -153,68 +178,6 @@ def normalize_audio(audio: torch.Tensor, mode: str = "cmvn") -> torch.Tensor:
     return audio / audio.std(dim=(-2, -1), keepdim=True).clamp_min(1e-3)
 
 
-class GridPool(nn.Module):
-    """Parameter-free frame encoder: (N, C', H, W) -> (N, C' * gh * gw + C_motion * gh * gw).
-
-    Mean of every channel (frame, and frame difference when use_motion) over a gh x gw grid, plus
-    the mean |frame difference| per cell: where the mouth region darkens / moves, not what the face
-    looks like. With only the temporal convolutions left to learn, the judge cannot memorise faces,
-    which is what a CNN on a few dozen training speakers does instead of learning sync.
-    """
-
-    def __init__(self, grid: tuple[int, int] | list[int], in_channels: int, motion_channels: int):
-        super().__init__()
-        self.grid = tuple(int(v) for v in grid)
-        self.in_channels = in_channels
-        self.motion_channels = motion_channels
-
-    @property
-    def n_features(self) -> int:
-        return (self.in_channels + self.motion_channels) * self.grid[0] * self.grid[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = [F.adaptive_avg_pool2d(x, self.grid)]
-        if self.motion_channels:
-            pooled.append(F.adaptive_avg_pool2d(x[:, -self.motion_channels:].abs(), self.grid))
-        return torch.cat(pooled, dim=1).flatten(1)
-
-
-class QualityStats(nn.Module):
-    """Parameter-free frame encoder for picture quality: (N, C', H, W) -> (N, n_stats * gh * gw).
-
-    Per cell of a gh x gw grid, from the frame channels (the first `channels` of C'): each channel's
-    mean (colour casts, occluding fills), the local standard deviation (flat fills), log mean
-    |Laplacian| (sharpness: blur lowers it, noise and blocking raise it) and log mean |frame
-    difference| (frozen / repeated frames: zero). What a corruption changes is measured directly,
-    so the judge does not have to learn it from the faces of a few dozen training speakers.
-    """
-
-    def __init__(self, grid: tuple[int, int] | list[int], channels: int):
-        super().__init__()
-        self.grid = tuple(int(v) for v in grid)
-        self.channels = channels
-
-    @property
-    def n_features(self) -> int:
-        return (self.channels + 3) * self.grid[0] * self.grid[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.channels
-        frame = x[:, :c]
-        pool = lambda t: F.adaptive_avg_pool2d(t, self.grid)  # noqa: E731
-        mean = pool(frame)
-        std = (pool(frame ** 2) - mean ** 2).clamp_min(0).mean(1, keepdim=True).add(1e-6).sqrt()
-        # built here, not kept as a buffer: from_pretrained leaves unsaved buffers uninitialised
-        kernel = frame.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).expand(c, 1, 3, 3)
-        lap = F.conv2d(F.pad(frame, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
-        sharp = pool(lap.abs()).mean(1, keepdim=True).add(1e-3).log()
-        if x.shape[1] > c:  # frame difference channels present (use_motion)
-            motion = pool(x[:, c:2 * c].abs()).mean(1, keepdim=True).add(1e-3).log()
-        else:
-            motion = torch.zeros_like(sharp)
-        return torch.cat([mean, std, sharp, motion], dim=1).flatten(1)
-
-
 class AVJudge(PreTrainedModel):
     config_class = JudgeConfig
     base_model_prefix = "judge"
@@ -224,38 +187,15 @@ class AVJudge(PreTrainedModel):
     def __init__(self, config: JudgeConfig):
         super().__init__(config)
         c = config
-        in_ch = c.channels * (2 if c.use_motion else 1)
-        if c.frame_encoder == "grid":
-            self.frame_cnn = GridPool(c.grid_size, in_ch, c.channels if c.use_motion else 0)
-            frame_feats = self.frame_cnn.n_features
-        elif c.frame_encoder == "quality":
-            self.frame_cnn = QualityStats(c.grid_size, c.channels)
-            frame_feats = self.frame_cnn.n_features
-        else:
-            layers, prev = [], in_ch
-            for i, w in enumerate(c.vis_widths):
-                # the stem is a patchify conv (kernel = stride): 4x cheaper on CPU than a strided 5x5
-                conv = (nn.Conv2d(prev, w, c.stem_stride, stride=c.stem_stride, bias=False) if i == 0
-                        else nn.Conv2d(prev, w, 3, stride=2, padding=1, bias=False))
-                layers += _conv_bn(conv, w, 2)
-                prev = w
-            layers += [nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten()]
-            self.frame_cnn = nn.Sequential(*layers)
-            frame_feats = prev * 4
+        self.video_encoder = video_encoder_class(c.frame_encoder, c.plugins)(c)
         d = c.emb_dim
         self.vis_temporal = nn.Sequential(
-            *_conv_bn(nn.Conv1d(frame_feats, d, c.temporal_kernel, padding=c.temporal_kernel // 2, bias=False), d, 1),
+            nn.Conv1d(self.video_encoder.n_features, d, c.temporal_kernel, padding=c.temporal_kernel // 2, bias=False),
+            nn.BatchNorm1d(d), nn.ReLU(inplace=True),
             nn.Dropout(c.dropout),
             nn.Conv1d(d, d, 3, padding=1),
         )
-        a0, a1 = c.aud_widths[0], c.aud_widths[-1]
-        self.aud_net = nn.Sequential(
-            *_conv_bn(nn.Conv1d(c.n_mels, a0, 5, padding=2, bias=False), a0, 1),
-            *_conv_bn(nn.Conv1d(a0, a1, c.mel_per_frame, stride=c.mel_per_frame, bias=False), a1, 1),
-            *_conv_bn(nn.Conv1d(a1, d, 3, padding=1, bias=False), d, 1),
-            nn.Dropout(c.dropout),
-            nn.Conv1d(d, d, 3, padding=1),
-        )
+        self.audio_encoder = audio_encoder_class(c.audio_encoder, c.plugins)(c)
         n_seg = c.n_segments + 1 if c.n_segments > 1 else 1
         n_feat = (n_seg * N_SUMMARY if c.head_features in ("summary", "both") else 0) + \
                  (n_seg * (2 * c.max_offset_frames + 1) if c.head_features in ("profile", "both") else 0) + \
@@ -288,24 +228,45 @@ class AVJudge(PreTrainedModel):
                 module.sync_scale.fill_(5.0)
                 module.log_temp.fill_(2.3)
 
+    def load_pretrained_encoders(self) -> list[str]:
+        """Read config.pretrained into the encoders that take pretrained weights (train/__main__ calls
+        this once, before training; a saved judge carries those weights, so loading one never
+        needs the file). Returns what was loaded."""
+        loaded = []
+        for enc in (self.video_encoder, self.audio_encoder):
+            if hasattr(enc, "load_pretrained"):
+                if not self.config.pretrained:
+                    raise ValueError(f"{enc.name} needs pretrained weights: set `pretrained: PATH` in the "
+                                     f"model section ({enc.download_hint})")
+                loaded.append(enc.load_pretrained(self.config.pretrained))
+        return loaded
+
     # ------------------------------------------------------------------ streams
     def embed_video(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, H, W) -> (B, D, T)."""
-        b, t = video.shape[:2]
-        x = video
-        if self.config.use_motion:
-            diff = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
-            x = torch.cat([x, diff], dim=2)
-        f = self.frame_cnn(x.flatten(0, 1))            # (B*T, F)
-        f = f.view(b, t, -1).transpose(1, 2)           # (B, F, T)
+        """(B, T, ...) encoder input -> (B, D, T).
+
+        A (B, T, F) tensor given to an encoder that reads rank-5 crops is that encoder's output,
+        precomputed once per clip because the encoder is frozen (train.data.precompute_video_features).
+        """
+        if video.dim() == 3 and self.video_encoder.input_rank != 3:
+            f = video.transpose(1, 2)
+        else:
+            if self.config.normalize_inputs and self.video_encoder.normalize_input:
+                video = normalize_video(video)
+            f = self.video_encoder(video)
         return self.vis_temporal(f)
 
+    def encode_video_frames(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (B, T, F): the video encoder's output, the form embed_video takes precomputed."""
+        if self.config.normalize_inputs and self.video_encoder.normalize_input:
+            video = normalize_video(video)
+        return self.video_encoder(video).transpose(1, 2)
+
     def embed_audio(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
-        """(B, n_mels, R*T) -> (B, D, T)."""
-        need = n_frames * self.config.mel_per_frame
-        if audio.shape[-1] < need:
-            audio = F.pad(audio, (0, need - audio.shape[-1]))
-        return self.aud_net(audio[..., :need])
+        """(B, n_feat, R*T) -> (B, D, T)."""
+        if self.config.normalize_inputs and self.audio_encoder.normalize_input:
+            audio = normalize_audio(audio, self.config.audio_norm)
+        return self.audio_encoder(audio, n_frames)
 
     def sync_profile(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Cosine profiles (B, S, 2K+1): S = 1 (whole window) + n_segments parts when n_segments > 1.
@@ -357,8 +318,6 @@ class AVJudge(PreTrainedModel):
         it teaches the two streams what "in sync" looks like from every original frame, not just
         from the final yes/no bit -- a much denser signal when pairs are few.
         """
-        if self.config.normalize_inputs:
-            video, audio = normalize_video(video), normalize_audio(audio, self.config.audio_norm)
         v = self.embed_video(video)
         a = self.embed_audio(audio, v.shape[-1])
         prof = self.sync_profile(v, a)
@@ -429,30 +388,36 @@ def judge_config_for(pre, **model_kwargs) -> JudgeConfig:
                        **model_kwargs)
 
 
-def load_weights(model_dir: str, device: str | torch.device = "cpu") -> AVJudge:
-    """AVJudge.from_pretrained in eval mode, with a plain error when the weights do not fit.
+def load_weights(model_dir: str | Path, device: str | torch.device = "cpu",
+                 plugins: list[str] | None = None) -> PreTrainedModel:
+    """The judge saved in model_dir (AutoModel.from_pretrained), in eval mode.
 
-    A judge saved by an older train/model.py (another head width, another encoder) fails inside
-    transformers with a size-mismatch report; say what that means instead.
+    Imports `plugins` (and $AVBENCH_PLUGINS) first, so judges with encoders of their own load.
+    Every saved weight must fit: a judge saved by an older train/model.py (another head width,
+    another encoder layout) gets a plain error instead of transformers' report -- or worse, its
+    silent random initialisation of weights that are missing from the file.
     """
+    import_plugins(plugins)
+    err_text = (f"{model_dir}: the saved weights do not fit this version's judge (model version "
+                f"{MODEL_VERSION}); the judge was probably trained by an older avbench. Retrain it, or "
+                f"load it with the avbench commit that trained it.")
     try:
-        return AVJudge.from_pretrained(str(model_dir)).to(device).eval()
+        model, info = AutoModel.from_pretrained(str(model_dir), output_loading_info=True)
     except RuntimeError as err:
         if "mismatch" not in str(err).lower():
             raise
-        raise RuntimeError(
-            f"{model_dir}: the saved weights do not fit this version's AVJudge (model version "
-            f"{MODEL_VERSION}); the judge was probably trained by an older avbench. Retrain it, or "
-            f"load it with the avbench commit that trained it.") from err
+        raise RuntimeError(err_text) from err
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:
+        raise RuntimeError(f"{err_text} ({'; '.join(f'{k}: {sorted(map(str, v))[:4]}' for k, v in bad.items())})")
+    return model.to(device).eval()
 
 
-def load_judge(model_dir: str, device: str | torch.device = "cpu"):
-    """(AVJudge in eval mode, its PreprocessConfig) from a run's model/ folder."""
-    from pathlib import Path
-
+def load_judge(model_dir: str | Path, device: str | torch.device = "cpu", plugins: list[str] | None = None):
+    """(judge in eval mode, its PreprocessConfig) from a run's model/ folder or an export."""
     from .preprocess import PreprocessConfig
 
-    return load_weights(model_dir, device), PreprocessConfig.load(Path(model_dir) / "preprocessing.json")
+    return load_weights(model_dir, device, plugins), PreprocessConfig.load(Path(model_dir) / "preprocessing.json")
 
 
 try:  # AutoConfig.from_pretrained / AutoModel.from_pretrained on a run_dir/model folder

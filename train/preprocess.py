@@ -41,7 +41,11 @@ from perturb.media import MediaError, probe, run_ffmpeg
 # keyed by PreprocessConfig.fingerprint() is then rebuilt.
 PREPROCESS_VERSION = "1"
 
-CROPS = ("mouth", "face", "full")
+CROPS = ("mouth", "face", "full", "asd")  # asd: Light-ASD's lower-face crop (see crop_boxes)
+AUDIO_FEATURES = ("logmel", "mfcc")
+VIDEO_NORMS = ("clip", "unit")
+FACE_DETECTORS = ("haar", "mediapipe")
+VIDEO_INPUTS = ("crop", "landmarks")
 
 
 @dataclass
@@ -62,6 +66,14 @@ class PreprocessConfig:
     f_max: float = 8000.0
     audio_norm: str = "cmvn"               # "cmvn": per-bin mean removed (channel / codec invariant);
                                            # "global": one mean / std (keeps the voice's spectral shape)
+    audio_features: str = "logmel"         # "logmel" (n_mels bins) | "mfcc" (n_mfcc coefficients as
+                                           # python_speech_features computes them: Light-ASD's input)
+    n_mfcc: int = 13
+    video_norm: str = "clip"               # "clip": zero mean / unit std over the clip;
+                                           # "unit": pixel / 255 (encoders that normalise themselves)
+    face_detector: str = "haar"            # "haar" (OpenCV cascades) | "mediapipe" (FaceMesh landmarks)
+    video_input: str = "crop"              # "crop": pixels of the crop; "landmarks": normalised lip and
+                                           # jaw landmarks (T, 114), train/landmarks.py (needs mediapipe)
     # face detector (OpenCV Haar cascades)
     detect_frames: int = 5                 # frames sampled per window for detection
     detect_max_side: int = 320             # frames are resized to this longest side for detection
@@ -84,6 +96,14 @@ class PreprocessConfig:
             raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
         if self.audio_norm not in ("cmvn", "global"):
             raise ValueError(f"audio_norm must be cmvn or global, got {self.audio_norm!r}")
+        for name, value, valid in (("audio_features", self.audio_features, AUDIO_FEATURES),
+                                   ("video_norm", self.video_norm, VIDEO_NORMS),
+                                   ("face_detector", self.face_detector, FACE_DETECTORS),
+                                   ("video_input", self.video_input, VIDEO_INPUTS)):
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+        if self.video_input == "landmarks" and self.face_detector != "mediapipe":
+            raise ValueError("video_input landmarks needs face_detector mediapipe")
         if self.sr % (self.hop * self.fps):
             raise ValueError("sr must be a multiple of hop * fps (mel frames aligned with video frames)")
 
@@ -103,6 +123,11 @@ class PreprocessConfig:
     @property
     def channels(self) -> int:
         return 1 if self.grayscale else 3
+
+    @property
+    def n_audio_features(self) -> int:
+        """Rows of the audio input: mel bins or MFCCs."""
+        return self.n_mfcc if self.audio_features == "mfcc" else self.n_mels
 
     # serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -278,6 +303,13 @@ def crop_boxes(face_boxes: np.ndarray, frame_hw: tuple[int, int], cfg: Preproces
         bw = cfg.mouth_width * fw
         bh = bw * ch / cw
         cy = y0 + cfg.mouth_center_y * fh
+    elif cfg.crop == "asd":
+        # Light-ASD's crop (its Columbia_test.py): a square of side 2.8 s around the face box (s =
+        # half its longer side) from the box top down, resized to 224, centre 112 kept: x in
+        # cx +- 0.7 s, y from cy - 0.3 s to cy + 1.1 s. The lower face, mouth near the centre.
+        half = np.maximum(fw, fh) / 2
+        bw = bh = 1.4 * half
+        cy = (y0 + y1) / 2 + 0.4 * half
     else:  # face
         side = cfg.face_scale * np.maximum(fw, fh)
         bw, bh = side * min(1.0, cw / ch), side * min(1.0, ch / cw)
@@ -334,6 +366,65 @@ def log_mel(audio: np.ndarray | torch.Tensor, cfg: PreprocessConfig) -> torch.Te
     return lm / lm.std().clamp_min(1e-3)
 
 
+_MFCC: dict[tuple, Any] = {}
+
+
+def _mfcc_matrices(cfg: PreprocessConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(filterbank (nfilt, n_fft/2+1), DCT (nfilt, n_mfcc)) of python_speech_features' mfcc defaults."""
+    n_fft, nfilt = cfg.n_fft, 26
+    key = (cfg.sr, n_fft, nfilt, cfg.n_mfcc)
+    if key not in _MFCC:
+        import torchaudio
+
+        hz2mel = lambda hz: 2595 * np.log10(1 + hz / 700.0)  # noqa: E731
+        mel2hz = lambda mel: 700 * (10 ** (mel / 2595.0) - 1)  # noqa: E731
+        # triangles on integer FFT bins, exactly as python_speech_features.get_filterbanks
+        bins = np.floor((n_fft + 1) * mel2hz(np.linspace(hz2mel(0), hz2mel(cfg.sr / 2), nfilt + 2)) / cfg.sr)
+        fb = np.zeros((nfilt, n_fft // 2 + 1))
+        for j in range(nfilt):
+            lo, mid, hi = int(bins[j]), int(bins[j + 1]), int(bins[j + 2])
+            fb[j, lo:mid] = (np.arange(lo, mid) - bins[j]) / (bins[j + 1] - bins[j])
+            fb[j, mid:hi] = (bins[j + 2] - np.arange(mid, hi)) / (bins[j + 2] - bins[j + 1])
+        dct = torchaudio.functional.create_dct(cfg.n_mfcc, nfilt, norm="ortho")  # DCT-II, as scipy's ortho
+        _MFCC[key] = (torch.from_numpy(fb).float(), dct)
+    return _MFCC[key]
+
+
+def mfcc(audio: np.ndarray | torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """python_speech_features.mfcc(audio * 32768, sr, numcep=n_mfcc) in torch: (n_mfcc, frames).
+
+    The pretrained Light-ASD network was trained on exactly these features (int16-scaled audio,
+    pre-emphasis 0.97, rectangular 25 ms frames every 10 ms, 26 triangular filters on 512-point
+    power spectra, log, orthonormal DCT, lifter 22, c0 replaced by the log frame energy), so they are
+    reproduced, not approximated. Frames: 1 + ceil((n - win) / hop), the last one zero-padded.
+    """
+    x = torch.as_tensor(np.asarray(audio, dtype=np.float32)).double() * 32768.0
+    x = torch.cat([x[:1], x[1:] - 0.97 * x[:-1]])
+    win, hop = cfg.win_length, cfg.hop
+    n_frames = 1 if len(x) <= win else 1 + math.ceil((len(x) - win) / hop)
+    x = torch.nn.functional.pad(x, (0, (n_frames - 1) * hop + win - len(x)))
+    frames = x.unfold(0, win, hop)                                   # (frames, win)
+    power = torch.fft.rfft(frames, n=cfg.n_fft).abs() ** 2 / cfg.n_fft
+    fb, dct = _mfcc_matrices(cfg)
+    eps = float(np.finfo(float).eps)
+    energy = power.sum(1).clamp_min(eps)
+    feat = torch.log((power @ fb.double().T).clamp_min(eps)) @ dct.double()
+    n = torch.arange(cfg.n_mfcc, dtype=torch.float64)
+    feat = feat * (1 + 11.0 * torch.sin(math.pi * n / 22))           # lifter L = 22
+    feat[:, 0] = torch.log(energy)
+    return feat.T.float()
+
+
+def audio_features(audio: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:
+    """(n_audio_features, n_frames * mel_per_frame): log-mel or MFCCs of a window, cut / padded."""
+    feats = mfcc(audio, cfg) if cfg.audio_features == "mfcc" else log_mel(audio, cfg)
+    need = cfg.n_frames * cfg.mel_per_frame
+    feats = feats[:, :need]
+    if feats.shape[1] < need:  # MFCC frames stop a few short of the padded mel count
+        feats = torch.nn.functional.pad(feats, (0, need - feats.shape[1]), mode="replicate")
+    return feats.contiguous()
+
+
 # ------------------------------------------------------------------------------------ inputs
 
 def fit_window(frames: np.ndarray, audio: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -350,10 +441,11 @@ def fit_window(frames: np.ndarray, audio: np.ndarray, cfg: PreprocessConfig) -> 
     return frames, audio
 
 
-def normalise_video(crops: np.ndarray) -> torch.Tensor:
-    """uint8 (T, H, W, C) -> float32 (T, C, H, W), zero mean and unit std over the whole clip."""
+def normalise_video(crops: np.ndarray, mode: str = "clip") -> torch.Tensor:
+    """uint8 (T, H, W, C) -> float32 (T, C, H, W): pixel / 255, then ("clip") zero mean and unit
+    std over the whole clip."""
     v = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
-    return (v - v.mean()) / v.std().clamp_min(1e-3)
+    return v if mode == "unit" else (v - v.mean()) / v.std().clamp_min(1e-3)
 
 
 def make_inputs(frames: np.ndarray, audio: np.ndarray, cfg: PreprocessConfig,
@@ -364,17 +456,29 @@ def make_inputs(frames: np.ndarray, audio: np.ndarray, cfg: PreprocessConfig,
     exactly cfg.window_seconds. With return_info, also returns how the crop was found.
     """
     frames, audio = fit_window(frames, audio, cfg)
-    if cfg.crop == "full":
+    landmarks = None
+    if cfg.crop == "full" and cfg.video_input == "crop":
         face, info = np.zeros((len(frames), 4)), {"face_source": "none", "detected": 0, "sampled": 0}
+    elif cfg.face_detector == "mediapipe":
+        from .landmarks import boxes_from_landmarks, face_landmarks
+
+        landmarks, info = face_landmarks(frames)
+        if landmarks is not None:
+            face = boxes_from_landmarks(landmarks)
+        else:  # no face for FaceMesh: the cascades (and their documented fallback) find the crop
+            face, info = find_face_boxes(frames, cfg)
+            info["face_source"] = f"{info['face_source']} (no mediapipe face)"
     else:
         face, info = find_face_boxes(frames, cfg)
     boxes = crop_boxes(face, frames.shape[1:3], cfg)
-    crops = extract_crops(frames, boxes, cfg)
-    video = normalise_video(crops)
-    mel = log_mel(audio, cfg)[:, : cfg.n_frames * cfg.mel_per_frame]
-    if mel.shape[1] < cfg.n_frames * cfg.mel_per_frame:  # cannot happen with center=True; be safe
-        mel = torch.nn.functional.pad(mel, (0, cfg.n_frames * cfg.mel_per_frame - mel.shape[1]))
-    inputs = {"video": video.contiguous(), "audio": mel.contiguous()}
+    if cfg.video_input == "landmarks":
+        from .landmarks import N_FEATURES, landmark_features
+
+        # no face: zero motion, which the judge reads as "no sync evidence" (face_source says why)
+        video = landmark_features(landmarks) if landmarks is not None else torch.zeros(len(frames), N_FEATURES)
+    else:
+        video = normalise_video(extract_crops(frames, boxes, cfg), cfg.video_norm)
+    inputs = {"video": video.contiguous(), "audio": audio_features(audio, cfg)}
     if return_info:
         info = dict(info, crop=cfg.crop, frame_hw=list(frames.shape[1:3]),
                     box_median=[round(float(v), 1) for v in np.median(boxes, axis=0)])

@@ -91,6 +91,26 @@ def judge_metrics(model, pairs: PairDataset, batch_size: int = 32, device=None) 
     return out
 
 
+@torch.no_grad()
+def offset_estimates(model, videos: torch.Tensor, audios: torch.Tensor, batch_size: int = 32,
+                     device=None) -> tuple[np.ndarray, np.ndarray]:
+    """(estimated offset in frames, peak evidence) per clip from the whole-window sync profile:
+    argmax_k c_k - K (positive = the audio lags the picture), and how far the peak stands above the
+    profile's median in units of its spread (SyncNet's "confidence")."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    k_max = model.config.max_offset_frames
+    offs, confs = [], []
+    for i in range(0, len(videos), batch_size):
+        prof = model(video=videos[i:i + batch_size].float().to(device),
+                     audio=audios[i:i + batch_size].float().to(device)).profile[:, 0].float().cpu()
+        offs.append(prof.argmax(-1) - k_max)
+        confs.append((prof.amax(-1) - prof.median(-1).values) / prof.std(-1).clamp_min(1e-6))
+    model.train(was_training)
+    return torch.cat(offs).numpy(), torch.cat(confs).numpy()
+
+
 # ---------------------------------------------------------------------------------- shared
 
 @dataclass
@@ -366,6 +386,41 @@ class JudgeSFTTrainer(_JudgeTrainerMixin, SFTTrainer):
         with torch.no_grad():
             self._metrics[mode]["answer_accuracy"].append(
                 self._gather_mean((outputs.logits.argmax(-1) == labels).float()))
+        return (loss, outputs) if return_outputs else loss
+
+
+# ---------------------------------------------------------------------------------- sync pretraining
+
+@dataclass
+class JudgeSyncConfig(_JudgeArgs, transformers.TrainingArguments):
+    """Self-supervised sync pretraining (train/pretrain.py): TrainingArguments + the windows' hop.
+
+    The loss is the judge's offset cross-entropy (AVJudge.sync_aux_loss: offset 0 among the 2K+1 of
+    the whole-window profile, temperature model.config.sync_aux_temperature) on untouched clips.
+    """
+
+    hop_seconds: float = field(default=0.5, metadata={"help": "Seconds between window starts in a clip."})
+    eval_strategy: str = "no"  # no pairs to evaluate: offset accuracy on val originals is measured at the end
+    max_steps: int = 600
+
+
+class JudgeSyncTrainer(_JudgeTrainerMixin, _BaseTrainer):
+    """Offset contrastive training (SyncNet-style) of the judge's two streams on single clips."""
+
+    _tag_names = ["avbench-judge", "sync-pretraining"]
+
+    def __init__(self, model, args: JudgeSyncConfig, train_dataset, callbacks=None):
+        collator = ClipCollator(augment=args.augment)
+        self._judge_init(model, args, train_dataset, None, collator, None, callbacks)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(video=inputs["video"], audio=inputs["audio"])
+        in_sync = torch.ones(len(inputs["video"]), dtype=torch.bool, device=outputs.profile.device)
+        loss = self.accelerator.unwrap_model(model).sync_aux_loss(outputs.profile, in_sync)
+        with torch.no_grad():
+            k_max = (outputs.profile.shape[-1] - 1) // 2
+            hit = (outputs.profile[:, 0].argmax(-1) == k_max).float()
+            self._metrics[self._mode()]["offset_accuracy"].append(self._gather_mean(hit))
         return (loss, outputs) if return_outputs else loss
 
 
