@@ -6,7 +6,6 @@ frames...), compared with what the params ask for; nothing is compared with stor
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from perturb.operators.timing import OFFSET_BANDS_MS, AudioShift, LipDrift
 from perturb.operators.voice import SEMITONE_BANDS, VoiceSwap, active_rms
 
 from .fixtures_ops import (FPS, SR, local_lags_ms, lowpass_noise, median_f0, natural_frames, psnr,
-                           speech_like_noise, synth_voice, xcorr_lag_ms)
+                           speech_like_noise, synth_voice, write_wav, xcorr_lag_ms)
 
 N_FRAMES = 20
 
@@ -43,15 +42,6 @@ def video_clip(frames: np.ndarray) -> Clip:
     """A clip whose picture is still 'the original stream' (frames already decoded)."""
     audio = speech_like_noise(len(frames) / FPS, seed=3)
     return Clip(audio=audio, sr=SR, fps=FPS, frames=frames, video_path="fake.mp4")
-
-
-def write_wav(path, audio: np.ndarray, sr: int = SR) -> None:
-    pcm = np.clip(np.round(np.asarray(audio) * 32767), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
 
 
 def linear_fit(t: np.ndarray, v: np.ndarray) -> tuple[float, float, float]:
