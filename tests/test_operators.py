@@ -13,8 +13,8 @@ import pytest
 
 from perturb.clip import Clip
 from perturb.media import decode_audio
-from perturb.operators import (REGISTRY, SEVERITY_LEVELS, Compose, OneOf, SomeOf, get_operator,
-                               modifies_video, replay)
+from perturb.operators import (REGISTRY, SEVERITY_LEVELS, Compose, OneOf, OperatorContext, SomeOf,
+                               get_operator, modifies_video, replay)
 from perturb.operators import frames as frames_mod
 from perturb.operators import voice as voice_mod
 from perturb.operators.frames import PSNR_BANDS, STRENGTH_RANGES, FrameCorruption
@@ -335,7 +335,7 @@ def test_voice_swap_donor_loops_when_short(voice, donor_files):
 def test_voice_swap_donor_sampling_and_exclusion(donor_files):
     long_p, short_p, same_p = donor_files
     op = VoiceSwap(donors=[long_p, short_p, same_p], donor_mode_prob=0.5, exclude=[short_p],
-                   source_id="src42", clip_duration=2.0)
+                   clip_duration=2.0).with_context(OperatorContext(source_id="src42"))
     assert op.usable_donors() == [long_p]
     rng = np.random.default_rng(3)
     ps = [op.sample_params(rng, 2) for _ in range(60)]
@@ -346,11 +346,25 @@ def test_voice_swap_donor_sampling_and_exclusion(donor_files):
             assert p["donor_path"] == long_p  # excluded path and the source's own file never drawn
             assert 0.0 <= p["donor_start"] <= 4.0 - 2.0 + 1e-6
             assert p["severity"] == 2 and op.defect_size(p) == 1.0
-    only = VoiceSwap(donors=[long_p, same_p], donor_mode_prob=1.0).for_source("donor_a")
+    only = VoiceSwap(donors=[long_p, same_p], donor_mode_prob=1.0).with_context(OperatorContext(source_id="donor_a"))
     assert only.usable_donors() == [same_p]
     assert {only.sample_params(rng, 1)["donor_path"] for _ in range(10)} == {same_p}
-    none_left = VoiceSwap(donors=[same_p], donor_mode_prob=1.0, source_id="src42")
+    none_left = VoiceSwap(donors=[same_p], donor_mode_prob=1.0).with_context(OperatorContext(source_id="src42"))
     assert all(none_left.sample_params(rng, 4)["mode"] == "identity" for _ in range(10))
+
+
+def test_voice_swap_draws_from_the_context_pool(donor_files):
+    """Without `donors` the pool comes from the context (the build's other sources + --donors);
+    explicit donors win over it; the source's own name is excluded either way."""
+    long_p, short_p, same_p = donor_files
+    pool = OperatorContext(source_id="src42", split="train", donor_pool=(long_p, same_p))
+    assert VoiceSwap().usable_donors() == []
+    op = VoiceSwap(donor_mode_prob=1.0).with_context(pool)
+    assert op.usable_donors() == [long_p]
+    rng = np.random.default_rng(8)
+    assert {op.sample_params(rng, 3)["donor_path"] for _ in range(10)} == {long_p}
+    assert VoiceSwap(donors=[short_p, same_p]).with_context(pool).usable_donors() == [short_p]
+    assert VoiceSwap(donors=[]).with_context(pool).usable_donors() == []
 
 
 # -------------------------------------------------------------------------------- frame_corruption

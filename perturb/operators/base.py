@@ -8,6 +8,8 @@ with `replay(clip, [{"name": ..., "params": ...}, ...])`.
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,6 +40,28 @@ def get_operator(name: str) -> type["Operator"]:
     return REGISTRY[name]
 
 
+@dataclass(frozen=True)
+class OperatorContext:
+    """What an operator may know about the pair it samples for, besides rng and severity.
+
+    The pipeline builds one per window and hands it to `Transform.with_context` before sampling, so
+    an operator that draws material from elsewhere (a donor voice, another source's soundtrack, a
+    noise bank) needs no pipeline edit. apply never sees it: params alone decide the result.
+
+    source_id: the source's id.  split: "train" / "val" / "test" of the source.
+    donor_pool: media files (video or audio) other people's material may come from: the other
+      sources of the same split plus the build's --donors files; never the source's own file.
+    clip: the original window being perturbed (audio, lazy frames, audio context).
+    source_path: the source file.
+    """
+
+    source_id: str = ""
+    split: str = ""
+    donor_pool: tuple[str, ...] = ()
+    clip: Clip | None = None
+    source_path: str = ""
+
+
 class Transform:
     """Anything a recipe can hold: samples a list of leaf applications {name, params}."""
 
@@ -48,6 +72,10 @@ class Transform:
 
     def leaves(self) -> list["Operator"]:
         raise NotImplementedError
+
+    def with_context(self, context: OperatorContext) -> "Transform":
+        """This transform configured for one source window (see OperatorContext); default: itself."""
+        return self
 
     def __call__(self, clip: Clip, rng: np.random.Generator, severity: int) -> tuple[Clip, list[dict]]:
         """Sample, then apply; returns the new clip and the record of what was applied."""
@@ -88,7 +116,22 @@ class Operator(Transform):
         return f"{type(self).__name__}(p={self.p}, {self.config})"
 
 
-class Compose(Transform):
+class _Group(Transform):
+    """A transform over child transforms (Compose, OneOf, SomeOf)."""
+
+    def leaves(self) -> list["Operator"]:
+        return [leaf for child in self.children for leaf in child.leaves()]
+
+    def with_context(self, context: OperatorContext) -> "Transform":
+        children = [child.with_context(context) for child in self.children]
+        if all(a is b for a, b in zip(children, self.children)):
+            return self
+        bound = copy.copy(self)
+        bound.children = children
+        return bound
+
+
+class Compose(_Group):
     """Apply every child in order (each with its own probability)."""
 
     def __init__(self, children: list[Transform], p: float = 1.0) -> None:
@@ -99,11 +142,8 @@ class Compose(Transform):
             return []
         return [rec for child in self.children for rec in child.sample(rng, severity)]
 
-    def leaves(self) -> list["Operator"]:
-        return [leaf for child in self.children for leaf in child.leaves()]
 
-
-class OneOf(Transform):
+class OneOf(_Group):
     """Apply exactly one child, chosen with `weights` (uniform by default)."""
 
     def __init__(self, children: list[Transform], weights: list[float] | None = None, p: float = 1.0):
@@ -119,11 +159,8 @@ class OneOf(Transform):
         child = self.children[int(rng.choice(len(self.children), p=self.weights))]
         return child.sample(rng, severity)
 
-    def leaves(self) -> list["Operator"]:
-        return [leaf for child in self.children for leaf in child.leaves()]
 
-
-class SomeOf(Transform):
+class SomeOf(_Group):
     """Apply n distinct children (n drawn from [n_min, n_max]) in their listed order."""
 
     def __init__(self, children: list[Transform], n: int | tuple[int, int] = 1, p: float = 1.0):
@@ -138,9 +175,6 @@ class SomeOf(Transform):
         n = int(rng.integers(self.n_range[0], self.n_range[1] + 1))
         picked = sorted(rng.choice(len(self.children), size=n, replace=False).tolist())
         return [rec for i in picked for rec in self.children[i].sample(rng, severity)]
-
-    def leaves(self) -> list["Operator"]:
-        return [leaf for child in self.children for leaf in child.leaves()]
 
 
 def replay(clip: Clip, ops: list[dict[str, Any]],

@@ -20,9 +20,10 @@ donor     {"mode": "donor", "donor_path": str, "donor_start": float, "severity":
     `severity` is only recorded: the defect is the same at every level.
 
 Donor pool (sampling configuration only): VoiceSwap(donors=[paths], donor_mode_prob=0.5,
-exclude=[paths], source_id="...", clip_duration=seconds). Donors listed in `exclude` or whose file
-stem equals `source_id` are never drawn (so a source is not "swapped" with itself); `for_source`
-returns a copy configured for one source. Without usable donors the operator always uses identity.
+exclude=[paths], source_id="...", clip_duration=seconds). Without `donors`, `with_context` takes the
+context's donor pool (in a build: the other sources of the same split plus --donors files) and its
+source_id. Donors listed in `exclude` or whose file stem equals `source_id` are never drawn (so a
+source is not "swapped" with itself). Without usable donors the operator always uses identity.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from ..clip import Clip
 from ..media import decode_audio, probe
-from .base import Operator, check_severity, register
+from .base import Operator, OperatorContext, check_severity, register
 
 # |semitones| per severity level; the sign is drawn separately.
 SEMITONE_BANDS: dict[int, tuple[float, float]] = {
@@ -213,13 +214,14 @@ class VoiceSwap(Operator):
             out.append(d)
         return out
 
-    def for_source(self, source_id: str, exclude: list[str] | None = None) -> "VoiceSwap":
-        """A copy that never draws donors from `source_id` (nor the paths in `exclude`)."""
-        other = copy.copy(self)
-        other.config = dict(self.config, source_id=source_id)
-        if exclude is not None:
-            other.config["exclude"] = list(self.config.get("exclude") or []) + list(exclude)
-        return other
+    def with_context(self, context: OperatorContext) -> "VoiceSwap":
+        """A copy that never draws donors named like the context's source and, unless `donors` was
+        given, draws from the context's donor pool."""
+        bound = copy.copy(self)
+        bound.config = dict(self.config, source_id=context.source_id or None)
+        if self.config.get("donors") is None:
+            bound.config["donors"] = list(context.donor_pool)
+        return bound
 
     def sample_params(self, rng: np.random.Generator, severity: int) -> dict[str, Any]:
         """Donor mode with probability donor_mode_prob when donors are usable, else identity."""
