@@ -32,7 +32,7 @@ from . import media
 from .media import sha256_file
 from .clip import Clip
 from .operators import OperatorContext, Transform, get_operator, modifies_video, replay
-from .recipe import Recipe, derive_seed, load_recipe
+from .recipe import SPLITS, Recipe, derive_seed, load_recipe
 from .shard_format import check_shard, split_member_name
 
 PIPELINE_VERSION = "3"  # 2: timing ops read the audio context around the window; 3: grain (WSOLA) keep_pitch drift
@@ -41,7 +41,6 @@ AUDIO_CONTEXT_SECONDS = 1.0
 CANONICAL_VERSION = "1"  # bump when canonical windows change: invalidates the canonical cache
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".ts", ".wmv", ".3gp"}
 AUDIO_EXTS = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
-SPLITS = ("train", "val", "test")
 
 
 class Rejected(Exception):
