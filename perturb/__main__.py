@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
+    from .operators import ConfigError
     from .pipeline import build
 
     src_dir, donors = args.src, args.donors
@@ -59,13 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         src_dir = args.demo_dir
         if donors is None and (Path(args.demo_dir) / "speech").is_dir():
             donors = str(Path(args.demo_dir) / "speech")
-    result = build(src_dir, args.dim, out=args.out, seed=args.seed, workers=args.workers,
-                   recipe=args.recipe, window_seconds=args.window, max_windows=args.max_windows,
-                   hop_seconds=args.hop, pairs_per_window=args.pairs_per_window,
-                   splits=dict(zip(("train", "val", "test"), map(float, args.splits.split(",")))) if args.splits else None,
-                   max_side=args.max_side, donors=donors, manifest=args.manifest,
-                   cards_dir=args.cards, max_count=args.max_count, max_bytes=args.max_mb << 20,
-                   command=["python", "-m", "perturb", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        result = build(src_dir, args.dim, out=args.out, seed=args.seed, workers=args.workers,
+                       recipe=args.recipe, window_seconds=args.window, max_windows=args.max_windows,
+                       hop_seconds=args.hop, pairs_per_window=args.pairs_per_window,
+                       splits=dict(zip(("train", "val", "test"), map(float, args.splits.split(",")))) if args.splits else None,
+                       max_side=args.max_side, donors=donors, manifest=args.manifest,
+                       cards_dir=args.cards, max_count=args.max_count, max_bytes=args.max_mb << 20,
+                       command=["python", "-m", "perturb", *(argv if argv is not None else sys.argv[1:])])
+    except (ConfigError, FileNotFoundError) as err:  # a bad recipe or path: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     card = result["card"]
     print(f"{card['pairs']} pairs in {len(result['shards'])} shards under {result['out_dir']} "
           f"({card['counts_per_split']}); {len(result['rejects'])} sources rejected "

@@ -31,8 +31,8 @@ import numpy as np
 from . import media
 from .media import sha256_file
 from .clip import Clip
-from .operators import get_operator, modifies_video, replay
-from .recipe import Recipe, derive_seed, load_recipe
+from .operators import OperatorContext, Transform, get_operator, modifies_video, replay
+from .recipe import SPLITS, Recipe, derive_seed, load_recipe
 from .shard_format import check_shard, split_member_name
 
 PIPELINE_VERSION = "3"  # 2: timing ops read the audio context around the window; 3: grain (WSOLA) keep_pitch drift
@@ -41,7 +41,6 @@ AUDIO_CONTEXT_SECONDS = 1.0
 CANONICAL_VERSION = "1"  # bump when canonical windows change: invalidates the canonical cache
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".ts", ".wmv", ".3gp"}
 AUDIO_EXTS = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
-SPLITS = ("train", "val", "test")
 
 
 class Rejected(Exception):
@@ -70,7 +69,8 @@ class Job:
     hop_seconds: float = 0.0  # 0 = window_seconds (no overlap)
     pairs_per_window: int = 0  # 0 = the recipe's
     canonical_dir: str = ""  # cache of canonical windows, shared by every recipe built into one OUT
-    donors: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> donor audio files
+    # split -> media files operators may draw other people's material from (OperatorContext.donor_pool)
+    donors: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def safe_id(text: str) -> str:
@@ -191,8 +191,9 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
             raise Rejected("video size unknown")
         windows = plan_windows(info.duration, job.window_seconds, job.max_windows, job.hop_seconds or None)
         size = media.canonical_size(info.width, info.height, job.max_side)
-        donors = [d for d in job.donors.get(source.split, ()) if Path(d).resolve() != Path(source.path).resolve()]
-        transform = recipe.build_transform({"voice_swap": {"donors": donors, "source_id": source.source_id}})
+        donor_pool = tuple(d for d in job.donors.get(source.split, ())
+                           if Path(d).resolve() != Path(source.path).resolve())
+        transform = recipe.build_transform()
         window_files, track = canonical_windows(source, windows, size, Path(job.canonical_dir))
         if len(track) < 0.9 * windows[-1][1] * media.CANONICAL_SR:
             raise Rejected(f"audio decodes to {len(track) / media.CANONICAL_SR:.2f} s of "
@@ -204,7 +205,10 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
                     raise Rejected(f"window {wi} could not be decoded: broken stream")
                 original = window_clip(track, start, end, str(window_file),
                                        meta={"source_id": source.source_id, "window": [start, end]})
-                pairs = [_plan_pair(recipe, transform, job, source, wi, pi, original)
+                context = OperatorContext(source_id=source.source_id, split=source.split,
+                                          donor_pool=donor_pool, clip=original, source_path=source.path)
+                bound = transform.with_context(context)
+                pairs = [_plan_pair(recipe, bound, job, source, wi, pi, original)
                          for pi in range(job.pairs_per_window or recipe.pairs_per_window)]
                 samples += _render_window(window_file, pairs, Path(tmp))
         shard_path = staging / f"{source.source_id}.tar"
@@ -255,7 +259,7 @@ def _render_window(window_file: Path, pairs: list[dict[str, Any]], tmp: Path) ->
     return samples
 
 
-def _plan_pair(recipe: Recipe, transform, job: Job, source: Source, wi: int, pi: int,
+def _plan_pair(recipe: Recipe, transform: Transform, job: Job, source: Source, wi: int, pi: int,
                original: Clip) -> dict[str, Any]:
     """One (chosen, rejected) pair: its clips, ops and JSON record.
 

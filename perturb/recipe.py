@@ -1,8 +1,10 @@
 """Recipes: one YAML file per dimension, naming operators, severities and pair rules.
 
-A recipe's `transform` is a tree: a leaf `{op: NAME, p: .., weight: .., **sampling_config}`, or a node
-`{one_of: [...]}`, `{some_of: [...], n: [1, 2]}`, `{compose: [...]}` (each with optional p / weight).
-Adding a dimension = adding a file to perturb/recipes/ (or passing a path); no pipeline edit.
+A recipe's `transform` is a tree: a leaf `{op: NAME, p: .., weight: .., **operator_keywords}`, or a
+node `{one_of: [...]}`, `{some_of: [...], n: [1, 2]}`, `{compose: [...]}` (each with optional p;
+`weight` only on the children of a one_of). Adding a dimension = adding a file to perturb/recipes/
+(or passing a path); no pipeline edit. Every key is checked: a typo is an error naming the key and
+the valid ones, never a silently ignored setting.
 """
 from __future__ import annotations
 
@@ -14,10 +16,17 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .operators import SEVERITY_LEVELS, Compose, OneOf, SomeOf, Transform, get_operator
+from .operators import (REGISTRY, SEVERITY_LEVELS, Compose, ConfigError, OneOf, SomeOf, Transform,
+                        check_keys, check_list, check_number, operator_keywords)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-_NODE_KEYS = ("one_of", "some_of", "compose")
+SPLITS = ("train", "val", "test")
+DEFAULT_SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
+RECIPE_KEYS = ("dim", "question", "transform", "window_seconds", "pairs_per_window", "severity",
+               "graded_pairs", "splits")
+SEVERITY_KEYS = ("levels", "weights")
+# keys a group node may have besides its children; `weight` is added under a one_of
+_GROUP_KEYS = {"one_of": ("p",), "some_of": ("n", "p"), "compose": ("p",)}
 
 
 @dataclass
@@ -31,12 +40,12 @@ class Recipe:
     severity_levels: list[int] = field(default_factory=lambda: list(SEVERITY_LEVELS))
     severity_weights: list[float] = field(default_factory=lambda: [1.0] * len(SEVERITY_LEVELS))
     graded_pairs: float = 0.0
-    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
+    splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
     source_text: str = ""
 
-    def build_transform(self, op_config: dict[str, dict[str, Any]] | None = None) -> Transform:
-        """Instantiate the transform tree; op_config[name] adds sampling config to leaves `name`."""
-        return _build(self.transform_spec, op_config or {})
+    def build_transform(self) -> Transform:
+        """Instantiate the transform tree (ConfigError naming the node for any bad key or value)."""
+        return _build(self.transform_spec, f"recipe {self.name}", "transform", in_one_of=False)
 
     def sample_severity(self, rng: np.random.Generator) -> int:
         w = np.asarray(self.severity_weights, dtype=float)
@@ -47,29 +56,66 @@ class Recipe:
         return hashlib.sha256(self.source_text.encode()).hexdigest()[:16]
 
 
-def _build(spec: dict[str, Any], op_config: dict[str, dict[str, Any]]) -> Transform:
-    spec = dict(spec)
-    spec.pop("weight", None)
-    p = float(spec.pop("p", 1.0))
-    if "op" in spec:
-        name = spec.pop("op")
-        cls = get_operator(name)
-        return cls(p=p, **{**spec, **op_config.get(name, {})})
-    kind = [k for k in _NODE_KEYS if k in spec]
-    if len(kind) != 1:
-        raise ValueError(f"recipe node needs exactly one of op/{'/'.join(_NODE_KEYS)}: {spec}")
-    children_specs = spec[kind[0]]
-    children = [_build(c, op_config) for c in children_specs]
-    if kind[0] == "one_of":
-        return OneOf(children, weights=[float(c.get("weight", 1.0)) for c in children_specs], p=p)
-    if kind[0] == "some_of":
-        n = spec.get("n", 1)
-        return SomeOf(children, n=n if isinstance(n, int) else tuple(n), p=p)
-    return Compose(children, p=p)
+def _build(spec: Any, where: str, at: str, in_one_of: bool) -> Transform:
+    """The Transform of the recipe node `spec` found at `at` (a path like transform.one_of[1])."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: {at} must be a mapping like {{op: NAME}}, got {spec!r}")
+    kinds = [k for k in ("op", *_GROUP_KEYS) if k in spec]
+    if len(kinds) != 1:
+        raise ConfigError(f"{where}: {at} needs exactly one of op/{'/'.join(_GROUP_KEYS)}, has {sorted(map(str, spec))}")
+    kind = kinds[0]
+    weight = ("weight",) if in_one_of else ()  # the one_of above reads it; anywhere else it would do nothing
+    if kind == "op":
+        name = spec["op"]
+        if name not in REGISTRY:
+            raise ConfigError(f"{where}: unknown operator {name!r} at {at}; registered: {', '.join(sorted(REGISTRY))}")
+        cls = REGISTRY[name]
+        check_keys(f"{where}: {at} (op: {name})", spec, ["op", *weight, *operator_keywords(cls)])
+        keywords = {k: v for k, v in spec.items() if k not in ("op", "weight")}
+        try:
+            return cls(**keywords)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {at}: {err}") from None
+    check_keys(f"{where}: {at} ({kind})", spec, [kind, *_GROUP_KEYS[kind], *weight])
+    child_specs = check_list(f"{where}: {at}", kind, spec[kind], min_length=1)
+    children = [_build(c, where, f"{at}.{kind}[{i}]", in_one_of=kind == "one_of")
+                for i, c in enumerate(child_specs)]
+    try:
+        if kind == "one_of":
+            weights = [check_number(f"{at}.one_of[{i}]", "weight", c.get("weight", 1.0), 0.0)
+                       for i, c in enumerate(child_specs)]
+            return OneOf(children, weights=weights, p=spec.get("p", 1.0))
+        if kind == "some_of":
+            n = spec.get("n", 1)
+            n = _check_int(at, "n", n, 0) if not isinstance(n, (list, tuple)) else \
+                tuple(_check_int(at, "n", v, 0) for v in check_list(at, "n", n, length=2))
+            return SomeOf(children, n=n, p=spec.get("p", 1.0))
+        return Compose(children, p=spec.get("p", 1.0))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {at}: {err}") from None
+
+
+def _check_int(where: str, name: str, value: Any, lo: int) -> int:
+    """`value` if it is an integer >= lo; else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: {name} must be an integer, got {value!r}")
+    return int(check_number(where, name, value, lo))
+
+
+def _check_mapping(where: str, name: str, value: Any, valid: tuple[str, ...]) -> dict[str, Any]:
+    """`value` if it is a mapping whose keys are all in `valid`; else ConfigError."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {name} must be a mapping of {', '.join(valid)}, got {value!r}")
+    check_keys(f"{where}: {name}", value, valid)
+    return value
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A recipe by name (perturb/recipes/<name>.yaml) or by path to a YAML file."""
+    """A recipe by name (perturb/recipes/<name>.yaml) or by path to a YAML file.
+
+    Every key and value is checked (ConfigError, one line naming the key and the valid ones), and the
+    transform is built once so an unknown operator or keyword fails here, not in a worker.
+    """
     path = Path(name_or_path)
     if not path.suffix:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
@@ -77,23 +123,40 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no recipe {name_or_path!r}; built-in recipes: {known}")
     text = path.read_text()
+    where = f"recipe {path}"
     raw = yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of {', '.join(RECIPE_KEYS)}, got {raw!r}")
+    check_keys(where, raw, RECIPE_KEYS)
     missing = [k for k in ("dim", "question", "transform") if k not in raw]
     if missing:
-        raise ValueError(f"recipe {path} lacks {missing}")
-    sev = raw.get("severity", {})
-    levels = [int(x) for x in sev.get("levels", SEVERITY_LEVELS)]
+        raise ConfigError(f"{where} lacks {missing}")
+    for key in ("dim", "question"):
+        if not isinstance(raw[key], str) or not raw[key]:
+            raise ConfigError(f"{where}: {key} must be a non-empty string, got {raw[key]!r}")
+    sev = _check_mapping(where, "severity", raw.get("severity", {}), SEVERITY_KEYS)
+    levels = [_check_int(where, "severity.levels[]", x, 1) for x in
+              check_list(where, "severity.levels", sev.get("levels", SEVERITY_LEVELS), min_length=1)]
+    if any(x not in SEVERITY_LEVELS for x in levels):
+        raise ConfigError(f"{where}: severity.levels must be among {list(SEVERITY_LEVELS)}, got {levels}")
+    weights = [check_number(where, "severity.weights[]", x, 0.0) for x in
+               check_list(where, "severity.weights", sev.get("weights", [1.0] * len(levels)), length=len(levels))]
+    splits = _check_mapping(where, "splits", raw.get("splits", DEFAULT_SPLITS), SPLITS)
+    fractions = {k: check_number(where, f"splits.{k}", v, 0.0) for k, v in splits.items()}
+    for name, values in (("severity.weights", weights), ("splits", list(fractions.values()))):
+        if sum(values) <= 0:
+            raise ConfigError(f"{where}: {name} must not all be zero")
     recipe = Recipe(
         name=path.stem, dim=raw["dim"], question=raw["question"], transform_spec=raw["transform"],
-        window_seconds=float(raw.get("window_seconds", 5.0)),
-        pairs_per_window=int(raw.get("pairs_per_window", 2)),
+        window_seconds=check_number(where, "window_seconds", raw.get("window_seconds", 5.0), 0.0, lo_open=True),
+        pairs_per_window=_check_int(where, "pairs_per_window", raw.get("pairs_per_window", 2), 1),
         severity_levels=levels,
-        severity_weights=[float(x) for x in sev.get("weights", [1.0] * len(levels))],
-        graded_pairs=float(raw.get("graded_pairs", 0.0)),
-        splits={k: float(v) for k, v in raw.get("splits", {"train": 0.7, "val": 0.15, "test": 0.15}).items()},
+        severity_weights=weights,
+        graded_pairs=check_number(where, "graded_pairs", raw.get("graded_pairs", 0.0), 0.0, 1.0),
+        splits=fractions,
         source_text=text,
     )
-    recipe.build_transform()  # fail early on unknown operators or bad nodes
+    _build(recipe.transform_spec, where, "transform", in_one_of=False)  # fail early, naming the file
     return recipe
 
 

@@ -1,6 +1,8 @@
 """Deterministic synthetic media and measurement helpers for the operator property tests."""
 from __future__ import annotations
 
+import wave
+
 import numpy as np
 from scipy.signal import lfilter
 
@@ -183,3 +185,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB over every pixel of every frame (8-bit peak)."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def write_wav(path, audio: np.ndarray, sr: int = SR) -> None:
+    """16-bit mono PCM WAV of float audio in [-1, 1]."""
+    pcm = np.clip(np.round(np.asarray(audio) * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(pcm.tobytes())

@@ -6,7 +6,6 @@ frames...), compared with what the params ask for; nothing is compared with stor
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,7 @@ import pytest
 
 from perturb.clip import Clip
 from perturb.media import decode_audio
-from perturb.operators import (REGISTRY, SEVERITY_LEVELS, Compose, OneOf, SomeOf, get_operator,
-                               modifies_video, replay)
+from perturb.operators import SEVERITY_LEVELS, Compose, OneOf, OperatorContext, SomeOf, replay
 from perturb.operators import frames as frames_mod
 from perturb.operators import voice as voice_mod
 from perturb.operators.frames import PSNR_BANDS, STRENGTH_RANGES, FrameCorruption
@@ -23,7 +21,7 @@ from perturb.operators.timing import OFFSET_BANDS_MS, AudioShift, LipDrift
 from perturb.operators.voice import SEMITONE_BANDS, VoiceSwap, active_rms
 
 from .fixtures_ops import (FPS, SR, local_lags_ms, lowpass_noise, median_f0, natural_frames, psnr,
-                           speech_like_noise, synth_voice, xcorr_lag_ms)
+                           speech_like_noise, synth_voice, write_wav, xcorr_lag_ms)
 
 N_FRAMES = 20
 
@@ -43,15 +41,6 @@ def video_clip(frames: np.ndarray) -> Clip:
     """A clip whose picture is still 'the original stream' (frames already decoded)."""
     audio = speech_like_noise(len(frames) / FPS, seed=3)
     return Clip(audio=audio, sr=SR, fps=FPS, frames=frames, video_path="fake.mp4")
-
-
-def write_wav(path, audio: np.ndarray, sr: int = SR) -> None:
-    pcm = np.clip(np.round(np.asarray(audio) * 32767), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
 
 
 def linear_fit(t: np.ndarray, v: np.ndarray) -> tuple[float, float, float]:
@@ -345,7 +334,7 @@ def test_voice_swap_donor_loops_when_short(voice, donor_files):
 def test_voice_swap_donor_sampling_and_exclusion(donor_files):
     long_p, short_p, same_p = donor_files
     op = VoiceSwap(donors=[long_p, short_p, same_p], donor_mode_prob=0.5, exclude=[short_p],
-                   source_id="src42", clip_duration=2.0)
+                   clip_duration=2.0).with_context(OperatorContext(source_id="src42"))
     assert op.usable_donors() == [long_p]
     rng = np.random.default_rng(3)
     ps = [op.sample_params(rng, 2) for _ in range(60)]
@@ -356,11 +345,25 @@ def test_voice_swap_donor_sampling_and_exclusion(donor_files):
             assert p["donor_path"] == long_p  # excluded path and the source's own file never drawn
             assert 0.0 <= p["donor_start"] <= 4.0 - 2.0 + 1e-6
             assert p["severity"] == 2 and op.defect_size(p) == 1.0
-    only = VoiceSwap(donors=[long_p, same_p], donor_mode_prob=1.0).for_source("donor_a")
+    only = VoiceSwap(donors=[long_p, same_p], donor_mode_prob=1.0).with_context(OperatorContext(source_id="donor_a"))
     assert only.usable_donors() == [same_p]
     assert {only.sample_params(rng, 1)["donor_path"] for _ in range(10)} == {same_p}
-    none_left = VoiceSwap(donors=[same_p], donor_mode_prob=1.0, source_id="src42")
+    none_left = VoiceSwap(donors=[same_p], donor_mode_prob=1.0).with_context(OperatorContext(source_id="src42"))
     assert all(none_left.sample_params(rng, 4)["mode"] == "identity" for _ in range(10))
+
+
+def test_voice_swap_draws_from_the_context_pool(donor_files):
+    """Without `donors` the pool comes from the context (the build's other sources + --donors);
+    explicit donors win over it; the source's own name is excluded either way."""
+    long_p, short_p, same_p = donor_files
+    pool = OperatorContext(source_id="src42", split="train", donor_pool=(long_p, same_p))
+    assert VoiceSwap().usable_donors() == []
+    op = VoiceSwap(donor_mode_prob=1.0).with_context(pool)
+    assert op.usable_donors() == [long_p]
+    rng = np.random.default_rng(8)
+    assert {op.sample_params(rng, 3)["donor_path"] for _ in range(10)} == {long_p}
+    assert VoiceSwap(donors=[short_p, same_p]).with_context(pool).usable_donors() == [short_p]
+    assert VoiceSwap(donors=[]).with_context(pool).usable_donors() == []
 
 
 # -------------------------------------------------------------------------------- frame_corruption
@@ -499,50 +502,6 @@ def test_frame_corruption_defect_size_grows_with_severity():
         for sev in SEVERITY_LEVELS:
             for _ in range(10):
                 assert sev <= op.defect_size(op.sample_params(rng, sev)) <= sev + 1
-
-
-# --------------------------------------------------------------------------- every operator alike
-def _all_operators(donor_files):
-    return [AudioShift(), LipDrift(), LipDrift(keep_pitch=True), VoiceSwap(),
-            VoiceSwap(donors=[donor_files[0]], donor_mode_prob=1.0),
-            FrameCorruption(kinds=["blur"]), FrameCorruption(kinds=["noise"]),
-            FrameCorruption(kinds=["block"]), FrameCorruption(kinds=["stutter"]),
-            FrameCorruption(kinds=["color"]), FrameCorruption(kinds=["occlusion"])]
-
-
-def test_registry_holds_the_operators():
-    for name in ("audio_shift", "lip_drift", "voice_swap", "frame_corruption"):
-        cls = get_operator(name)
-        assert REGISTRY[name] is cls and cls.name == name
-        assert cls.modifies in ("audio", "video", "both")
-        assert callable(getattr(cls, "defect_size", None))
-
-
-def test_operators_pure_serialisable_replayable(video_frames, donor_files):
-    clip = video_clip(video_frames)
-    for op in _all_operators(donor_files):
-        params = op.sample_params(np.random.default_rng(11), 3)
-        assert json.loads(json.dumps(params)) == params
-        a, b = op.apply(clip, params), op.apply(clip, params)
-        np.testing.assert_array_equal(a.audio, b.audio)
-        r = replay(clip, [{"name": op.name, "params": json.loads(json.dumps(params))}])
-        np.testing.assert_array_equal(a.audio, r.audio)
-        assert isinstance(op.defect_size(params), float) and op.defect_size(params) > 0
-        if op.modifies == "audio":
-            assert a.video_untouched and a.video_path == clip.video_path
-            assert len(a.audio) == len(clip.audio) and a.audio.dtype == np.float32
-            assert not np.array_equal(a.audio, clip.audio)
-            assert not modifies_video([{"name": op.name, "params": params}])
-        else:
-            assert not a.video_untouched and r.video_untouched is False
-            np.testing.assert_array_equal(a.frames, b.frames)
-            np.testing.assert_array_equal(a.frames, r.frames)
-            assert a.frames.shape == video_frames.shape and a.frames.dtype == np.uint8
-            assert not np.array_equal(a.frames, video_frames)
-            np.testing.assert_array_equal(a.audio, clip.audio)
-            assert modifies_video([{"name": op.name, "params": params}])
-        # the input clip is never modified in place
-        np.testing.assert_array_equal(clip.frames, video_frames)
 
 
 # ----------------------------------------------------------------------------------- composition

@@ -294,3 +294,59 @@ def test_window_clip_context_stops_at_source_edges():
     assert np.array_equal(middle.audio, track[2 * sr:4 * sr])
     last = window_clip(track, 3.0, 5.0, "w.mp4", {}, context_seconds=1.0)
     assert len(last.context_after) == 0 and len(last.audio) == 2 * sr
+
+
+def test_operators_get_the_source_context_without_pipeline_edits(corpus, tmp_path):
+    """A mismatch operator (another source's soundtrack, as av_consistency needs) registered here,
+    outside perturb/, gets source id, split, donor pool and window clip through with_context."""
+    import copy
+
+    import yaml
+
+    from perturb.operators import REGISTRY, Operator, register
+
+    class OtherSourceAudio(Operator):
+        """The window's audio replaced by another source's (same split). Keywords: p."""
+
+        modifies = "audio"
+
+        def with_context(self, context):
+            bound = copy.copy(self)
+            bound.context = context
+            return bound
+
+        def sample_params(self, rng, severity):
+            ctx = self.context
+            return {"donor": ctx.donor_pool[int(rng.integers(len(ctx.donor_pool)))], "severity": severity,
+                    "seen": {"source_id": ctx.source_id, "split": ctx.split, "path": ctx.source_path,
+                             "window": ctx.clip.meta["window"], "samples": len(ctx.clip.audio)}}
+
+        def apply(self, clip, params):
+            donor = media.decode_audio(params["donor"])[:len(clip.audio)]
+            return clip.with_audio(np.pad(donor, (0, len(clip.audio) - len(donor))))
+
+        def defect_size(self, params):
+            return float(params["severity"])
+
+    recipe = tmp_path / "toy_mismatch.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "dim": "toy_mismatch", "question": "Is this the speaker's own voice?", "pairs_per_window": 1,
+        "transform": {"op": "toy_other_source_audio"}, "splits": {"train": 0.6, "val": 0.4}}))
+    register("toy_other_source_audio")(OtherSourceAudio)
+    try:
+        result = build_small(corpus, tmp_path / "out", dim="toy_mismatch", recipe=recipe)
+    finally:
+        del REGISTRY["toy_other_source_audio"]
+    split_of = {s.source_id: s.split for s in result["sources"]}
+    path_of = {s.source_id: s.path for s in result["sources"]}
+    samples = read_samples(tmp_path / "out" / "toy_mismatch")
+    assert len(samples) == result["card"]["pairs"] >= 5
+    for files in samples.values():
+        meta = json.loads(files["json"])
+        params = meta["ops"][0]["params"]
+        assert params["seen"] == {"source_id": meta["source_id"], "split": meta["split"],
+                                  "path": path_of[meta["source_id"]], "window": meta["window"],
+                                  "samples": int(WINDOW * media.CANONICAL_SR)}
+        donor_id = Path(params["donor"]).stem
+        assert donor_id != meta["source_id"] and split_of[donor_id] == meta["split"]
+        assert meta["video_copied"]

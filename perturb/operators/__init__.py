@@ -1,11 +1,14 @@
 """Perturbation operators. Importing this package registers every built-in operator.
 
 To add one: write a small class in a module here (or anywhere you import before building),
-decorate it with @register("my_op"), set `modifies`, implement sample_params and apply.
+decorate it with @register("my_op"), set `modifies`, declare its keywords in __init__ and implement
+sample_params, apply and defect_size (README "Add an operator or a dimension").
 """
-from .base import (REGISTRY, SEVERITY_LEVELS, Compose, OneOf, Operator, SomeOf, Transform,
-                   check_severity, get_operator, modifies_video, register, replay)
+from .base import (MODIFIES, REGISTRY, SEVERITY_LEVELS, Compose, ConfigError, OneOf, Operator,
+                   OperatorContext, SomeOf, Transform, check_keys, check_list, check_number, check_probability,
+                   check_severity, get_operator, modifies_video, operator_keywords, register, replay)
 from . import timing, voice, frames  # noqa: F401  (registration side effect)
 
-__all__ = ["REGISTRY", "SEVERITY_LEVELS", "Compose", "OneOf", "Operator", "SomeOf", "Transform",
-           "check_severity", "get_operator", "modifies_video", "register", "replay"]
+__all__ = ["MODIFIES", "REGISTRY", "SEVERITY_LEVELS", "Compose", "ConfigError", "OneOf", "Operator",
+           "OperatorContext", "SomeOf", "Transform", "check_keys", "check_list", "check_number", "check_probability",
+           "check_severity", "get_operator", "modifies_video", "operator_keywords", "register", "replay"]

@@ -32,12 +32,12 @@ dark footage.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..clip import Clip
-from .base import SEVERITY_LEVELS, Operator, check_severity, register
+from .base import SEVERITY_LEVELS, Operator, check_keys, check_list, check_severity, register
 
 KINDS = ("blur", "noise", "block", "stutter", "color", "occlusion")
 
@@ -191,24 +191,24 @@ def _sample_direction(rng: np.random.Generator) -> list[float]:
 class FrameCorruption(Operator):
     """One kind of picture corruption per application, graded by severity (see module doc).
 
-    Constructor keyword `kinds` (list of names from KINDS) restricts what sampling draws from.
+    Keywords:
+        kinds: the kinds sampling draws from (names from KINDS, drawn uniformly in the listed order);
+            None (default) is every kind of KINDS.
+        p: probability of applying. Default 1.0.
     """
 
     modifies = "video"
 
-    def kinds(self) -> list[str]:
-        """The kinds sampling may draw (constructor `kinds`, default all of KINDS)."""
-        kinds = list(self.config.get("kinds") or KINDS)
-        unknown = [k for k in kinds if k not in KINDS]
-        if unknown:
-            raise ValueError(f"frame_corruption: unknown kinds {unknown}; known: {KINDS}")
-        return kinds
+    def __init__(self, *, kinds: Sequence[str] | None = None, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        if kinds is not None:
+            check_keys(self.name, check_list(self.name, "kinds", kinds, min_length=1), KINDS, "kind")
+        self.kinds: tuple[str, ...] = tuple(kinds) if kinds is not None else KINDS
 
     def sample_params(self, rng: np.random.Generator, severity: int) -> dict[str, Any]:
         """Pick a kind, then a strength uniform in its STRENGTH_RANGES band for the severity."""
         severity = check_severity(severity)
-        kinds = self.kinds()
-        kind = kinds[int(rng.integers(len(kinds)))]
+        kind = self.kinds[int(rng.integers(len(self.kinds)))]
         lo, hi = STRENGTH_RANGES[kind][severity]
         if kind == "block":
             strength: float | int = int(rng.integers(int(lo), int(hi) + 1))

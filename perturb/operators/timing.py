@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..clip import Clip
-from .base import Operator, check_severity, register
+from .base import ConfigError, Operator, check_severity, register
 
 # |offset| in milliseconds per severity level (1 = mildest). 40 ms is about one frame at 25 fps,
 # roughly where trained viewers start noticing a lag; a second is unmistakable.
@@ -53,7 +53,10 @@ class AudioShift(Operator):
     """Constant audio-video offset: params {"offset_ms": float}, positive = audio lags the picture.
 
     The shift is sample accurate (offset rounded to the nearest sample at clip.sr); samples shifted
-    out are dropped and the gap is filled with silence, so the duration never changes.
+    out are dropped and the gap is filled from the audio context (silence beyond it), so the duration
+    never changes.
+
+    Keywords: p, probability of applying (default 1.0).
     """
 
     modifies = "audio"
@@ -153,17 +156,25 @@ class LipDrift(Operator):
     5 s window is 20 %, about 3.9 semitones: a cue a judge could learn instead of the desync). With
     params["keep_pitch"] true (optional, default false) the same delay is made by moving grains
     of the waveform instead (drift_audio_keep_pitch, WSOLA): pitch untouched, timing within 4 ms.
-    Constructor keyword keep_pitch (default False) decides what sample_params records.
+
+    Keywords:
+        keep_pitch: what sample_params records as params["keep_pitch"] (a bool). Default False.
+        p: probability of applying. Default 1.0.
     """
 
     modifies = "audio"
+
+    def __init__(self, *, keep_pitch: bool = False, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        if not isinstance(keep_pitch, (bool, np.bool_)):
+            raise ConfigError(f"{self.name}: keep_pitch must be true or false, got {keep_pitch!r}")
+        self.keep_pitch = bool(keep_pitch)
 
     def sample_params(self, rng: np.random.Generator, severity: int) -> dict[str, Any]:
         """Draw D as for audio_shift, then whether the drift grows from 0 or shrinks to 0."""
         d = _sample_offset_ms(rng, severity)
         start, end = (0.0, d) if rng.random() < 0.5 else (d, 0.0)
-        keep = bool(self.config.get("keep_pitch", False))
-        return {"start_ms": start, "end_ms": end, "keep_pitch": keep}
+        return {"start_ms": start, "end_ms": end, "keep_pitch": self.keep_pitch}
 
     def apply(self, clip: Clip, params: dict[str, Any]) -> Clip:
         """Delay the soundtrack linearly from start_ms to end_ms: resampled, or moved in grains (keep_pitch)."""

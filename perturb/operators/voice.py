@@ -19,23 +19,24 @@ donor     {"mode": "donor", "donor_path": str, "donor_start": float, "severity":
     donor is too short), loudness matched to the original on the voiced (active) frames.
     `severity` is only recorded: the defect is the same at every level.
 
-Donor pool (sampling configuration only): VoiceSwap(donors=[paths], donor_mode_prob=0.5,
-exclude=[paths], source_id="...", clip_duration=seconds). Donors listed in `exclude` or whose file
-stem equals `source_id` are never drawn (so a source is not "swapped" with itself); `for_source`
-returns a copy configured for one source. Without usable donors the operator always uses identity.
+Donor pool (sampling configuration only): VoiceSwap(donors=None, donor_mode_prob=0.5, exclude=()).
+donors None takes the pool of the context (`with_context`: in a build, the other sources of the same
+split plus --donors files). Donors listed in `exclude` or whose file stem equals the context's
+source_id are never drawn (so a source is not "swapped" with itself). Without usable donors the
+operator always uses identity.
 """
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..clip import Clip
 from ..media import decode_audio, probe
-from .base import Operator, check_severity, register
+from .base import Operator, OperatorContext, check_list, check_number, check_severity, register
 
 # |semitones| per severity level; the sign is drawn separately.
 SEMITONE_BANDS: dict[int, tuple[float, float]] = {
@@ -193,49 +194,66 @@ def donor_segment(donor: np.ndarray, sr: int, start_s: float, n: int) -> np.ndar
 class VoiceSwap(Operator):
     """Different voice, same picture: pitch/formant "identity" shift or a donor speaker.
 
-    Constructor keywords (sampling only): donors (list of paths), donor_mode_prob (default 0.5),
-    exclude (list of paths never drawn), source_id (donors with this file stem are skipped),
-    clip_duration (seconds, default 5.0: donor_start leaves that much donor after it when it can),
-    formant_follow ((lo, hi), default (0.3, 1.0): formant_ratio = 2**(a * semitones / 12), a ~ U).
+    Keywords (sampling only):
+        donors: donor files to draw from; None (default) takes the context's donor pool.
+        donor_mode_prob: probability of a donor voice when donors are usable. Default 0.5.
+        exclude: donor files never drawn. Default ().
+        clip_duration: seconds of donor to leave after donor_start when the donor is long enough.
+            Default 5.0.
+        formant_follow: (lo, hi) within [0, 1]: formant_ratio = 2**(a * semitones / 12), a ~ U(lo, hi).
+            Default (0.3, 1.0).
+        p: probability of applying. Default 1.0.
     """
 
     modifies = "audio"
 
+    def __init__(self, *, donors: Sequence[str] | None = None, donor_mode_prob: float = 0.5,
+                 exclude: Sequence[str] = (), clip_duration: float = 5.0,
+                 formant_follow: Sequence[float] = (0.3, 1.0), p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.donors = None if donors is None else tuple(map(str, check_list(self.name, "donors", donors)))
+        self.exclude = tuple(map(str, check_list(self.name, "exclude", exclude)))
+        self.donor_mode_prob = check_number(self.name, "donor_mode_prob", donor_mode_prob, 0.0, 1.0)
+        self.clip_duration = check_number(self.name, "clip_duration", clip_duration, 0.0, lo_open=True)
+        lo, hi = check_list(self.name, "formant_follow", formant_follow, length=2)
+        lo = check_number(self.name, "formant_follow[0]", lo, 0.0, 1.0)
+        self.formant_follow = (lo, check_number(self.name, "formant_follow[1]", hi, lo, 1.0))
+        self.source_id: str | None = None  # set by with_context
+
+    def with_context(self, context: OperatorContext) -> "VoiceSwap":
+        """A copy that draws from the context's donor pool (unless `donors` was given) and never
+        from files named like the context's source."""
+        bound = copy.copy(self)
+        bound.source_id = context.source_id or None
+        if self.donors is None:
+            bound.donors = tuple(str(d) for d in context.donor_pool)
+        return bound
+
     def usable_donors(self) -> list[str]:
-        """Configured donors minus the excluded paths and those named like the current source."""
-        exclude = {str(p) for p in self.config.get("exclude") or []}
-        source_id = self.config.get("source_id")
+        """Donors minus the excluded paths and those named like the current source."""
+        exclude = set(self.exclude)
         out = []
-        for d in self.config.get("donors") or []:
-            d = str(d)
-            if d in exclude or (source_id is not None and Path(d).stem == str(source_id)):
+        for d in self.donors or ():
+            if d in exclude or (self.source_id is not None and Path(d).stem == str(self.source_id)):
                 continue
             out.append(d)
         return out
-
-    def for_source(self, source_id: str, exclude: list[str] | None = None) -> "VoiceSwap":
-        """A copy that never draws donors from `source_id` (nor the paths in `exclude`)."""
-        other = copy.copy(self)
-        other.config = dict(self.config, source_id=source_id)
-        if exclude is not None:
-            other.config["exclude"] = list(self.config.get("exclude") or []) + list(exclude)
-        return other
 
     def sample_params(self, rng: np.random.Generator, severity: int) -> dict[str, Any]:
         """Donor mode with probability donor_mode_prob when donors are usable, else identity."""
         severity = check_severity(severity)
         donors = self.usable_donors()
-        use_donor = rng.random() < float(self.config.get("donor_mode_prob", 0.5))
+        use_donor = rng.random() < self.donor_mode_prob
         if donors and use_donor:
             path = donors[int(rng.integers(len(donors)))]
             dur = donor_duration(path)
-            room = max(0.0, dur - float(self.config.get("clip_duration", 5.0)))
+            room = max(0.0, dur - self.clip_duration)
             return {"mode": "donor", "donor_path": path,
                     "donor_start": round(float(rng.uniform(0.0, room)) if room > 0 else 0.0, 3),
                     "severity": severity}
         lo, hi = SEMITONE_BANDS[severity]
         semis = float(rng.uniform(lo, hi)) * (1.0 if rng.random() < 0.5 else -1.0)
-        f_lo, f_hi = self.config.get("formant_follow", (0.3, 1.0))
+        f_lo, f_hi = self.formant_follow
         follow = float(rng.uniform(f_lo, f_hi))
         return {"mode": "identity", "semitones": round(semis, 3),
                 "formant_ratio": round(2.0 ** (follow * semis / 12.0), 4)}
