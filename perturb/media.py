@@ -86,24 +86,57 @@ class StreamInfo:
     duration: float | None
     has_video: bool
     has_audio: bool
-    width: int | None = None
-    height: int | None = None
+    width: int | None = None   # DISPLAY size: rotation and sample aspect ratio applied (what ffmpeg
+    height: int | None = None  # outputs upright once scaled to it; see display_size)
     fps: float | None = None
     video_codec: str | None = None
     audio_codec: str | None = None
     sample_rate: int | None = None
     channels: int | None = None
     container: str | None = None
+    coded_width: int | None = None   # the size the frames are stored at
+    coded_height: int | None = None
+    rotation: int = 0                # display rotation, degrees counter-clockwise (display matrix / rotate tag)
+    sar: float = 1.0                 # sample (pixel) aspect ratio: anamorphic sources are != 1
     raw: dict[str, Any] = field(default_factory=dict)
 
 
+def display_size(coded_width: int, coded_height: int, sar: float = 1.0, rotation: int = 0) -> tuple[int, int]:
+    """The upright, square-pixel size of a picture: (width, height) after SAR and rotation.
+
+    An anamorphic picture is stretched along the side its pixels are long in (never shrunk), and
+    a quarter-turn swaps the sides, as ffmpeg's autorotation (on by default) does to the frames.
+    """
+    w, h = float(coded_width), float(coded_height)
+    if sar > 1:
+        w *= sar
+    elif 0 < sar < 1:
+        h /= sar
+    if rotation % 180 == 90:
+        w, h = h, w
+    return max(1, int(round(w))), max(1, int(round(h)))
+
+
+def _rotation(degrees: float) -> int:
+    """Degrees counter-clockwise -> 0 / 90 / 180 / 270, or the rounded angle when it is no quarter-turn."""
+    quarter = round(degrees / 90.0) * 90
+    return int(quarter % 360) if abs(degrees - quarter) < 1.0 else int(round(degrees)) % 360
+
+
 def probe(path: str | Path) -> StreamInfo:
-    """Probe a file by parsing `ffmpeg -i` (the static build ships no ffprobe)."""
+    """Probe a file by parsing `ffmpeg -i` (the static build ships no ffprobe).
+
+    width / height are the DISPLAY size: the display matrix (phone footage stores portrait video
+    as landscape frames plus a rotation) and the sample aspect ratio are applied; the stored size
+    is coded_width / coded_height.
+    """
     import re
 
     path = str(path)
     if not Path(path).is_file():
         raise MediaError(f"no such file: {path}")
+    if Path(path).stat().st_size == 0:
+        raise MediaError("empty file (0 bytes)")
     proc = subprocess.run(
         [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], capture_output=True
     )
@@ -117,16 +150,28 @@ def probe(path: str | Path) -> StreamInfo:
     m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
     if m:
         info.duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    in_video = False  # inside the block (metadata, side data) of the video stream we use
     for line in text.splitlines():
         if "Stream #" not in line:
+            if in_video:
+                m = re.search(r"(?i)display ?matrix: rotation of (-?[\d.]+) degrees", line)
+                if m:
+                    info.rotation = _rotation(float(m.group(1)))
+                m = re.match(r"\s*rotate\s*: (-?\d+)", line)  # older muxers: a clockwise tag
+                if m and not info.rotation:
+                    info.rotation = _rotation(-float(m.group(1)))
             continue
+        in_video = False
         if "Video:" in line and not info.has_video and "attached pic" not in line:
-            info.has_video = True
+            info.has_video = in_video = True
             m = re.search(r"Video: (\w+)", line)
             info.video_codec = m.group(1) if m else None
             m = re.search(r", (\d{2,5})x(\d{2,5})", line)
             if m:
-                info.width, info.height = int(m.group(1)), int(m.group(2))
+                info.coded_width, info.coded_height = int(m.group(1)), int(m.group(2))
+            m = re.search(r"\[SAR (\d+):(\d+) DAR", line)
+            if m and int(m.group(1)) and int(m.group(2)):
+                info.sar = int(m.group(1)) / int(m.group(2))
             m = re.search(r"([\d.]+) (?:fps|tbr)", line)
             if m:
                 info.fps = float(m.group(1))
@@ -143,6 +188,8 @@ def probe(path: str | Path) -> StreamInfo:
             else:
                 m = re.search(r"(\d+) channels", line)
                 info.channels = int(m.group(1)) if m else None
+    if info.coded_width and info.coded_height:
+        info.width, info.height = display_size(info.coded_width, info.coded_height, info.sar, info.rotation)
     return info
 
 
@@ -161,9 +208,10 @@ def decode_audio(path: str | Path, sr: int = CANONICAL_SR, start: float = 0.0,
 
 def decode_frames(path: str | Path, fps: float | None = None,
                   size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode the first video stream to RGB uint8 frames, shape (T, H, W, 3).
+    """Decode the first video stream to RGB uint8 frames, shape (T, H, W, 3), upright.
 
-    `size` is (width, height); without it the stream's own size is kept.
+    `size` is (width, height); without it the stream's display size is kept (ffmpeg applies the
+    rotation itself; anamorphic pixels are scaled square).
     """
     info = probe(path)
     if not info.has_video:
@@ -172,7 +220,7 @@ def decode_frames(path: str | Path, fps: float | None = None,
     vf = []
     if fps:
         vf.append(f"fps={fps}")
-    if size:
+    if size or info.sar != 1.0:
         vf.append(f"scale={w}:{h}")
     args = ["-i", str(path), "-map", "0:v:0"]
     if vf:
