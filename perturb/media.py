@@ -275,6 +275,31 @@ def canonicalise_windows(src: str | Path, out_dir: str | Path, windows: list[tup
     return outs, np.fromfile(pcm, dtype=np.float32)
 
 
+def count_video_frames(paths: list[str | Path], scratch: str | Path) -> list[int]:
+    """Video frames of each file (0 without a video stream), from ONE ffmpeg run copying packets.
+
+    Each file's streams are listed packet by packet (framecrc, no decoding) into `scratch`; the
+    header says which stream is video, so a file without one counts 0 instead of failing the run.
+    """
+    if not paths:
+        return []
+    scratch = Path(scratch)
+    args: list[str] = []
+    for p in paths:
+        args += ["-i", str(p)]
+    lists = [scratch / f".frames_{i:04d}.crc" for i in range(len(paths))]
+    for i, listing in enumerate(lists):
+        args += ["-map", f"{i}:v?", "-map", f"{i}:a?", "-c", "copy", "-f", "framecrc", "-y", str(listing)]
+    run_ffmpeg(args)
+    counts = []
+    for listing in lists:
+        lines = listing.read_text().splitlines()
+        listing.unlink()
+        video = {ln.split(":")[0].split()[-1] for ln in lines if ln.startswith("#media_type") and ln.endswith("video")}
+        counts.append(sum(1 for ln in lines if not ln.startswith("#") and ln.split(",")[0].strip() in video))
+    return counts
+
+
 def window_audio(track: np.ndarray, start: float, end: float, sr: int = CANONICAL_SR) -> np.ndarray:
     """Samples [start, end) of a soundtrack, zero-padded when the track ends early."""
     a, n = int(round(start * sr)), int(round((end - start) * sr))

@@ -2,7 +2,8 @@
 
 `process_source(source, job)` turns ONE source video into its pairs and writes them to a per-source
 staging tar (write, then rename). It reads nothing global, so a local process pool (here) or a
-distributed engine (Ray Data, later) can map it over sources. `build()` plans sources and splits,
+distributed engine (Ray Data, later) can map it over sources. `build()` first maps `check_source`
+(probe + canonical windows, cached) over every source, assigns splits to the usable ones only,
 maps process_source with a progress bar, then packs the staging tars into
 `<out>/<dim>/<split>-%06d.tar` shards (capped by count and size, each written then renamed) and
 writes the data card. A killed build re-run with the same command skips the sources whose staging
@@ -22,7 +23,7 @@ import tarfile
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,7 +39,8 @@ from .shard_format import check_shard, split_member_name
 PIPELINE_VERSION = "3"  # 2: timing ops read the audio context around the window; 3: grain (WSOLA) keep_pitch drift
 # Timing operators shift up to 1 s (perturb/operators/timing.py OFFSET_BANDS_MS): the context covers it.
 AUDIO_CONTEXT_SECONDS = 1.0
-CANONICAL_VERSION = "1"  # bump when canonical windows change: invalidates the canonical cache
+CANONICAL_VERSION = "2"  # bump when canonical windows change: invalidates the canonical cache
+# 2: upright display size (rotation, SAR), frames.json (video frames per window) in each entry
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".ts", ".wmv", ".3gp"}
 AUDIO_EXTS = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
 SPLITS = ("train", "val", "test")
@@ -144,8 +146,8 @@ def rebuild_pair(record: dict[str, Any], source_path: str | Path) -> tuple[Clip,
 
 
 def canonical_windows(source: Source, windows: list[tuple[float, float]], size: tuple[int, int],
-                      cache_root: Path) -> tuple[list[Path], np.ndarray]:
-    """The source's canonical window files and 16 kHz soundtrack, cached by content.
+                      cache_root: Path) -> tuple[list[Path], np.ndarray, list[int]]:
+    """The source's canonical window files, 16 kHz soundtrack and video frames per window, cached by content.
 
     Canonicalising (decode + h264 encode) is the expensive step; every recipe built from the same
     source, window and size reuses it, so an audio-only recipe built after another one only pays
@@ -154,18 +156,72 @@ def canonical_windows(source: Source, windows: list[tuple[float, float]], size: 
     key = hashlib.sha256(json.dumps([CANONICAL_VERSION, sha256_file(Path(source.path)), windows, size]).encode()).hexdigest()[:20]
     entry = cache_root / key
     files = [entry / f"window_{i:04d}.mp4" for i in range(len(windows))]
-    if not (entry / "audio.f32").is_file():
+    if not (entry / "frames.json").is_file():
         cache_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root))
         try:
-            media.canonicalise_windows(source.path, tmp, windows, size)
+            outs, _ = media.canonicalise_windows(source.path, tmp, windows, size)
+            frames = media.count_video_frames([o for o in outs if o.is_file()], tmp)
+            # frames.json is written last: its presence marks a complete entry
+            (tmp / "frames.json").write_text(json.dumps(
+                [frames.pop(0) if o.is_file() else 0 for o in outs]))
             try:
                 os.rename(tmp, entry)
             except OSError:  # another worker finished the same entry first: keep theirs
                 pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return files, np.fromfile(entry / "audio.f32", dtype=np.float32)
+    frames = json.loads((entry / "frames.json").read_text())
+    return files, np.fromfile(entry / "audio.f32", dtype=np.float32), frames
+
+
+def _canonical_source(source: Source, job: Job) -> tuple[media.StreamInfo, list[tuple[float, float]], list[Path], np.ndarray]:
+    """Probe and canonicalise a source (cached), or Rejected with the one reason it cannot give pairs.
+
+    Depends on neither the split nor the recipe, so build() runs it on every source before splits
+    are assigned, and every dimension rejects a source for the same reason.
+    """
+    info = media.probe(source.path)
+    if not info.has_video:
+        raise Rejected("no video stream")
+    if not info.has_audio:
+        raise Rejected("no audio stream")
+    if not info.duration or info.duration < job.window_seconds:
+        raise Rejected(f"shorter than one window ({info.duration or 0:.2f} s < {job.window_seconds} s)")
+    if not info.width or not info.height:
+        raise Rejected("video size unknown")
+    windows = plan_windows(info.duration, job.window_seconds, job.max_windows, job.hop_seconds or None)
+    size = media.canonical_size(info.width, info.height, job.max_side)
+    window_files, track, frames = canonical_windows(source, windows, size, Path(job.canonical_dir))
+    if len(track) < 0.9 * windows[-1][1] * media.CANONICAL_SR:
+        raise Rejected(f"audio decodes to {len(track) / media.CANONICAL_SR:.2f} s of "
+                       f"{info.duration:.2f} s: broken or truncated stream")
+    for wi, (window_file, n, (start, end)) in enumerate(zip(window_files, frames, windows)):
+        if not window_file.is_file() or window_file.stat().st_size == 0:
+            raise Rejected(f"window {wi} could not be decoded: broken stream")
+        expected = int(round((end - start) * media.CANONICAL_FPS))
+        if n < 0.9 * expected:  # a still image or a video stream that stops before the soundtrack
+            raise Rejected(f"picture ends early: window {wi} ({start:g}-{end:g} s) has {n} of {expected} "
+                           f"video frames ({info.duration:.2f} s of media)")
+    return info, windows, window_files, track
+
+
+def check_source(source: Source, job: Job) -> dict[str, Any]:
+    """Can this source give pairs? {"source_id", "path", "status": "ok" | "rejected", "reason" | "duration"}.
+
+    The first pass of build(): probes and canonicalises (so the second pass finds the cache
+    warm); a source already done in an earlier run of the same build is not probed again.
+    """
+    result: dict[str, Any] = {"source_id": source.source_id, "path": source.path}
+    done_marker = Path(job.staging_dir) / f"{source.source_id}.json"
+    if done_marker.is_file():
+        done = json.loads(done_marker.read_text())
+        return {**result, "status": "ok", "duration": done.get("duration")}
+    try:
+        info = _canonical_source(source, job)[0]
+    except (Rejected, media.MediaError) as err:
+        return {**result, "status": "rejected", "reason": str(err)}
+    return {**result, "status": "ok", "duration": info.duration}
 
 
 def process_source(source: Source, job: Job) -> dict[str, Any]:
@@ -176,32 +232,18 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
     staging = Path(job.staging_dir)
     done_marker = staging / f"{source.source_id}.json"
     if done_marker.is_file():  # finished in an earlier (possibly killed) run
-        return json.loads(done_marker.read_text())
+        done = json.loads(done_marker.read_text())
+        if done.get("split") == source.split:  # else the usable sources changed since: redo
+            return done
     recipe = load_recipe(job.recipe_path)
     summary: dict[str, Any] = {"source_id": source.source_id, "path": source.path, "split": source.split}
     try:
-        info = media.probe(source.path)
-        if not info.has_video:
-            raise Rejected("no video stream")
-        if not info.has_audio:
-            raise Rejected("no audio stream")
-        if not info.duration or info.duration < job.window_seconds:
-            raise Rejected(f"shorter than one window ({info.duration or 0:.2f} s < {job.window_seconds} s)")
-        if not info.width or not info.height:
-            raise Rejected("video size unknown")
-        windows = plan_windows(info.duration, job.window_seconds, job.max_windows, job.hop_seconds or None)
-        size = media.canonical_size(info.width, info.height, job.max_side)
+        info, windows, window_files, track = _canonical_source(source, job)
         donors = [d for d in job.donors.get(source.split, ()) if Path(d).resolve() != Path(source.path).resolve()]
         transform = recipe.build_transform({"voice_swap": {"donors": donors, "source_id": source.source_id}})
-        window_files, track = canonical_windows(source, windows, size, Path(job.canonical_dir))
-        if len(track) < 0.9 * windows[-1][1] * media.CANONICAL_SR:
-            raise Rejected(f"audio decodes to {len(track) / media.CANONICAL_SR:.2f} s of "
-                           f"{info.duration:.2f} s: broken or truncated stream")
         samples = []
         with tempfile.TemporaryDirectory(prefix="avbench_") as tmp:
             for wi, (window_file, (start, end)) in enumerate(zip(window_files, windows)):
-                if not window_file.is_file() or window_file.stat().st_size == 0:
-                    raise Rejected(f"window {wi} could not be decoded: broken stream")
                 original = window_clip(track, start, end, str(window_file),
                                        meta={"source_id": source.source_id, "window": [start, end]})
                 pairs = [_plan_pair(recipe, transform, job, source, wi, pi, original)
@@ -379,13 +421,6 @@ def _iter_samples(tar_path: Path) -> Iterator[tuple[str, list[tarfile.TarInfo], 
             yield key, by_key[key], tar
 
 
-def _duration_or_zero(path: str) -> float:
-    try:
-        return media.probe(path).duration or 0.0
-    except media.MediaError:
-        return 0.0
-
-
 def _single_threaded_worker() -> None:
     """One source per process: intra-op threads (torch DSP) would only fight the other workers.
 
@@ -457,6 +492,52 @@ def pack_shards(summaries: list[dict[str, Any]], staging: Path, out_dir: Path,
 
 # ----------------------------------------------------------------------------- build
 
+def _map_sources(fn, sources: list[Source], job: Job, pool: ProcessPoolExecutor | None, failed,
+                 desc: str, progress: bool) -> dict[str, dict[str, Any]]:
+    """{source_id: fn(source, job)} over a process pool (or here when pool is None), with a progress bar."""
+    from tqdm import tqdm
+
+    results: dict[str, dict[str, Any]] = {}
+    with tqdm(total=len(sources), desc=desc, unit="src", disable=not progress) as bar:
+        if pool is None:
+            for s in sources:
+                results[s.source_id] = fn(s, job)
+                bar.update()
+            return results
+        futures = {pool.submit(fn, s, job): s for s in sources}
+        for fut in as_completed(futures):
+            s = futures[fut]
+            try:
+                results[s.source_id] = fut.result()
+            except Exception as err:
+                results[s.source_id] = failed(s, err)
+            bar.update()
+    return results
+
+
+def _write_rejects(out_dir: Path, rejects: list[dict[str, Any]]) -> None:
+    _write_atomically(out_dir / "rejects.jsonl",
+                      lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rejects).encode()))
+
+
+def _fail_on_empty_splits(split_sources: list[Source], fractions: dict[str, float], n_found: int,
+                          rejects: list[dict[str, Any]], out_dir: Path) -> None:
+    """Stop the build (rejects.jsonl written) when a split asked for got no usable source.
+
+    Failing here, not warning: `python -m train` needs val and `eval` needs val and test, and would
+    only fail later, far from the cause. The canonical cache keeps the work done so far.
+    """
+    empty = [s for s in SPLITS if fractions.get(s, 0) > 0 and not any(x.split == s for x in split_sources)]
+    if not empty:
+        return
+    _write_rejects(out_dir, rejects)
+    asked = ",".join(f"{fractions.get(s, 0):g}" for s in SPLITS)
+    raise SystemExit(
+        f"error: no usable source for split {', '.join(empty)}: {len({x.source_id for x in split_sources})} of "
+        f"{n_found} sources usable ({len(rejects)} files rejected, see {out_dir / 'rejects.jsonl'}), "
+        f"--splits {asked} (train,val,test); add sources or set an unwanted split to 0")
+
+
 def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, workers: int = 2,
           recipe: str | Path | None = None, window_seconds: float | None = None,
           max_windows: int = 0, max_side: int = media.CANONICAL_MAX_SIDE,
@@ -466,8 +547,6 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
           cards_dir: str | Path | None = "data_cards", max_count: int = 500,
           max_bytes: int = 512 << 20, progress: bool = True, command: list[str] | None = None) -> dict[str, Any]:
     """Build `<out>/<dim>/` shards from the videos under `src` with recipe `recipe` (default: dim)."""
-    from tqdm import tqdm
-
     from .cards import write_card
 
     t0 = time.time()
@@ -483,49 +562,61 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     staging = out_dir / ".staging" / config_key  # a changed config never reuses old pairs
     staging.mkdir(parents=True, exist_ok=True)
 
+    canonical_dir = Path(out) / ".canonical"
     sources = find_sources(src, manifest)
+    skipped: list[dict[str, Any]] = []
     if not sources:
-        raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {src}")
-    sources = assign_splits(sources, splits or recipe_obj.splits, seed,
-                            weights={s.source_id: _duration_or_zero(s.path) for s in sources})
-    # media files only: a donor folder may hold a manifest or notes (e.g. the demo's donors.json)
-    external = sorted(str(p.resolve()) for p in Path(donors).rglob("*")
-                      if p.is_file() and p.suffix.lower() in AUDIO_EXTS | VIDEO_EXTS) if donors else []
-    donor_pool = {split: tuple(sorted(s.path for s in sources if s.split == split)) + tuple(external)
-                  for split in SPLITS}
+        _write_rejects(out_dir, skipped)
+        raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {src}"
+                         + (f" ({len(skipped)} other files skipped, see {out_dir / 'rejects.jsonl'})" if skipped else ""))
     job = Job(recipe_path=recipe_path, seed=seed, window_seconds=window, staging_dir=str(staging),
-              max_side=max_side, max_windows=max_windows, donors=donor_pool,
+              max_side=max_side, max_windows=max_windows,
               hop_seconds=float(hop_seconds or 0), pairs_per_window=int(pairs_per_window or 0),
-              canonical_dir=str(Path(out) / ".canonical"))
+              canonical_dir=str(canonical_dir))
+    fractions = splits or recipe_obj.splits
 
-    summaries: list[dict[str, Any]] = []
-    bar = tqdm(total=len(sources), desc=f"{dim}: sources", unit="src", disable=not progress)
-    if workers <= 1:
-        for s in sources:
-            summaries.append(process_source(s, job))
-            bar.update()
-    else:
+    def failed(s: Source, err: Exception) -> dict[str, Any]:  # a crash in one source must not stop the build
+        return {"source_id": s.source_id, "path": s.path, "status": "rejected", "reason": f"internal error: {err!r}"}
+
+    pool = None
+    if workers > 1:
         # spawn, not fork: a parent that already ran torch (OpenMP pool) deadlocks forked children
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_single_threaded_worker) as pool:
-            futures = {pool.submit(process_source, s, job): s for s in sources}
-            for fut in as_completed(futures):
-                try:
-                    summaries.append(fut.result())
-                except Exception as err:  # a crash in one source must not stop the build
-                    s = futures[fut]
-                    summaries.append({"source_id": s.source_id, "path": s.path, "split": s.split,
-                                      "status": "rejected", "reason": f"internal error: {err!r}", "pairs": 0})
-                bar.update()
-    bar.close()
-    summaries.sort(key=lambda s: s["source_id"])
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_single_threaded_worker)
+    try:
+        # pass 1: probe + canonicalise every source, so only usable ones take a split and a rejected
+        # file never moves a good source to another split
+        checks = _map_sources(check_source, sources, job, pool, failed, f"{dim}: checking sources", progress)
+        usable = [s for s in sources if checks[s.source_id]["status"] == "ok"]
+        split_sources = assign_splits(usable, fractions, seed,
+                                      weights={s.source_id: checks[s.source_id]["duration"] or 0.0 for s in usable})
+        rejects = skipped + [{"source_id": c["source_id"], "path": c["path"], "reason": c["reason"]}
+                             for c in checks.values() if c["status"] != "ok"]
+        _fail_on_empty_splits(split_sources, fractions, len(sources), rejects, out_dir)
+        # media files only: a donor folder may hold a manifest or notes (e.g. the demo's donors.json)
+        external = sorted(str(p.resolve()) for p in Path(donors).rglob("*")
+                          if p.is_file() and p.suffix.lower() in AUDIO_EXTS | VIDEO_EXTS) if donors else []
+        job = replace(job, donors={split: tuple(sorted(s.path for s in split_sources if s.split == split))
+                                   + tuple(external) for split in SPLITS})
+        # pass 2: pairs
+        done = _map_sources(process_source, split_sources, job, pool, failed, f"{dim}: sources", progress)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    summaries = sorted([{**done[s.source_id], "split": s.split, "pairs": done[s.source_id].get("pairs", 0)}
+                        for s in split_sources]
+                       + [{**c, "split": "", "pairs": 0} for c in checks.values() if c["status"] != "ok"],
+                       key=lambda s: s["source_id"])
+    rejects = skipped + [{"source_id": s["source_id"], "path": s["path"], "reason": s["reason"]}
+                         for s in summaries if s["status"] != "ok"]
+    _fail_on_empty_splits([s for s in split_sources if done[s.source_id]["status"] == "ok"], fractions,
+                          len(sources), rejects, out_dir)
+    split_of = {s.source_id: s.split for s in split_sources}
+    sources = [replace(s, split=split_of.get(s.source_id, "")) for s in sources]
 
     t_sources = time.time() - t0
     shards = pack_shards(summaries, staging, out_dir, max_count=max_count, max_bytes=max_bytes)
-    rejects = [{"source_id": s["source_id"], "path": s["path"], "reason": s["reason"]}
-               for s in summaries if s["status"] != "ok"]
-    _write_atomically(out_dir / "rejects.jsonl",
-                      lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rejects).encode()))
+    _write_rejects(out_dir, rejects)
     _write_json_atomically(out_dir / "manifest.json", {"dim": dim, "config_key": config_key, "shards": shards,
                                                        "build_wall_s": round(time.time() - t0, 2)})
     result = {

@@ -294,3 +294,73 @@ def test_window_clip_context_stops_at_source_edges():
     assert np.array_equal(middle.audio, track[2 * sr:4 * sr])
     last = window_clip(track, 3.0, 5.0, "w.mp4", {}, context_seconds=1.0)
     assert len(last.context_after) == 0 and len(last.audio) == 2 * sr
+
+
+# ----------------------------------------------------------------------------- splits of usable sources
+
+def _split_of(result) -> dict[str, str]:
+    return {s.source_id: s.split for s in result["sources"] if s.split}
+
+
+def test_a_broken_file_beside_good_ones_changes_no_split(corpus, lip_build, tmp_path):
+    """Splits go to the sources that passed the checks: the good clips' splits are the same with
+    and without broken files in the folder, and the broken ones take none."""
+    src = tmp_path / "with_broken"
+    src.mkdir()
+    for clip in corpus.glob("*.mp4"):
+        (src / clip.name).symlink_to(clip)
+    make_video(src / "aa_no_audio.mp4", seconds=4.4, audio=False, seed=11)
+    make_video(src / "zz_no_audio.mp4", seconds=4.4, audio=False, seed=12)
+    (src / "mm_corrupt.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
+    result = build_small(src, tmp_path / "out")
+    clean = _split_of(lip_build[0])
+    assert _split_of(result) == clean
+    assert {r["source_id"] for r in result["rejects"]} == {"aa_no_audio", "zz_no_audio", "mm_corrupt"}
+    assert all(s.split == "" for s in result["sources"] if s.source_id in {"aa_no_audio", "zz_no_audio"})
+
+
+def test_an_empty_split_fails_the_build_with_a_clear_line(tmp_path):
+    src = tmp_path / "two_good"
+    src.mkdir()
+    for i in range(2):
+        make_video(src / f"good{i}.mp4", seconds=2.4, seed=i)
+    make_video(src / "silent.mp4", seconds=2.4, audio=False, seed=5)
+    with pytest.raises(SystemExit) as err:
+        build_small(src, tmp_path / "out")
+    msg = str(err.value)
+    assert "no usable source for split" in msg and "2 of 3 sources usable" in msg and "\n" not in msg
+    rejects = (tmp_path / "out" / "lip_sync" / "rejects.jsonl").read_text()
+    assert "silent.mp4" in rejects and "no audio stream" in rejects
+    # a split set to 0 is not asked for: the same two sources build
+    assert build_small(src, tmp_path / "out", splits={"train": 0.5, "val": 0.5, "test": 0})["shards"]
+
+
+# ----------------------------------------------------------------------------- odd files
+
+def _one_frame_clip(path: Path, audio_seconds: float) -> Path:
+    media.run_ffmpeg(["-f", "lavfi", "-i", "color=c=gray:s=64x64:d=0.04:r=25",
+                      "-f", "lavfi", "-i", f"sine=f=300:d={audio_seconds}:r=16000",
+                      "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-y", str(path)])
+    return path
+
+
+def test_odd_files_get_one_clear_reason_each(tmp_path):
+    """A 1-frame clip with 5 s of audio: the same reason for every dimension, no cache path in it;
+    a zero-byte file: 'empty file'."""
+    src = tmp_path / "odd"
+    src.mkdir()
+    make_video(src / "good.mp4", seconds=2.4, seed=1)
+    _one_frame_clip(src / "one_frame.mp4", 5.0)
+    (src / "empty.mp4").write_bytes(b"")
+    reasons = {}
+    for dim in ("lip_sync", "video_quality"):
+        result = build_small(src, tmp_path / "out", dim=dim, splits={"train": 1.0})
+        reasons[dim] = {Path(r["path"]).name: r["reason"] for r in result["rejects"]}
+        written = [json.loads(line) for line in (tmp_path / "out" / dim / "rejects.jsonl").read_text().splitlines()]
+        assert {Path(r["path"]).name: r["reason"] for r in written} == reasons[dim]
+    assert reasons["lip_sync"] == reasons["video_quality"]
+    r = reasons["lip_sync"]
+    assert set(r) == {"one_frame.mp4", "empty.mp4"}
+    assert "picture ends early" in r["one_frame.mp4"] and "1 of 50 video frames" in r["one_frame.mp4"]
+    assert ".canonical" not in r["one_frame.mp4"] and str(tmp_path) not in r["one_frame.mp4"]
+    assert r["empty.mp4"] == "empty file (0 bytes)"
