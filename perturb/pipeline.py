@@ -151,14 +151,15 @@ def canonical_windows(source: Source, windows: list[tuple[float, float]], size: 
 
     Canonicalising (decode + h264 encode) is the expensive step; every recipe built from the same
     source, window and size reuses it, so an audio-only recipe built after another one only pays
-    its per-pair remux. The cache entry is a folder made under a temporary name, then renamed.
+    its per-pair remux. The cache entry is a folder made under a temporary name (with the writer's
+    PID, so a later build can tell a dead writer's leftovers), then renamed.
     """
     key = hashlib.sha256(json.dumps([CANONICAL_VERSION, sha256_file(Path(source.path)), windows, size]).encode()).hexdigest()[:20]
     entry = cache_root / key
     files = [entry / f"window_{i:04d}.mp4" for i in range(len(windows))]
     if not (entry / "frames.json").is_file():
         cache_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{os.getpid()}.", dir=cache_root))
         try:
             outs, _ = media.canonicalise_windows(source.path, tmp, windows, size)
             frames = media.count_video_frames([o for o in outs if o.is_file()], tmp)
@@ -383,6 +384,27 @@ def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[So
     return sources
 
 
+def skipped_files(src: str | Path) -> list[dict[str, Any]]:
+    """Files under `src` that look like media but cannot be sources, each with its reason:
+    audio-only files (no picture to judge) and links that lead nowhere (loops, missing targets)."""
+    skipped = []
+    for path in sorted(Path(src).rglob("*")):
+        suffix = path.suffix.lower()
+        if path.is_symlink() and not path.exists():
+            try:
+                path.resolve(strict=True)
+                reason = "unreadable link"
+            except RuntimeError:  # Python < 3.13 reports a loop as RuntimeError
+                reason = "symlink loop"
+            except OSError as err:
+                reason = "symlink loop" if err.errno == 40 else "broken symlink (target missing)"
+            skipped.append({"source_id": None, "path": str(path), "reason": reason})
+        elif suffix in AUDIO_EXTS and suffix not in VIDEO_EXTS and path.is_file():
+            skipped.append({"source_id": None, "path": str(path),
+                            "reason": f"audio-only file ({suffix}): no video stream"})
+    return skipped
+
+
 def assign_splits(sources: list[Source], fractions: dict[str, float], seed: int,
                   weights: dict[str, float] | None = None) -> list[Source]:
     """Split by group (speaker/source), so no source -- and no speaker -- is in two splits.
@@ -421,12 +443,68 @@ def _iter_samples(tar_path: Path) -> Iterator[tuple[str, list[tarfile.TarInfo], 
             yield key, by_key[key], tar
 
 
-def _single_threaded_worker() -> None:
-    """One source per process: intra-op threads (torch DSP) would only fight the other workers.
+def _worker_init(parent_pid: int) -> None:
+    """Pool worker set-up: one thread, and exit when the build process is gone.
 
+    One source per process: intra-op threads (torch DSP) would only fight the other workers;
     torch reads OMP_NUM_THREADS when it is first imported (by voice / pitch operators, if at all).
+    A worker whose parent was killed (kill -9 leaves no time to stop the pool) would otherwise wait
+    on its task queue forever: a watchdog thread notices the new parent, kills the worker's own
+    children (ffmpeg) and exits.
     """
+    import threading
+
     os.environ["OMP_NUM_THREADS"] = "1"
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        for children in Path("/proc/self/task").glob("*/children"):  # Linux; elsewhere ffmpeg finishes alone
+            for pid in children.read_text().split():
+                try:
+                    os.kill(int(pid), 9)
+                except OSError:
+                    pass
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
+STALE_AGE_S = 24 * 3600  # a temporary older than this is stale whatever its PID says (PIDs get reused)
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clean_stale_temporaries(out_dir: Path, canonical_dir: Path) -> list[Path]:
+    """Remove what killed builds left behind; returns what was removed.
+
+    `.<name>.tmp<PID>` files (shards, staging tars, manifests; _write_atomically) under `out_dir`
+    and `.<key>.<PID>.*` folders in the canonical cache (canonical_windows) are stale when their
+    writer is no longer running on this machine or when they are older than a day; a folder from
+    before the PID was in the name counts by age only. A running build's temporaries stay.
+    """
+    now = time.time()
+    found = [(p, re.fullmatch(r"\..+\.tmp(\d+)", p.name)) for p in out_dir.rglob(".*.tmp*") if p.is_file()]
+    if canonical_dir.is_dir():
+        found += [(p, re.fullmatch(r"\.[0-9a-f]+\.(\d+)\..+", p.name)) for p in canonical_dir.glob(".*") if p.is_dir()]
+    removed = []
+    for path, m in found:
+        try:
+            old = now - path.stat().st_mtime > STALE_AGE_S
+        except OSError:
+            continue
+        if old or (m is not None and not _pid_running(int(m.group(1)))):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_samples(shard_dir: str | Path, split: str, n: int, out: str | Path) -> list[Path]:
@@ -563,8 +641,11 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     staging.mkdir(parents=True, exist_ok=True)
 
     canonical_dir = Path(out) / ".canonical"
+    clean_stale_temporaries(out_dir, canonical_dir)
     sources = find_sources(src, manifest)
-    skipped: list[dict[str, Any]] = []
+    donors_dir = Path(os.path.realpath(donors)) if donors else None  # the demo keeps its donor voices under src
+    skipped = [r for r in skipped_files(src)
+               if not (donors_dir and Path(os.path.realpath(r["path"])).is_relative_to(donors_dir))]
     if not sources:
         _write_rejects(out_dir, skipped)
         raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {src}"
@@ -582,7 +663,7 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     if workers > 1:
         # spawn, not fork: a parent that already ran torch (OpenMP pool) deadlocks forked children
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_single_threaded_worker)
+                                   initializer=_worker_init, initargs=(os.getpid(),))
     try:
         # pass 1: probe + canonicalise every source, so only usable ones take a split and a rejected
         # file never moves a good source to another split
