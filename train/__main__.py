@@ -6,6 +6,7 @@ Trains a judge on the train-* shards, validates on val-*, and writes
     RUN/metrics_<objective>.json  the same, kept per objective
     RUN/checkpoints/<objective>/  Trainer checkpoints (a re-run resumes from the last one)
     RUN/train_config.json the resolved configuration
+    RUN/bad_samples.jsonl the broken samples skipped (split, shard, key, reason), one per line
 
 Multi-process (same training, global batch split over processes):
     accelerate launch --multi_gpu --num_processes 2 -m train --dim lip_sync ...    # no GPU: CPU, gloo
@@ -62,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints (start over)")
     ap.add_argument("--workers", type=int, default=None, help="preprocessing DataLoader workers")
+    ap.add_argument("--max-bad-fraction", type=float, default=None,
+                    help="broken samples (bad json, a side missing, unreadable mp4) are skipped and listed in "
+                         "RUN/bad_samples.jsonl; stop when more than this share of a split is bad "
+                         "(default 0.05; 1 = never stop)")
     return ap.parse_args(argv)
 
 
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from .data import load_split, read_card
+    from .data import DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, load_split, read_card, write_bad_samples
     from .model import MODEL_VERSION, AVJudge, judge_config_for
     from .preprocess import PreprocessConfig
     from .trainers import OBJECTIVES, judge_metrics
@@ -107,9 +112,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pre = PreprocessConfig.from_dict(conf.get("preprocess", {}))
     card = read_card(shards)
     t0 = time.time()
+    bad_file = run / "bad_samples.jsonl"
+    max_bad = DEFAULT_MAX_BAD_FRACTION if args.max_bad_fraction is None else args.max_bad_fraction
+    loaded = []
     with state.main_process_first():  # rank 0 builds the cache, the others then read it
-        train_pairs = load_split(shards, "train", pre, args.cache_dir, num_workers=args.workers, log=log)
-        val_pairs = load_split(shards, "val", pre, args.cache_dir, num_workers=args.workers, log=log)
+        try:
+            for split in ("train", "val"):
+                loaded.append(load_split(shards, split, pre, args.cache_dir, num_workers=args.workers, log=log,
+                                         max_bad_fraction=max_bad))
+        except TooManyBadSamples as err:
+            if main_proc:
+                write_bad_samples(bad_file, [b for d in loaded for b in d.bad] + err.bad)
+            raise SystemExit(f"error: too many bad samples: {err} (all listed in {bad_file}; "
+                             f"--max-bad-fraction sets the limit)") from None
+    train_pairs, val_pairs = loaded
+    if main_proc:
+        write_bad_samples(bad_file, train_pairs.bad + val_pairs.bad)
+    if train_pairs.bad or val_pairs.bad:
+        log(f"skipped {len(train_pairs.bad)} train and {len(val_pairs.bad)} val bad samples (listed in {bad_file})")
     preprocess_s = time.time() - t0
     win = {tuple(m.get("window") or ()) for m in train_pairs.metas[:50]}
     lens = {round(w[1] - w[0], 2) for w in win if len(w) == 2}
@@ -230,6 +250,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval_time_s": round(timing["eval_s"], 2),
         "train_loss": train_out.training_loss,
         "n_train_pairs": len(train_pairs), "n_val_pairs": len(val_pairs),
+        "bad_samples": {"train": len(train_pairs.bad), "val": len(val_pairs.bad)},
+        "bad_samples_file": str(bad_file),
         "crops": {"train": train_pairs.face_sources, "val": val_pairs.face_sources},
         "preprocess_fingerprint": pre.fingerprint(),
         "device": str(training_args.device), "torch_threads": torch.get_num_threads(),
