@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train_fixtures import write_fixture_shards
+from tests.train_fixtures import TINY_PREPROCESS, write_fixture_shards, write_tiny_config
 from train import data as tdata
 from train.data import TooManyBadSamples, load_split
 from train.preprocess import PreprocessConfig
 
 torch.set_num_threads(1)
 
-PRE = PreprocessConfig(window_seconds=2.0, crop_size=(24, 36), n_mels=32, detect_frames=3)
+PRE = PreprocessConfig(**TINY_PREPROCESS)
 BROKEN = {"broken_json": "invalid json", "broken_noside": "lacks rejected.mp4",
           "broken_noise": "chosen.mp4: unreadable media"}
 
@@ -93,24 +93,11 @@ def test_too_many_bad_samples_write_no_cache_entry(shards, tmp_path):
     assert not list(cache.glob("train-*/metas.json"))
 
 
-def _tiny_config(tmp_path: Path) -> Path:
-    import yaml
-
-    conf = {"dim": "lip_sync", "preprocess": PRE.to_dict(),
-            "model": dict(vis_widths=[8, 16], aud_widths=[24, 24], emb_dim=24, max_offset_frames=8, n_segments=2,
-                          head_hidden=32, use_pooled=False),
-            "train": {"batch_size": 4, "learning_rate": 3e-3, "save_steps": 2, "eval_steps": 2,
-                      "logging_steps": 2, "disable_tqdm": True}}
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(conf))
-    return cfg
-
-
 def test_train_skips_and_reports_bad_samples_or_stops_in_one_line(shards, tmp_path):
     from train.__main__ import main
 
     run = tmp_path / "run"
-    common = ["--dim", "lip_sync", "--shards", str(shards), "--run", str(run), "--config", str(_tiny_config(tmp_path)),
+    common = ["--dim", "lip_sync", "--shards", str(shards), "--run", str(run), "--config", str(write_tiny_config(tmp_path / "tiny.yaml")),
               "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--max-steps", "2"]
     with pytest.raises(SystemExit) as err:  # default limit: 5% of a split
         main(common)

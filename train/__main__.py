@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import platform
+import re
 import shutil
 import sys
 import time
@@ -79,7 +80,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     from accelerate import PartialState
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from .data import DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, load_split, read_card, write_bad_samples
     from .model import MODEL_VERSION, AVJudge, judge_config_for
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
          "model_version": MODEL_VERSION,
          "seed": seed, "train_shards": train_pairs.shards}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     key_file = ckpt_dir / "resume_key.txt"
-    last = None if args.no_resume else (get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None)
+    last = None if args.no_resume else last_complete_checkpoint(ckpt_dir, log, remove_torn=main_proc)
     if last and (not key_file.is_file() or key_file.read_text().strip() != resume_key):
         log(f"checkpoints in {ckpt_dir} come from other data / preprocessing / model settings: starting over")
         last = None
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     state.wait_for_everyone()
     if main_proc:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(resume_key)
+        _write_text_atomically(key_file, resume_key)
     warmup_s = 0.0
     if args.objective == "reward":
         trainer = trainer_cls(model, training_args, train_pairs, val_pairs, callbacks=callbacks)
@@ -260,12 +260,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if main_proc:
         out = run / "model"
-        if out.exists():
-            shutil.rmtree(out)
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(out))
-        pre.save(out / "preprocessing.json")
+        tmp = run / f".model.tmp{os.getpid()}"  # written aside, then swapped in: eval never reads half a model
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp))
+        pre.save(tmp / "preprocessing.json")
         if card is not None:
-            (out / "data_card.json").write_text(json.dumps(card, indent=2))
+            (tmp / "data_card.json").write_text(json.dumps(card, indent=2))
+        _replace_dir(tmp, out)
         (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         (run / f"metrics_{args.objective}.json").write_text(json.dumps(metrics, indent=2, default=str))
         (run / "train_config.json").write_text(json.dumps(
@@ -278,16 +279,78 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return metrics
 
 
+# What Trainer._save_checkpoint writes and a resume reads; trainer_state.json comes last, so a
+# checkpoint without it (or with it cut short) was interrupted. Rotation (save_total_limit) deletes
+# old checkpoints file by file, so a kill there tears an older one: every file is checked.
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def _torn(checkpoint: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it is complete."""
+    missing = [f for f in CHECKPOINT_FILES if not (checkpoint / f).is_file()]
+    if missing:
+        return f"no {', '.join(missing)}"
+    try:
+        int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    except (ValueError, KeyError, TypeError):
+        return "trainer_state.json cut short"
+    return None
+
+
+def last_complete_checkpoint(ckpt_dir: Path, log=print, remove_torn: bool = True) -> str | None:
+    """The newest checkpoint-N whose save finished (None: start over).
+
+    Torn checkpoints -- a kill during a save or during the rotation of old ones -- are logged and
+    removed: Trainer would pick the newest folder and fail on it every time, and rotation keeps
+    the newest folders, so a torn one left in place could push out the complete ones.
+    """
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
+                   key=lambda p: int(p.name.split("-")[1]), reverse=True)
+    last = None
+    for ckpt in found:
+        reason = _torn(ckpt)
+        if reason is None:
+            last = last or str(ckpt)
+            continue
+        log(f"skipping torn checkpoint {ckpt} ({reason}: its save was interrupted); removed")
+        if remove_torn:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return last
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put folder `new` at `target`, replacing what is there; `target` is never half-written."""
+    old = target.with_name(f".{target.name}.old{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    for pattern in (f".{target.name}.old*", f".{target.name}.tmp*"):  # this run's, and a killed run's
+        for leftover in target.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _dpo_reference(model, path: Path, resuming: str | None, state, log):
     """The frozen DPO reference = the initial model. Saved beside the checkpoints when training
-    starts, and read back when resuming, so a resumed run compares against the same reference."""
+    starts (aside, then renamed: a kill mid-save leaves no half reference), and read back when
+    resuming, so a resumed run compares against the same reference."""
     from .model import AVJudge
 
-    if resuming and (path / "config.json").is_file():
+    if resuming and (path / "model.safetensors").is_file():
         log(f"DPO reference from {path}")
     else:
         if state.is_main_process:
-            model.save_pretrained(str(path))
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(str(tmp))
+            _replace_dir(tmp, path)
         state.wait_for_everyone()
     return AVJudge.from_pretrained(str(path))
 
