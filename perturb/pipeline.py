@@ -671,8 +671,8 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         usable = [s for s in sources if checks[s.source_id]["status"] == "ok"]
         split_sources = assign_splits(usable, fractions, seed,
                                       weights={s.source_id: checks[s.source_id]["duration"] or 0.0 for s in usable})
-        rejects = skipped + [{"source_id": c["source_id"], "path": c["path"], "reason": c["reason"]}
-                             for c in checks.values() if c["status"] != "ok"]
+        rejects = skipped + [{"source_id": s.source_id, "path": s.path, "reason": checks[s.source_id]["reason"]}
+                             for s in sources if checks[s.source_id]["status"] != "ok"]
         _fail_on_empty_splits(split_sources, fractions, len(sources), rejects, out_dir)
         # media files only: a donor folder may hold a manifest or notes (e.g. the demo's donors.json)
         external = sorted(str(p.resolve()) for p in Path(donors).rglob("*")
