@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=None,
                    help="decoding workers when the preprocessing cache is built (train.data default)")
     e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--max-bad-fraction", type=float, default=None,
+                   help="broken samples (bad json, a side missing, unreadable mp4) are left out and listed in "
+                        "REPORT/bad_samples.jsonl; stop when more than this share of a split is bad "
+                        "(default 0.05; 1 = never stop)")
 
     s = sub.add_parser("score", help="score videos with one or more exported judges",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         import_plugins(args.plugin)
     if args.cmd == "evaluate":
         from perturb.shard_format import ShardFormatError
+        from train.data import TooManyBadSamples
 
         from .evaluate import evaluate
 
@@ -109,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             evaluate(args.dim, args.shards, args.run, args.export, args.report,
                      calibration=args.calibration, cache_dir=args.cache_dir, batch_size=args.batch_size,
                      n_boot=args.n_boot, device=_device(args.device), progress=not args.no_progress,
-                     workers=args.workers)
+                     workers=args.workers, max_bad_fraction=args.max_bad_fraction)
         except ShardFormatError as err:  # an invalid or hostile shard: one line, nothing decoded
             print(f"error: invalid shard: {err}", file=sys.stderr)
+            return 2
+        except TooManyBadSamples as err:
+            print(f"error: too many bad samples: {err} (all listed in {args.report}/bad_samples.jsonl; "
+                  f"--max-bad-fraction sets the limit)", file=sys.stderr)
             return 2
         print(f"[eval] report: {args.report}/report.md; export: {args.export}", file=sys.stderr)
         return 0

@@ -16,6 +16,10 @@ If val has no clip or a single class, calibration cannot be fitted: the export i
 
 Outputs: <report>/report.md, report.json and PNG plots; <export>/ model.safetensors + config.json,
 preprocessing.json, calibration.json, metrics.json, README.md (model card).
+
+Broken samples (bad json, a side missing, unreadable mp4) are left out of every number, counted
+in report.json "bad_samples" and listed in <report>/bad_samples.jsonl; more than
+`max_bad_fraction` of a split stops the evaluation (train.data.TooManyBadSamples).
 """
 from __future__ import annotations
 
@@ -312,6 +316,9 @@ def report_markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
               f"- default calibration: **{cal['default']}**", ""]
     if cal.get("warning"):
         lines += [f"> WARNING: {cal['warning']}", ""]
+    if any((report.get("bad_samples") or {}).values()):
+        lines += ["> Broken samples left out (listed in bad_samples.jsonl): "
+                  + ", ".join(f"{n} {split}" for split, n in report["bad_samples"].items()), ""]
     lines += ["## Test summary", "", "| metric | value |", "|---|---|",
               f"| pairwise accuracy (chosen > rejected) | {_ci(t.get('pairwise_accuracy'))} |",
               f"| AUC originals vs perturbed | {_ci(t.get('auc'))} |",
@@ -469,10 +476,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Path,
              report_dir: str | Path, calibration: str = DEFAULT_METHOD,
              cache_dir: str | Path | None = None, batch_size: int = 16, n_boot: int = N_BOOT,
-             device: str = "cpu", progress: bool = True, workers: int | None = None
-             ) -> dict[str, Any]:
+             device: str = "cpu", progress: bool = True, workers: int | None = None,
+             max_bad_fraction: float | None = None) -> dict[str, Any]:
     """The whole `evaluate` command; returns the report dict."""
-    from train.data import load_split
+    from train.data import DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, load_split, write_bad_samples
     from train.model import load_judge
 
     t0 = time.time()
@@ -487,16 +494,24 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
     run_metrics = _read_json(run / "metrics.json")
     card = _read_json(shards / "card.json") or (run_metrics or {}).get("data_card")
 
-    scored = {}
+    scored, bad = {}, {}
+    bad_file = report_dir / "bad_samples.jsonl"
     for split in ("val", "test"):
         if not list(shards.glob(f"{split}-*.tar")):
             print(f"[eval] no {split} shards in {shards}", file=sys.stderr)
             scored[split] = []
             continue
-        ds = load_split(str(shards), split, cfg, cache_dir=str(cache_dir) if cache_dir else None,
-                        num_workers=workers, log=lambda *a: print(*a, file=sys.stderr))
+        try:
+            ds = load_split(str(shards), split, cfg, cache_dir=str(cache_dir) if cache_dir else None,
+                            num_workers=workers, log=lambda *a: print(*a, file=sys.stderr),
+                            max_bad_fraction=DEFAULT_MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction)
+        except TooManyBadSamples as err:
+            write_bad_samples(bad_file, [b for v in bad.values() for b in v] + err.bad)
+            raise
+        bad[split] = ds.bad
         scored[split] = score_pairs(model, ds, batch_size=batch_size, desc=split, progress=progress,
                                     device=device)
+    write_bad_samples(bad_file, [b for v in bad.values() for b in v])
     if not scored["test"]:
         raise RuntimeError(f"no test pairs in {shards}: nothing to report on")
     report, cals = build_report(scored["val"], scored["test"], dim=dim, default_method=calibration,
@@ -505,7 +520,8 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
         (p["meta"].get("question") for p in scored["test"] if p["meta"].get("question")), None)
     report.update({"question": question, "run": str(run), "shards": str(shards),
                    "export": str(export_dir), "window_seconds": cfg.window_seconds,
-                   "preprocess_fingerprint": cfg.fingerprint()})
+                   "preprocess_fingerprint": cfg.fingerprint(),
+                   "bad_samples": {split: len(v) for split, v in bad.items()}})
     report_dir.mkdir(parents=True, exist_ok=True)
     test_clips = clip_records(scored["test"])
     chosen = cals[calibration] if report["calibration"]["warning"] is None else IdentityCalibration()

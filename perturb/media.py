@@ -90,24 +90,57 @@ class StreamInfo:
     duration: float | None
     has_video: bool
     has_audio: bool
-    width: int | None = None
-    height: int | None = None
+    width: int | None = None   # DISPLAY size: rotation and sample aspect ratio applied (what ffmpeg
+    height: int | None = None  # outputs upright once scaled to it; see display_size)
     fps: float | None = None
     video_codec: str | None = None
     audio_codec: str | None = None
     sample_rate: int | None = None
     channels: int | None = None
     container: str | None = None
+    coded_width: int | None = None   # the size the frames are stored at
+    coded_height: int | None = None
+    rotation: int = 0                # display rotation, degrees counter-clockwise (display matrix / rotate tag)
+    sar: float = 1.0                 # sample (pixel) aspect ratio: anamorphic sources are != 1
     raw: dict[str, Any] = field(default_factory=dict)
 
 
+def display_size(coded_width: int, coded_height: int, sar: float = 1.0, rotation: int = 0) -> tuple[int, int]:
+    """The upright, square-pixel size of a picture: (width, height) after SAR and rotation.
+
+    An anamorphic picture is stretched along the side its pixels are long in (never shrunk), and
+    a quarter-turn swaps the sides, as ffmpeg's autorotation (on by default) does to the frames.
+    """
+    w, h = float(coded_width), float(coded_height)
+    if sar > 1:
+        w *= sar
+    elif 0 < sar < 1:
+        h /= sar
+    if rotation % 180 == 90:
+        w, h = h, w
+    return max(1, int(round(w))), max(1, int(round(h)))
+
+
+def _rotation(degrees: float) -> int:
+    """Degrees counter-clockwise -> 0 / 90 / 180 / 270, or the rounded angle when it is no quarter-turn."""
+    quarter = round(degrees / 90.0) * 90
+    return int(quarter % 360) if abs(degrees - quarter) < 1.0 else int(round(degrees)) % 360
+
+
 def probe(path: str | Path) -> StreamInfo:
-    """Probe a file by parsing `ffmpeg -i` (the static build ships no ffprobe)."""
+    """Probe a file by parsing `ffmpeg -i` (the static build ships no ffprobe).
+
+    width / height are the DISPLAY size: the display matrix (phone footage stores portrait video
+    as landscape frames plus a rotation) and the sample aspect ratio are applied; the stored size
+    is coded_width / coded_height.
+    """
     import re
 
     path = str(path)
     if not Path(path).is_file():
         raise MediaError(f"no such file: {path}")
+    if Path(path).stat().st_size == 0:
+        raise MediaError("empty file (0 bytes)")
     proc = subprocess.run(
         [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], capture_output=True
     )
@@ -121,16 +154,28 @@ def probe(path: str | Path) -> StreamInfo:
     m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
     if m:
         info.duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    in_video = False  # inside the block (metadata, side data) of the video stream we use
     for line in text.splitlines():
         if "Stream #" not in line:
+            if in_video:
+                m = re.search(r"(?i)display ?matrix: rotation of (-?[\d.]+) degrees", line)
+                if m:
+                    info.rotation = _rotation(float(m.group(1)))
+                m = re.match(r"\s*rotate\s*: (-?\d+)", line)  # older muxers: a clockwise tag
+                if m and not info.rotation:
+                    info.rotation = _rotation(-float(m.group(1)))
             continue
+        in_video = False
         if "Video:" in line and not info.has_video and "attached pic" not in line:
-            info.has_video = True
+            info.has_video = in_video = True
             m = re.search(r"Video: (\w+)", line)
             info.video_codec = m.group(1) if m else None
             m = re.search(r", (\d{2,5})x(\d{2,5})", line)
             if m:
-                info.width, info.height = int(m.group(1)), int(m.group(2))
+                info.coded_width, info.coded_height = int(m.group(1)), int(m.group(2))
+            m = re.search(r"\[SAR (\d+):(\d+) DAR", line)
+            if m and int(m.group(1)) and int(m.group(2)):
+                info.sar = int(m.group(1)) / int(m.group(2))
             m = re.search(r"([\d.]+) (?:fps|tbr)", line)
             if m:
                 info.fps = float(m.group(1))
@@ -147,6 +192,8 @@ def probe(path: str | Path) -> StreamInfo:
             else:
                 m = re.search(r"(\d+) channels", line)
                 info.channels = int(m.group(1)) if m else None
+    if info.coded_width and info.coded_height:
+        info.width, info.height = display_size(info.coded_width, info.coded_height, info.sar, info.rotation)
     return info
 
 
@@ -165,9 +212,10 @@ def decode_audio(path: str | Path, sr: int = CANONICAL_SR, start: float = 0.0,
 
 def decode_frames(path: str | Path, fps: float | None = None,
                   size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode the first video stream to RGB uint8 frames, shape (T, H, W, 3).
+    """Decode the first video stream to RGB uint8 frames, shape (T, H, W, 3), upright.
 
-    `size` is (width, height); without it the stream's own size is kept.
+    `size` is (width, height); without it the stream's display size is kept (ffmpeg applies the
+    rotation itself; anamorphic pixels are scaled square).
     """
     info = probe(path)
     if not info.has_video:
@@ -176,7 +224,7 @@ def decode_frames(path: str | Path, fps: float | None = None,
     vf = []
     if fps:
         vf.append(f"fps={fps}")
-    if size:
+    if size or info.sar != 1.0:
         vf.append(f"scale={w}:{h}")
     args = ["-i", str(path), "-map", "0:v:0"]
     if vf:
@@ -229,6 +277,31 @@ def canonicalise_windows(src: str | Path, out_dir: str | Path, windows: list[tup
     args += ["-map", "0:a:0", "-ac", "1", "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-y", str(pcm)]
     run_ffmpeg(args)
     return outs, np.fromfile(pcm, dtype=np.float32)
+
+
+def count_video_frames(paths: list[str | Path], scratch: str | Path) -> list[int]:
+    """Video frames of each file (0 without a video stream), from ONE ffmpeg run copying packets.
+
+    Each file's streams are listed packet by packet (framecrc, no decoding) into `scratch`; the
+    header says which stream is video, so a file without one counts 0 instead of failing the run.
+    """
+    if not paths:
+        return []
+    scratch = Path(scratch)
+    args: list[str] = []
+    for p in paths:
+        args += ["-i", str(p)]
+    lists = [scratch / f".frames_{i:04d}.crc" for i in range(len(paths))]
+    for i, listing in enumerate(lists):
+        args += ["-map", f"{i}:v?", "-map", f"{i}:a?", "-c", "copy", "-f", "framecrc", "-y", str(listing)]
+    run_ffmpeg(args)
+    counts = []
+    for listing in lists:
+        lines = listing.read_text().splitlines()
+        listing.unlink()
+        video = {ln.split(":")[0].split()[-1] for ln in lines if ln.startswith("#media_type") and ln.endswith("video")}
+        counts.append(sum(1 for ln in lines if not ln.startswith("#") and ln.split(",")[0].strip() in video))
+    return counts
 
 
 def window_audio(track: np.ndarray, start: float, end: float, sr: int = CANONICAL_SR) -> np.ndarray:

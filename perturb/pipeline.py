@@ -2,7 +2,8 @@
 
 `process_source(source, job)` turns ONE source video into its pairs and writes them to a per-source
 staging tar (write, then rename). It reads nothing global, so a local process pool (here) or a
-distributed engine (Ray Data, later) can map it over sources. `build()` plans sources and splits,
+distributed engine (Ray Data, later) can map it over sources. `build()` first maps `check_source`
+(probe + canonical windows, cached) over every source, assigns splits to the usable ones only,
 maps process_source with a progress bar, then packs the staging tars into
 `<out>/<dim>/<split>-%06d.tar` shards (capped by count and size, each written then renamed) and
 writes the data card. A killed build re-run with the same command skips the sources whose staging
@@ -22,7 +23,7 @@ import tarfile
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,7 +39,8 @@ from .shard_format import check_shard, split_member_name
 PIPELINE_VERSION = "3"  # 2: timing ops read the audio context around the window; 3: grain (WSOLA) keep_pitch drift
 # Timing operators shift up to 1 s (perturb/operators/timing.py OFFSET_BANDS_MS): the context covers it.
 AUDIO_CONTEXT_SECONDS = 1.0
-CANONICAL_VERSION = "1"  # bump when canonical windows change: invalidates the canonical cache
+CANONICAL_VERSION = "2"  # bump when canonical windows change: invalidates the canonical cache
+# 2: upright display size (rotation, SAR), frames.json (video frames per window) in each entry
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".ts", ".wmv", ".3gp"}
 AUDIO_EXTS = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
 
@@ -144,28 +146,83 @@ def rebuild_pair(record: dict[str, Any], source_path: str | Path) -> tuple[Clip,
 
 
 def canonical_windows(source: Source, windows: list[tuple[float, float]], size: tuple[int, int],
-                      cache_root: Path) -> tuple[list[Path], np.ndarray]:
-    """The source's canonical window files and 16 kHz soundtrack, cached by content.
+                      cache_root: Path) -> tuple[list[Path], np.ndarray, list[int]]:
+    """The source's canonical window files, 16 kHz soundtrack and video frames per window, cached by content.
 
     Canonicalising (decode + h264 encode) is the expensive step; every recipe built from the same
     source, window and size reuses it, so an audio-only recipe built after another one only pays
-    its per-pair remux. The cache entry is a folder made under a temporary name, then renamed.
+    its per-pair remux. The cache entry is a folder made under a temporary name (with the writer's
+    PID, so a later build can tell a dead writer's leftovers), then renamed.
     """
     key = hashlib.sha256(json.dumps([CANONICAL_VERSION, sha256_file(Path(source.path)), windows, size]).encode()).hexdigest()[:20]
     entry = cache_root / key
     files = [entry / f"window_{i:04d}.mp4" for i in range(len(windows))]
-    if not (entry / "audio.f32").is_file():
+    if not (entry / "frames.json").is_file():
         cache_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{os.getpid()}.", dir=cache_root))
         try:
-            media.canonicalise_windows(source.path, tmp, windows, size)
+            outs, _ = media.canonicalise_windows(source.path, tmp, windows, size)
+            frames = media.count_video_frames([o for o in outs if o.is_file()], tmp)
+            # frames.json is written last: its presence marks a complete entry
+            (tmp / "frames.json").write_text(json.dumps(
+                [frames.pop(0) if o.is_file() else 0 for o in outs]))
             try:
                 os.rename(tmp, entry)
             except OSError:  # another worker finished the same entry first: keep theirs
                 pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return files, np.fromfile(entry / "audio.f32", dtype=np.float32)
+    frames = json.loads((entry / "frames.json").read_text())
+    return files, np.fromfile(entry / "audio.f32", dtype=np.float32), frames
+
+
+def _canonical_source(source: Source, job: Job) -> tuple[media.StreamInfo, list[tuple[float, float]], list[Path], np.ndarray]:
+    """Probe and canonicalise a source (cached), or Rejected with the one reason it cannot give pairs.
+
+    Depends on neither the split nor the recipe, so build() runs it on every source before splits
+    are assigned, and every dimension rejects a source for the same reason.
+    """
+    info = media.probe(source.path)
+    if not info.has_video:
+        raise Rejected("no video stream")
+    if not info.has_audio:
+        raise Rejected("no audio stream")
+    if not info.duration or info.duration < job.window_seconds:
+        raise Rejected(f"shorter than one window ({info.duration or 0:.2f} s < {job.window_seconds} s)")
+    if not info.width or not info.height:
+        raise Rejected("video size unknown")
+    windows = plan_windows(info.duration, job.window_seconds, job.max_windows, job.hop_seconds or None)
+    size = media.canonical_size(info.width, info.height, job.max_side)
+    window_files, track, frames = canonical_windows(source, windows, size, Path(job.canonical_dir))
+    if len(track) < 0.9 * windows[-1][1] * media.CANONICAL_SR:
+        raise Rejected(f"audio decodes to {len(track) / media.CANONICAL_SR:.2f} s of "
+                       f"{info.duration:.2f} s: broken or truncated stream")
+    for wi, (window_file, n, (start, end)) in enumerate(zip(window_files, frames, windows)):
+        if not window_file.is_file() or window_file.stat().st_size == 0:
+            raise Rejected(f"window {wi} could not be decoded: broken stream")
+        expected = int(round((end - start) * media.CANONICAL_FPS))
+        if n < 0.9 * expected:  # a still image or a video stream that stops before the soundtrack
+            raise Rejected(f"picture ends early: window {wi} ({start:g}-{end:g} s) has {n} of {expected} "
+                           f"video frames ({info.duration:.2f} s of media)")
+    return info, windows, window_files, track
+
+
+def check_source(source: Source, job: Job) -> dict[str, Any]:
+    """Can this source give pairs? {"source_id", "path", "status": "ok" | "rejected", "reason" | "duration"}.
+
+    The first pass of build(): probes and canonicalises (so the second pass finds the cache
+    warm); a source already done in an earlier run of the same build is not probed again.
+    """
+    result: dict[str, Any] = {"source_id": source.source_id, "path": source.path}
+    done_marker = Path(job.staging_dir) / f"{source.source_id}.json"
+    if done_marker.is_file():
+        done = json.loads(done_marker.read_text())
+        return {**result, "status": "ok", "duration": done.get("duration")}
+    try:
+        info = _canonical_source(source, job)[0]
+    except (Rejected, media.MediaError) as err:
+        return {**result, "status": "rejected", "reason": str(err)}
+    return {**result, "status": "ok", "duration": info.duration}
 
 
 def process_source(source: Source, job: Job) -> dict[str, Any]:
@@ -176,33 +233,19 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
     staging = Path(job.staging_dir)
     done_marker = staging / f"{source.source_id}.json"
     if done_marker.is_file():  # finished in an earlier (possibly killed) run
-        return json.loads(done_marker.read_text())
+        done = json.loads(done_marker.read_text())
+        if done.get("split") == source.split:  # else the usable sources changed since: redo
+            return done
     recipe = load_recipe(job.recipe_path)
     summary: dict[str, Any] = {"source_id": source.source_id, "path": source.path, "split": source.split}
     try:
-        info = media.probe(source.path)
-        if not info.has_video:
-            raise Rejected("no video stream")
-        if not info.has_audio:
-            raise Rejected("no audio stream")
-        if not info.duration or info.duration < job.window_seconds:
-            raise Rejected(f"shorter than one window ({info.duration or 0:.2f} s < {job.window_seconds} s)")
-        if not info.width or not info.height:
-            raise Rejected("video size unknown")
-        windows = plan_windows(info.duration, job.window_seconds, job.max_windows, job.hop_seconds or None)
-        size = media.canonical_size(info.width, info.height, job.max_side)
+        info, windows, window_files, track = _canonical_source(source, job)
         donor_pool = tuple(d for d in job.donors.get(source.split, ())
                            if Path(d).resolve() != Path(source.path).resolve())
         transform = recipe.build_transform()
-        window_files, track = canonical_windows(source, windows, size, Path(job.canonical_dir))
-        if len(track) < 0.9 * windows[-1][1] * media.CANONICAL_SR:
-            raise Rejected(f"audio decodes to {len(track) / media.CANONICAL_SR:.2f} s of "
-                           f"{info.duration:.2f} s: broken or truncated stream")
         samples = []
         with tempfile.TemporaryDirectory(prefix="avbench_") as tmp:
             for wi, (window_file, (start, end)) in enumerate(zip(window_files, windows)):
-                if not window_file.is_file() or window_file.stat().st_size == 0:
-                    raise Rejected(f"window {wi} could not be decoded: broken stream")
                 original = window_clip(track, start, end, str(window_file),
                                        meta={"source_id": source.source_id, "window": [start, end]})
                 context = OperatorContext(source_id=source.source_id, split=source.split,
@@ -345,6 +388,27 @@ def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[So
     return sources
 
 
+def skipped_files(src: str | Path) -> list[dict[str, Any]]:
+    """Files under `src` that look like media but cannot be sources, each with its reason:
+    audio-only files (no picture to judge) and links that lead nowhere (loops, missing targets)."""
+    skipped = []
+    for path in sorted(Path(src).rglob("*")):
+        suffix = path.suffix.lower()
+        if path.is_symlink() and not path.exists():
+            try:
+                path.resolve(strict=True)
+                reason = "unreadable link"
+            except RuntimeError:  # Python < 3.13 reports a loop as RuntimeError
+                reason = "symlink loop"
+            except OSError as err:
+                reason = "symlink loop" if err.errno == 40 else "broken symlink (target missing)"
+            skipped.append({"source_id": None, "path": str(path), "reason": reason})
+        elif suffix in AUDIO_EXTS and suffix not in VIDEO_EXTS and path.is_file():
+            skipped.append({"source_id": None, "path": str(path),
+                            "reason": f"audio-only file ({suffix}): no video stream"})
+    return skipped
+
+
 def assign_splits(sources: list[Source], fractions: dict[str, float], seed: int,
                   weights: dict[str, float] | None = None) -> list[Source]:
     """Split by group (speaker/source), so no source -- and no speaker -- is in two splits.
@@ -383,19 +447,68 @@ def _iter_samples(tar_path: Path) -> Iterator[tuple[str, list[tarfile.TarInfo], 
             yield key, by_key[key], tar
 
 
-def _duration_or_zero(path: str) -> float:
-    try:
-        return media.probe(path).duration or 0.0
-    except media.MediaError:
-        return 0.0
+def _worker_init(parent_pid: int) -> None:
+    """Pool worker set-up: one thread, and exit when the build process is gone.
 
-
-def _single_threaded_worker() -> None:
-    """One source per process: intra-op threads (torch DSP) would only fight the other workers.
-
+    One source per process: intra-op threads (torch DSP) would only fight the other workers;
     torch reads OMP_NUM_THREADS when it is first imported (by voice / pitch operators, if at all).
+    A worker whose parent was killed (kill -9 leaves no time to stop the pool) would otherwise wait
+    on its task queue forever: a watchdog thread notices the new parent, kills the worker's own
+    children (ffmpeg) and exits.
     """
+    import threading
+
     os.environ["OMP_NUM_THREADS"] = "1"
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        for children in Path("/proc/self/task").glob("*/children"):  # Linux; elsewhere ffmpeg finishes alone
+            for pid in children.read_text().split():
+                try:
+                    os.kill(int(pid), 9)
+                except OSError:
+                    pass
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
+STALE_AGE_S = 24 * 3600  # a temporary older than this is stale whatever its PID says (PIDs get reused)
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clean_stale_temporaries(out_dir: Path, canonical_dir: Path) -> list[Path]:
+    """Remove what killed builds left behind; returns what was removed.
+
+    `.<name>.tmp<PID>` files (shards, staging tars, manifests; _write_atomically) under `out_dir`
+    and `.<key>.<PID>.*` folders in the canonical cache (canonical_windows) are stale when their
+    writer is no longer running on this machine or when they are older than a day; a folder from
+    before the PID was in the name counts by age only. A running build's temporaries stay.
+    """
+    now = time.time()
+    found = [(p, re.fullmatch(r"\..+\.tmp(\d+)", p.name)) for p in out_dir.rglob(".*.tmp*") if p.is_file()]
+    if canonical_dir.is_dir():
+        found += [(p, re.fullmatch(r"\.[0-9a-f]+\.(\d+)\..+", p.name)) for p in canonical_dir.glob(".*") if p.is_dir()]
+    removed = []
+    for path, m in found:
+        try:
+            old = now - path.stat().st_mtime > STALE_AGE_S
+        except OSError:
+            continue
+        if old or (m is not None and not _pid_running(int(m.group(1)))):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_samples(shard_dir: str | Path, split: str, n: int, out: str | Path) -> list[Path]:
@@ -461,6 +574,52 @@ def pack_shards(summaries: list[dict[str, Any]], staging: Path, out_dir: Path,
 
 # ----------------------------------------------------------------------------- build
 
+def _map_sources(fn, sources: list[Source], job: Job, pool: ProcessPoolExecutor | None, failed,
+                 desc: str, progress: bool) -> dict[str, dict[str, Any]]:
+    """{source_id: fn(source, job)} over a process pool (or here when pool is None), with a progress bar."""
+    from tqdm import tqdm
+
+    results: dict[str, dict[str, Any]] = {}
+    with tqdm(total=len(sources), desc=desc, unit="src", disable=not progress) as bar:
+        if pool is None:
+            for s in sources:
+                results[s.source_id] = fn(s, job)
+                bar.update()
+            return results
+        futures = {pool.submit(fn, s, job): s for s in sources}
+        for fut in as_completed(futures):
+            s = futures[fut]
+            try:
+                results[s.source_id] = fut.result()
+            except Exception as err:
+                results[s.source_id] = failed(s, err)
+            bar.update()
+    return results
+
+
+def _write_rejects(out_dir: Path, rejects: list[dict[str, Any]]) -> None:
+    _write_atomically(out_dir / "rejects.jsonl",
+                      lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rejects).encode()))
+
+
+def _fail_on_empty_splits(split_sources: list[Source], fractions: dict[str, float], n_found: int,
+                          rejects: list[dict[str, Any]], out_dir: Path) -> None:
+    """Stop the build (rejects.jsonl written) when a split asked for got no usable source.
+
+    Failing here, not warning: `python -m train` needs val and `eval` needs val and test, and would
+    only fail later, far from the cause. The canonical cache keeps the work done so far.
+    """
+    empty = [s for s in SPLITS if fractions.get(s, 0) > 0 and not any(x.split == s for x in split_sources)]
+    if not empty:
+        return
+    _write_rejects(out_dir, rejects)
+    asked = ",".join(f"{fractions.get(s, 0):g}" for s in SPLITS)
+    raise SystemExit(
+        f"error: no usable source for split {', '.join(empty)}: {len({x.source_id for x in split_sources})} of "
+        f"{n_found} sources usable ({len(rejects)} files rejected, see {out_dir / 'rejects.jsonl'}), "
+        f"--splits {asked} (train,val,test); add sources or set an unwanted split to 0")
+
+
 def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, workers: int = 2,
           recipe: str | Path | None = None, window_seconds: float | None = None,
           max_windows: int = 0, max_side: int = media.CANONICAL_MAX_SIDE,
@@ -470,8 +629,6 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
           cards_dir: str | Path | None = "data_cards", max_count: int = 500,
           max_bytes: int = 512 << 20, progress: bool = True, command: list[str] | None = None) -> dict[str, Any]:
     """Build `<out>/<dim>/` shards from the videos under `src` with recipe `recipe` (default: dim)."""
-    from tqdm import tqdm
-
     from .cards import write_card
 
     t0 = time.time()
@@ -487,49 +644,64 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     staging = out_dir / ".staging" / config_key  # a changed config never reuses old pairs
     staging.mkdir(parents=True, exist_ok=True)
 
+    canonical_dir = Path(out) / ".canonical"
+    clean_stale_temporaries(out_dir, canonical_dir)
     sources = find_sources(src, manifest)
+    donors_dir = Path(os.path.realpath(donors)) if donors else None  # the demo keeps its donor voices under src
+    skipped = [r for r in skipped_files(src)
+               if not (donors_dir and Path(os.path.realpath(r["path"])).is_relative_to(donors_dir))]
     if not sources:
-        raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {src}")
-    sources = assign_splits(sources, splits or recipe_obj.splits, seed,
-                            weights={s.source_id: _duration_or_zero(s.path) for s in sources})
-    # media files only: a donor folder may hold a manifest or notes (e.g. the demo's donors.json)
-    external = sorted(str(p.resolve()) for p in Path(donors).rglob("*")
-                      if p.is_file() and p.suffix.lower() in AUDIO_EXTS | VIDEO_EXTS) if donors else []
-    donor_pool = {split: tuple(sorted(s.path for s in sources if s.split == split)) + tuple(external)
-                  for split in SPLITS}
+        _write_rejects(out_dir, skipped)
+        raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {src}"
+                         + (f" ({len(skipped)} other files skipped, see {out_dir / 'rejects.jsonl'})" if skipped else ""))
     job = Job(recipe_path=recipe_path, seed=seed, window_seconds=window, staging_dir=str(staging),
-              max_side=max_side, max_windows=max_windows, donors=donor_pool,
+              max_side=max_side, max_windows=max_windows,
               hop_seconds=float(hop_seconds or 0), pairs_per_window=int(pairs_per_window or 0),
-              canonical_dir=str(Path(out) / ".canonical"))
+              canonical_dir=str(canonical_dir))
+    fractions = splits or recipe_obj.splits
 
-    summaries: list[dict[str, Any]] = []
-    bar = tqdm(total=len(sources), desc=f"{dim}: sources", unit="src", disable=not progress)
-    if workers <= 1:
-        for s in sources:
-            summaries.append(process_source(s, job))
-            bar.update()
-    else:
+    def failed(s: Source, err: Exception) -> dict[str, Any]:  # a crash in one source must not stop the build
+        return {"source_id": s.source_id, "path": s.path, "status": "rejected", "reason": f"internal error: {err!r}"}
+
+    pool = None
+    if workers > 1:
         # spawn, not fork: a parent that already ran torch (OpenMP pool) deadlocks forked children
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_single_threaded_worker) as pool:
-            futures = {pool.submit(process_source, s, job): s for s in sources}
-            for fut in as_completed(futures):
-                try:
-                    summaries.append(fut.result())
-                except Exception as err:  # a crash in one source must not stop the build
-                    s = futures[fut]
-                    summaries.append({"source_id": s.source_id, "path": s.path, "split": s.split,
-                                      "status": "rejected", "reason": f"internal error: {err!r}", "pairs": 0})
-                bar.update()
-    bar.close()
-    summaries.sort(key=lambda s: s["source_id"])
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        # pass 1: probe + canonicalise every source, so only usable ones take a split and a rejected
+        # file never moves a good source to another split
+        checks = _map_sources(check_source, sources, job, pool, failed, f"{dim}: checking sources", progress)
+        usable = [s for s in sources if checks[s.source_id]["status"] == "ok"]
+        split_sources = assign_splits(usable, fractions, seed,
+                                      weights={s.source_id: checks[s.source_id]["duration"] or 0.0 for s in usable})
+        rejects = skipped + [{"source_id": s.source_id, "path": s.path, "reason": checks[s.source_id]["reason"]}
+                             for s in sources if checks[s.source_id]["status"] != "ok"]
+        _fail_on_empty_splits(split_sources, fractions, len(sources), rejects, out_dir)
+        # media files only: a donor folder may hold a manifest or notes (e.g. the demo's donors.json)
+        external = sorted(str(p.resolve()) for p in Path(donors).rglob("*")
+                          if p.is_file() and p.suffix.lower() in AUDIO_EXTS | VIDEO_EXTS) if donors else []
+        job = replace(job, donors={split: tuple(sorted(s.path for s in split_sources if s.split == split))
+                                   + tuple(external) for split in SPLITS})
+        # pass 2: pairs
+        done = _map_sources(process_source, split_sources, job, pool, failed, f"{dim}: sources", progress)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    summaries = sorted([{**done[s.source_id], "split": s.split, "pairs": done[s.source_id].get("pairs", 0)}
+                        for s in split_sources]
+                       + [{**c, "split": "", "pairs": 0} for c in checks.values() if c["status"] != "ok"],
+                       key=lambda s: s["source_id"])
+    rejects = skipped + [{"source_id": s["source_id"], "path": s["path"], "reason": s["reason"]}
+                         for s in summaries if s["status"] != "ok"]
+    _fail_on_empty_splits([s for s in split_sources if done[s.source_id]["status"] == "ok"], fractions,
+                          len(sources), rejects, out_dir)
+    split_of = {s.source_id: s.split for s in split_sources}
+    sources = [replace(s, split=split_of.get(s.source_id, "")) for s in sources]
 
     t_sources = time.time() - t0
     shards = pack_shards(summaries, staging, out_dir, max_count=max_count, max_bytes=max_bytes)
-    rejects = [{"source_id": s["source_id"], "path": s["path"], "reason": s["reason"]}
-               for s in summaries if s["status"] != "ok"]
-    _write_atomically(out_dir / "rejects.jsonl",
-                      lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rejects).encode()))
+    _write_rejects(out_dir, rejects)
     _write_json_atomically(out_dir / "manifest.json", {"dim": dim, "config_key": config_key, "shards": shards,
                                                        "build_wall_s": round(time.time() - t0, 2)})
     result = {

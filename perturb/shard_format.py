@@ -8,6 +8,13 @@ written to, and WebDataset (which splits member names at the first dot) sees exa
 Shards may come from anyone, so readers decode nothing outside this format: json is parsed with
 json.loads, mp4s stay bytes for ffmpeg. A member with another extension (`.pyd`, `.pickle`, `.pth`,
 which WebDataset's default decoders would unpickle) makes the whole shard invalid.
+
+Two kinds of error, two reactions:
+  ShardFormatError  the shard breaks the format (a member outside it, a key that is a path, a link,
+                    a huge declared size): hostile or not ours; readers stop, naming shard and member.
+  BadSample         one sample inside the format is broken (a side missing, json that does not
+                    parse, media ffmpeg cannot read): corrupt, not dangerous; readers skip and
+                    report it, and stop only when too many are bad.
 """
 from __future__ import annotations
 
@@ -25,6 +32,10 @@ MAX_MEMBER_BYTES = 256 << 20
 
 class ShardFormatError(ValueError):
     """A shard that breaks the format; the message names the shard and the member."""
+
+
+class BadSample(ValueError):
+    """One broken sample of a well-formed shard (skipped and reported); the message is the reason."""
 
 
 def split_member_name(name: str, shard: str | Path = "") -> tuple[str, str]:
@@ -65,7 +76,8 @@ def check_shard(path: str | Path) -> int:
 
 
 def check_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """A raw WebDataset sample (bytes per extension) -> the same sample, or ShardFormatError.
+    """A raw WebDataset sample (bytes per extension) -> the same sample, ShardFormatError for a
+    member outside the format, or BadSample when a member of the pair is missing.
 
     The streaming twin of check_shard, for readers that never saw the tar's headers.
     """
@@ -76,5 +88,5 @@ def check_sample(sample: dict[str, Any]) -> dict[str, Any]:
             split_member_name(f"{key}.{ext}", shard)
     missing = [m for m in MEMBERS if m not in sample]
     if missing:
-        raise ShardFormatError(f"{shard}: sample {key!r} lacks {', '.join(missing)}")
+        raise BadSample(f"lacks {', '.join(missing)}")
     return sample

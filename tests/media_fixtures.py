@@ -66,3 +66,45 @@ def make_video(path: Path, seconds: float = 3.0, width: int = 64, height: int = 
     run_ffmpeg(args, input_bytes=frames.tobytes() if video else None)
     raw_audio.unlink()
     return path
+
+
+def make_marked_video(path: Path, display: tuple[int, int] = (64, 96), seconds: float = 2.4,
+                      rotation: int = 0, sar: tuple[int, int] = (1, 1)) -> Path:
+    """A clip whose UPRIGHT picture (display width x height) is a tall white bar left of centre
+    and a grey square in the top-left corner, with a tone soundtrack.
+
+    rotation=90: the frames are stored turned a quarter clockwise (coded height x width) with a
+    display matrix that turns them back, as phones write portrait video. sar=(n, d): stored with
+    anamorphic pixels n/d wide, so the coded picture is display width * d / n wide.
+    """
+    path = Path(path)
+    w, h = display
+    coded_w = w * sar[1] // sar[0]
+    bar = f"drawbox=x={w * 3 // 8}:y={h // 5}:w={w // 4}:h={h * 3 // 5}:color=white:t=fill"
+    dot = f"drawbox=x={w // 16}:y={h // 24}:w={w // 8}:h={w // 8}:color=gray:t=fill"
+    vf = [bar, dot]
+    if rotation == 90:
+        vf.append("transpose=1")  # stored clockwise; the display matrix below turns it back
+    if sar != (1, 1):
+        vf += [f"scale={coded_w}:{h}", f"setsar={sar[0]}/{sar[1]}"]
+    tmp = path.with_name(f".{path.stem}.stored.mp4")
+    run_ffmpeg(["-f", "lavfi", "-i", f"color=c=black:s={w}x{h}:d={seconds}:r=25",
+                "-f", "lavfi", "-i", f"sine=f=300:d={seconds}:r=16000",
+                "-vf", ",".join(vf), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-y", str(tmp)])
+    if rotation:
+        run_ffmpeg(["-display_rotation", str(rotation), "-i", str(tmp), "-c", "copy", "-y", str(path)])
+        tmp.unlink()
+    else:
+        tmp.replace(path)
+    return path
+
+
+def marks(frame: np.ndarray) -> dict[str, float]:
+    """Where make_marked_video's marks are in an RGB frame: the white bar's height / width ratio,
+    the frame's width / height ratio, and whether the grey square is above-left of the bar."""
+    gray = frame.astype(np.float32).mean(-1)
+    ys, xs = np.nonzero(gray > 200)
+    gy, gx = np.nonzero((gray > 80) & (gray < 180))
+    return {"bar_h_over_w": (ys.max() - ys.min() + 1) / (xs.max() - xs.min() + 1),
+            "frame_w_over_h": frame.shape[1] / frame.shape[0],
+            "dot_above_left": float(gy.mean() < ys.min() and gx.mean() < xs.min())}

@@ -350,3 +350,149 @@ def test_operators_get_the_source_context_without_pipeline_edits(corpus, tmp_pat
         donor_id = Path(params["donor"]).stem
         assert donor_id != meta["source_id"] and split_of[donor_id] == meta["split"]
         assert meta["video_copied"]
+
+
+# ----------------------------------------------------------------------------- splits of usable sources
+
+def _split_of(result) -> dict[str, str]:
+    return {s.source_id: s.split for s in result["sources"] if s.split}
+
+
+def test_a_broken_file_beside_good_ones_changes_no_split(corpus, lip_build, tmp_path):
+    """Splits go to the sources that passed the checks: the good clips' splits are the same with
+    and without broken files in the folder, and the broken ones take none."""
+    src = tmp_path / "with_broken"
+    src.mkdir()
+    for clip in corpus.glob("*.mp4"):
+        (src / clip.name).symlink_to(clip)
+    make_video(src / "aa_no_audio.mp4", seconds=4.4, audio=False, seed=11)
+    make_video(src / "zz_no_audio.mp4", seconds=4.4, audio=False, seed=12)
+    (src / "mm_corrupt.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
+    result = build_small(src, tmp_path / "out")
+    clean = _split_of(lip_build[0])
+    assert _split_of(result) == clean
+    assert {r["source_id"] for r in result["rejects"]} == {"aa_no_audio", "zz_no_audio", "mm_corrupt"}
+    assert all(s.split == "" for s in result["sources"] if s.source_id in {"aa_no_audio", "zz_no_audio"})
+
+
+def test_an_empty_split_fails_the_build_with_a_clear_line(tmp_path):
+    src = tmp_path / "two_good"
+    src.mkdir()
+    for i in range(2):
+        make_video(src / f"good{i}.mp4", seconds=2.4, seed=i)
+    make_video(src / "silent.mp4", seconds=2.4, audio=False, seed=5)
+    with pytest.raises(SystemExit) as err:
+        build_small(src, tmp_path / "out")
+    msg = str(err.value)
+    assert "no usable source for split" in msg and "2 of 3 sources usable" in msg and "\n" not in msg
+    rejects = (tmp_path / "out" / "lip_sync" / "rejects.jsonl").read_text()
+    assert "silent.mp4" in rejects and "no audio stream" in rejects
+    # a split set to 0 is not asked for: the same two sources build
+    assert build_small(src, tmp_path / "out", splits={"train": 0.5, "val": 0.5, "test": 0})["shards"]
+
+
+# ----------------------------------------------------------------------------- odd files, leftovers, workers
+
+def _one_frame_clip(path: Path, audio_seconds: float) -> Path:
+    media.run_ffmpeg(["-f", "lavfi", "-i", "color=c=gray:s=64x64:d=0.04:r=25",
+                      "-f", "lavfi", "-i", f"sine=f=300:d={audio_seconds}:r=16000",
+                      "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-y", str(path)])
+    return path
+
+
+def test_odd_files_get_one_clear_reason_each(tmp_path):
+    """A 1-frame clip with 5 s of audio: the same reason for every dimension, no cache path in it;
+    a zero-byte file: 'empty file'; .m4a files and symlink loops: a line in rejects.jsonl."""
+    src = tmp_path / "odd"
+    src.mkdir()
+    make_video(src / "good.mp4", seconds=2.4, seed=1)
+    _one_frame_clip(src / "one_frame.mp4", 5.0)
+    (src / "empty.mp4").write_bytes(b"")
+    make_video(src / "voice.m4a", seconds=2.4, video=False, seed=2)
+    (src / "loop_a.mp4").symlink_to(src / "loop_b.mp4")
+    (src / "loop_b.mp4").symlink_to(src / "loop_a.mp4")
+    (src / "dangling.mp4").symlink_to(src / "gone.mp4")
+    reasons = {}
+    for dim in ("lip_sync", "video_quality"):
+        result = build_small(src, tmp_path / "out", dim=dim, splits={"train": 1.0})
+        reasons[dim] = {Path(r["path"]).name: r["reason"] for r in result["rejects"]}
+        written = [json.loads(line) for line in (tmp_path / "out" / dim / "rejects.jsonl").read_text().splitlines()]
+        assert {Path(r["path"]).name: r["reason"] for r in written} == reasons[dim]
+    assert reasons["lip_sync"] == reasons["video_quality"]
+    r = reasons["lip_sync"]
+    assert set(r) == {"one_frame.mp4", "empty.mp4", "voice.m4a", "loop_a.mp4", "loop_b.mp4", "dangling.mp4"}
+    assert "picture ends early" in r["one_frame.mp4"] and "1 of 50 video frames" in r["one_frame.mp4"]
+    assert ".canonical" not in r["one_frame.mp4"] and str(tmp_path) not in r["one_frame.mp4"]
+    assert r["empty.mp4"] == "empty file (0 bytes)"
+    assert "audio-only" in r["voice.m4a"]
+    assert r["loop_a.mp4"] == r["loop_b.mp4"] == "symlink loop"
+    assert "broken symlink" in r["dangling.mp4"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftovers_of_killed_builds_are_cleaned_when_their_writer_is_gone(tmp_path):
+    src = tmp_path / "one"
+    src.mkdir()
+    make_video(src / "good.mp4", seconds=2.4, seed=1)
+    out = tmp_path / "out"
+    dead, alive = _dead_pid(), os.getpid()
+    stale = [out / "lip_sync" / f".train-000000.tar.tmp{dead}",
+             out / "lip_sync" / ".staging" / "0123abcd" / f".good.tar.tmp{dead}",
+             out / ".canonical" / f".{'a' * 20}.{dead}.x1y2" / "window_0000.mp4",
+             out / ".canonical" / f".{'b' * 20}.old_fmt" / "window_0000.mp4"]  # no PID: by age
+    running = [out / "lip_sync" / f".val-000000.tar.tmp{alive}",
+               out / ".canonical" / f".{'c' * 20}.{alive}.x1y2" / "window_0000.mp4"]
+    for f in stale + running:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(stale[3].parent, (two_days_ago, two_days_ago))
+    build_small(src, out, splits={"train": 1.0})
+    assert not [f for f in stale if f.exists()]
+    assert not (out / ".canonical" / f".{'a' * 20}.{dead}.x1y2").exists()
+    assert all(f.exists() for f in running)
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for f in Path(f"/proc/{pid}/task").glob("*/children"):
+        kids |= {int(p) for p in f.read_text().split()}
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_pool_workers_exit_when_the_build_process_is_killed(corpus, tmp_path):
+    out = tmp_path / "orphans"
+    cmd = [sys.executable, "-m", "perturb", "build", "--src", str(corpus), "--dim", "lip_sync",
+           "--out", str(out), "--workers", "2", "--window", str(WINDOW), "--cards", str(out / "cards")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(workers) < 2:
+            workers = {p for p in _children(proc.pid)
+                       if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()} if proc.poll() is None else set()
+            time.sleep(0.05)
+        assert len(workers) == 2, "the build should have started its two workers"
+        os.kill(proc.pid, signal.SIGKILL)  # the main process only, as a user's kill -9 <pid> does
+        proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_running(p) for p in workers):
+            time.sleep(0.1)
+        assert not [p for p in workers if _running(p)], "pool workers outlived the killed build"
+    finally:
+        for p in workers:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train_fixtures import draw_face, speech_like, write_fixture_shards
+from tests.train_fixtures import (TINY_MODEL, TINY_PREPROCESS, draw_face, speech_like, write_fixture_shards,
+                                  write_tiny_config)
 from train import data as tdata
 from train.data import PairCollator, load_split
 from train.model import AVJudge, JudgeConfig, judge_config_for
@@ -20,9 +21,8 @@ from train.trainers import OBJECTIVES, judge_metrics
 
 torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and does not spin on a shared machine
 
-PRE = PreprocessConfig(window_seconds=2.0, crop_size=(24, 36), n_mels=32, detect_frames=3)
-MODEL = dict(vis_widths=[8, 16], aud_widths=[24, 24], emb_dim=24, max_offset_frames=8, n_segments=2,
-             head_hidden=32, use_pooled=False)
+PRE = PreprocessConfig(**TINY_PREPROCESS)
+MODEL = TINY_MODEL
 
 
 @pytest.fixture(scope="session")
@@ -262,17 +262,9 @@ def test_objective_lowers_loss(objective, pairs, tmp_path):
 # ------------------------------------------------------------------------------ CLI + resume
 
 def test_cli_writes_run_and_resumes(shards, cache_dir, pairs, tmp_path, capsys):
-    import yaml
-
     from train.__main__ import main
 
-    conf = {"dim": "lip_sync", "question": "Is the speech in sync with the lips?",
-            "preprocess": PRE.to_dict(), "model": MODEL,
-            "train": {"batch_size": 4, "learning_rate": 3e-3, "save_steps": 2, "eval_steps": 3,
-                      "logging_steps": 2, "disable_tqdm": True},
-            "objectives": {"reward": {"margin_scale": 0.1}}}
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(conf))
+    cfg = write_tiny_config(tmp_path / "tiny.yaml")
     run = tmp_path / "run"
     common = ["--dim", "lip_sync", "--objective", "reward", "--shards", str(shards), "--run", str(run),
               "--config", str(cfg), "--cache-dir", str(cache_dir)]
@@ -293,3 +285,73 @@ def test_cli_writes_run_and_resumes(shards, cache_dir, pairs, tmp_path, capsys):
     assert "resuming from" in capsys.readouterr().out
     state = json.loads((run / "checkpoints" / "reward" / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
+
+
+def _tear(ckpt: Path, how: str) -> None:
+    """What a kill leaves: mid-save (weights written, the rest not yet), or trainer_state.json cut short."""
+    if how == "mid_save":
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+            (ckpt / name).unlink(missing_ok=True)
+    else:
+        state = (ckpt / "trainer_state.json").read_text()
+        (ckpt / "trainer_state.json").write_text(state[: len(state) // 2])
+
+
+def test_resume_skips_torn_checkpoints(shards, cache_dir, pairs, tmp_path, capsys):
+    """A torn newer checkpoint does not hide a complete older one; a torn one alone means start
+    over; either way the re-run finishes, says which checkpoint it skipped, and removes it."""
+    import shutil
+
+    from train.__main__ import main
+
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints" / "reward"
+    common = ["--dim", "lip_sync", "--objective", "reward", "--shards", str(shards), "--run", str(run),
+              "--config", str(write_tiny_config(tmp_path / "tiny.yaml")), "--cache-dir", str(cache_dir)]
+    main(common + ["--max-steps", "4"])
+    shutil.copytree(ckpts / "checkpoint-4", ckpts / "checkpoint-6")
+    _tear(ckpts / "checkpoint-6", "mid_save")
+    capsys.readouterr()
+    m = main(common + ["--max-steps", "6"])
+    out = capsys.readouterr().out
+    assert m["resumed_from"].endswith("checkpoint-4") and m["steps"] == 6 and m["steps_this_run"] == 2
+    assert "skipping torn checkpoint" in out and "checkpoint-6" in out
+    assert json.loads((ckpts / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
+
+    for ckpt in ckpts.glob("checkpoint-*"):
+        _tear(ckpt, "cut_state")
+    m = main(common + ["--max-steps", "4"])
+    assert m["resumed_from"] is None and m["steps"] == 4 and m["steps_this_run"] == 4
+    assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+@pytest.mark.slow
+def test_kill_9_at_any_save_then_the_same_command_finishes(shards, tmp_path):
+    """`python -m train` killed (SIGKILL, tests/kill_at.py) while writing the tensor cache, a
+    checkpoint's weights, a trainer_state.json, during checkpoint rotation and while writing the
+    final model -- one after the other -- then the same command runs to the end."""
+    import subprocess
+    import sys
+
+    from train.model import AVJudge
+
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    args = ["--dim", "lip_sync", "--shards", str(shards), "--run", str(run), "--config",
+            str(write_tiny_config(tmp_path / "tiny.yaml")), "--cache-dir", str(tmp_path / "cache"),
+            "--workers", "0", "--max-steps", "8"]
+    skipped = []
+    for moment in ("cache_write", "checkpoint_weights", "trainer_state", "rotation", "final_model"):
+        proc = subprocess.run([sys.executable, "-m", "tests.kill_at", moment, *args], cwd=root,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -9, (moment, proc.returncode, proc.stderr[-2000:])
+        skipped.append(proc.stdout.count("skipping torn checkpoint"))
+    proc = subprocess.run([sys.executable, "-m", "train", *args], cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and metrics["resumed_from"].endswith("checkpoint-8")
+    # the torn checkpoint of each killed save was skipped by the next run
+    assert skipped == [0, 0, 1, 1, 1] and "skipping torn checkpoint" not in proc.stdout
+    AVJudge.from_pretrained(str(run / "model"))
+    assert not list(run.glob(".model*"))

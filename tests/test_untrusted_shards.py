@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from perturb.shard_format import ShardFormatError, check_sample, check_shard
+from perturb.shard_format import BadSample, ShardFormatError, check_sample, check_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_check_sample_streaming_twin():
     assert check_sample(dict(ok)) == ok
     with pytest.raises(ShardFormatError, match="train-000001.tar.*pyd"):
         check_sample(dict(ok, pyd=b"\x80"))
-    with pytest.raises(ShardFormatError, match="lacks rejected.mp4"):
+    with pytest.raises(BadSample, match="lacks rejected.mp4"):  # broken, not hostile: skipped by readers
         check_sample({k: v for k, v in ok.items() if k != "rejected.mp4"})
     with pytest.raises(ShardFormatError, match="invalid sample key"):
         check_sample(dict(ok, __key__="../up"))

@@ -167,6 +167,27 @@ def write_fixture_videos(out: str | Path, sources: int = 3, seconds: float = 3.0
     return paths
 
 
+# A judge small enough to train a few steps in seconds on the fixture shards (2 s windows).
+TINY_PREPROCESS = dict(window_seconds=2.0, crop_size=[24, 36], n_mels=32, detect_frames=3)
+TINY_MODEL = dict(vis_widths=[8, 16], aud_widths=[24, 24], emb_dim=24, max_offset_frames=8, n_segments=2,
+                  head_hidden=32, use_pooled=False)
+
+
+def write_tiny_config(path: str | Path, **train) -> Path:
+    """A `python -m train --config` YAML for the tiny judge; `train` entries override the train section."""
+    import yaml
+
+    from train.preprocess import PreprocessConfig
+
+    conf = {"dim": "lip_sync", "question": "Is the speech in sync with the lips?",
+            "preprocess": PreprocessConfig(**TINY_PREPROCESS).to_dict(), "model": TINY_MODEL,
+            "train": {"batch_size": 4, "learning_rate": 3e-3, "save_steps": 2, "eval_steps": 3,
+                      "logging_steps": 2, "disable_tqdm": True, **train},
+            "objectives": {"reward": {"margin_scale": 0.1}}}
+    Path(path).write_text(yaml.safe_dump(conf))
+    return Path(path)
+
+
 if __name__ == "__main__":
     import argparse
 

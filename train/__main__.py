@@ -6,6 +6,7 @@ Trains a judge on the train-* shards, validates on val-*, and writes
     RUN/metrics_<objective>.json  the same, kept per objective
     RUN/checkpoints/<objective>/  Trainer checkpoints (a re-run resumes from the last one)
     RUN/train_config.json the resolved configuration
+    RUN/bad_samples.jsonl the broken samples skipped (split, shard, key, reason), one per line
 
 Multi-process (same training, global batch split over processes):
     accelerate launch --multi_gpu --num_processes 2 -m train --dim lip_sync ...    # no GPU: CPU, gloo
@@ -25,6 +26,7 @@ import argparse
 import hashlib
 import json
 import platform
+import re
 import shutil
 import sys
 import time
@@ -87,6 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="import MODULE first (it registers encoders of its own); repeatable")
     ap.add_argument("--init", default=None, metavar="RUN",
                     help="start from the weights of another run (e.g. python -m train.pretrain's RUN or RUN/model)")
+    ap.add_argument("--max-bad-fraction", type=float, default=None,
+                    help="broken samples (bad json, a side missing, unreadable mp4) are skipped and listed in "
+                         "RUN/bad_samples.jsonl; stop when more than this share of a split is bad "
+                         "(default 0.05; 1 = never stop)")
     return ap.parse_args(argv)
 
 
@@ -128,11 +134,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     from accelerate import PartialState
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from transformers import AutoModel
 
-    from .data import load_split, precompute_video_features, read_card
+    from .data import (DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, load_split, precompute_video_features,
+                       read_card, write_bad_samples)
     from .encoders import import_plugins
     from .model import MODEL_VERSION, judge_config_for
     from .preprocess import PreprocessConfig
@@ -165,9 +171,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pre = PreprocessConfig.from_dict(resolve_preprocess(conf, plugins))
     card = read_card(shards)
     t0 = time.time()
+    bad_file = run / "bad_samples.jsonl"
+    max_bad = DEFAULT_MAX_BAD_FRACTION if args.max_bad_fraction is None else args.max_bad_fraction
+    loaded = []
     with state.main_process_first():  # rank 0 builds the cache, the others then read it
-        train_pairs = load_split(shards, "train", pre, args.cache_dir, num_workers=args.workers, log=log)
-        val_pairs = load_split(shards, "val", pre, args.cache_dir, num_workers=args.workers, log=log)
+        try:
+            for split in ("train", "val"):
+                loaded.append(load_split(shards, split, pre, args.cache_dir, num_workers=args.workers, log=log,
+                                         max_bad_fraction=max_bad))
+        except TooManyBadSamples as err:
+            if main_proc:
+                write_bad_samples(bad_file, [b for d in loaded for b in d.bad] + err.bad)
+            raise SystemExit(f"error: too many bad samples: {err} (all listed in {bad_file}; "
+                             f"--max-bad-fraction sets the limit)") from None
+    train_pairs, val_pairs = loaded
+    if main_proc:
+        write_bad_samples(bad_file, train_pairs.bad + val_pairs.bad)
+    if train_pairs.bad or val_pairs.bad:
+        log(f"skipped {len(train_pairs.bad)} train and {len(val_pairs.bad)} val bad samples (listed in {bad_file})")
     preprocess_s = time.time() - t0
     win = {tuple(m.get("window") or ()) for m in train_pairs.metas[:50]}
     lens = {round(w[1] - w[0], 2) for w in win if len(w) == 2}
@@ -229,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
          "model_version": MODEL_VERSION,
          "seed": seed, "train_shards": train_pairs.shards}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     key_file = ckpt_dir / "resume_key.txt"
-    last = None if args.no_resume else (get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None)
+    last = None if args.no_resume else last_complete_checkpoint(ckpt_dir, log, remove_torn=main_proc)
     if last and (not key_file.is_file() or key_file.read_text().strip() != resume_key):
         log(f"checkpoints in {ckpt_dir} come from other data / preprocessing / model settings: starting over")
         last = None
@@ -238,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     state.wait_for_everyone()
     if main_proc:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(resume_key)
+        _write_text_atomically(key_file, resume_key)
     warmup_s = 0.0
     if args.objective == "reward":
         trainer = trainer_cls(model, training_args, train_pairs, val_pairs, callbacks=callbacks)
@@ -300,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval_time_s": round(timing["eval_s"], 2),
         "train_loss": train_out.training_loss,
         "n_train_pairs": len(train_pairs), "n_val_pairs": len(val_pairs),
+        "bad_samples": {"train": len(train_pairs.bad), "val": len(val_pairs.bad)},
+        "bad_samples_file": str(bad_file),
         "crops": {"train": train_pairs.face_sources, "val": val_pairs.face_sources},
         "preprocess_fingerprint": pre.fingerprint(),
         "device": str(training_args.device), "torch_threads": torch.get_num_threads(),
@@ -308,12 +331,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if main_proc:
         out = run / "model"
-        if out.exists():
-            shutil.rmtree(out)
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(out))
-        pre.save(out / "preprocessing.json")
+        tmp = run / f".model.tmp{os.getpid()}"  # written aside, then swapped in: eval never reads half a model
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp))
+        pre.save(tmp / "preprocessing.json")
         if card is not None:
-            (out / "data_card.json").write_text(json.dumps(card, indent=2))
+            (tmp / "data_card.json").write_text(json.dumps(card, indent=2))
+        _replace_dir(tmp, out)
         (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         (run / f"metrics_{args.objective}.json").write_text(json.dumps(metrics, indent=2, default=str))
         (run / "train_config.json").write_text(json.dumps(
@@ -326,16 +350,78 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return metrics
 
 
+# What Trainer._save_checkpoint writes and a resume reads; trainer_state.json comes last, so a
+# checkpoint without it (or with it cut short) was interrupted. Rotation (save_total_limit) deletes
+# old checkpoints file by file, so a kill there tears an older one: every file is checked.
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def _torn(checkpoint: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it is complete."""
+    missing = [f for f in CHECKPOINT_FILES if not (checkpoint / f).is_file()]
+    if missing:
+        return f"no {', '.join(missing)}"
+    try:
+        int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    except (ValueError, KeyError, TypeError):
+        return "trainer_state.json cut short"
+    return None
+
+
+def last_complete_checkpoint(ckpt_dir: Path, log=print, remove_torn: bool = True) -> str | None:
+    """The newest checkpoint-N whose save finished (None: start over).
+
+    Torn checkpoints -- a kill during a save or during the rotation of old ones -- are logged and
+    removed: Trainer would pick the newest folder and fail on it every time, and rotation keeps
+    the newest folders, so a torn one left in place could push out the complete ones.
+    """
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
+                   key=lambda p: int(p.name.split("-")[1]), reverse=True)
+    last = None
+    for ckpt in found:
+        reason = _torn(ckpt)
+        if reason is None:
+            last = last or str(ckpt)
+            continue
+        log(f"skipping torn checkpoint {ckpt} ({reason}: its save was interrupted); removed")
+        if remove_torn:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return last
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put folder `new` at `target`, replacing what is there; `target` is never half-written."""
+    old = target.with_name(f".{target.name}.old{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    for pattern in (f".{target.name}.old*", f".{target.name}.tmp*"):  # this run's, and a killed run's
+        for leftover in target.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _dpo_reference(model, path: Path, resuming: str | None, state, log):
     """The frozen DPO reference = the initial model. Saved beside the checkpoints when training
-    starts, and read back when resuming, so a resumed run compares against the same reference."""
+    starts (aside, then renamed: a kill mid-save leaves no half reference), and read back when
+    resuming, so a resumed run compares against the same reference."""
     from .model import load_weights
 
-    if resuming and (path / "config.json").is_file():
+    if resuming and (path / "model.safetensors").is_file():
         log(f"DPO reference from {path}")
     else:
         if state.is_main_process:
-            model.save_pretrained(str(path))
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(str(tmp))
+            _replace_dir(tmp, path)
         state.wait_for_everyone()
     return load_weights(path)
 

@@ -14,6 +14,12 @@ streams the tars with wds.WebDataset through a torch DataLoader with several wor
 worker decodes every n-th sample (shards of a demo build are few and small, so splitting by shard
 would leave workers idle).
 
+BAD SAMPLES: a sample whose json does not parse, that lacks a side, or whose media ffmpeg cannot
+read is skipped and listed (shard, key, reason) in its entry's metas.json "bad" and in
+PairDataset.bad; a split with more than `max_bad_fraction` of its samples bad stops with
+TooManyBadSamples (one line). Members outside the pair format are another matter: the shard is
+hostile or not ours, and perturb.shard_format.ShardFormatError stops everything.
+
 `stream_pairs` is the no-cache path (decode on the fly, shard shuffle + sample shuffle buffer),
 kept for the cache-vs-no-cache benchmark: `python -m train.data bench --shards DIR`.
 """
@@ -31,13 +37,25 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from perturb.media import sha256_file  # the shared media layer, not perturb's internals
-from perturb.shard_format import ShardFormatError, check_sample, check_shard  # the shard contract
+from perturb.media import MediaError, sha256_file  # the shared media layer, not perturb's internals
+from perturb.shard_format import BadSample, ShardFormatError, check_sample, check_shard  # the shard contract
 
 from .preprocess import PreprocessConfig, preprocess_clip
 
 SIDES = ("chosen", "rejected")
 DEFAULT_CACHE = Path(os.environ.get("AVBENCH_CACHE", Path(__file__).resolve().parents[1] / "cache" / "tensors"))
+# A few broken samples in a large dataset are skipped; more than this share of a split is a broken
+# build or a broken decoder, which should stop the run rather than train on what is left.
+DEFAULT_MAX_BAD_FRACTION = 0.05
+
+
+class TooManyBadSamples(RuntimeError):
+    """More than the allowed share of a split's samples is bad; `.bad` lists them all."""
+
+    def __init__(self, message: str, bad: list[dict[str, Any]]):
+        super().__init__(message)
+        self.bad = bad
+
 
 # ----------------------------------------------------------------------------------- shards
 
@@ -101,13 +119,34 @@ def decode_pair(sample: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]
     Only the format's members are decoded, by us: json with json.loads, the mp4s by ffmpeg. Never
     WebDataset's .decode(), whose default handlers unpickle .pyd / .pickle and torch.load .pth members.
     """
-    meta = json.loads(sample["json"])
+    try:
+        meta = json.loads(sample["json"])
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise BadSample(f"invalid json ({err})") from None
+    if not isinstance(meta, dict):
+        raise BadSample(f"json is a {type(meta).__name__}, not an object")
     item: dict[str, Any] = {"key": sample["__key__"], "url": str(sample.get("__url__", "")), "meta": meta, "info": {}}
     for side in SIDES:
-        inputs, info = preprocess_clip(sample[f"{side}.mp4"], cfg, return_info=True)
+        try:
+            inputs, info = preprocess_clip(sample[f"{side}.mp4"], cfg, return_info=True)
+        except MediaError as err:
+            raise BadSample(f"{side}.mp4: {err}") from None
         item[side] = inputs
         item["info"][side] = info
     return item
+
+
+def _decode_or_bad(sample: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]:
+    """decode_pair, or {"bad": {"shard", "key", "reason"}} for a broken sample (ShardFormatError still stops)."""
+    try:
+        return decode_pair(check_sample(sample), cfg)
+    except ShardFormatError:
+        raise
+    except Exception as err:  # corrupt input must not stop a run; a systematic failure trips the threshold
+        reason = str(err) if isinstance(err, BadSample) else f"{type(err).__name__}: {err}"
+        return {"url": str(sample.get("__url__", "")),
+                "bad": {"shard": Path(str(sample.get("__url__", ""))).name, "key": str(sample.get("__key__", "")),
+                        "reason": reason.strip().splitlines()[-1] if reason.strip() else type(err).__name__}}
 
 
 def _pipeline(urls: list[str], cfg: PreprocessConfig, shuffle: int = 0, seed: int = 0):
@@ -117,7 +156,25 @@ def _pipeline(urls: list[str], cfg: PreprocessConfig, shuffle: int = 0, seed: in
                         workersplitter=_no_split, empty_check=False, seed=seed)
     if shuffle:
         ds = ds.shuffle(shuffle, seed=seed)
-    return ds.compose(_sample_split_by_worker).map(check_sample).map(lambda s: decode_pair(s, cfg))
+    return ds.compose(_sample_split_by_worker).map(lambda s: _decode_or_bad(s, cfg))
+
+
+def _check_bad_share(split: str, bad: list[dict[str, Any]], total: int, max_bad_fraction: float | None) -> None:
+    if max_bad_fraction is None or not bad or len(bad) <= max_bad_fraction * total:
+        return
+    first = bad[0]
+    raise TooManyBadSamples(
+        f"{split}: {len(bad)} of {total} samples are bad ({len(bad) / total:.0%} > max bad fraction "
+        f"{max_bad_fraction:g}); first: {first['shard']} {first['key']}: {first['reason']}",
+        [{"split": split, **b} for b in bad])
+
+
+def write_bad_samples(path: str | Path, bad: list[dict[str, Any]]) -> Path:
+    """The rejects file of a run or report: one JSON line per skipped sample (split, shard, key, reason)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(b, sort_keys=True) + "\n" for b in bad))
+    return path
 
 
 def _default_workers() -> int:
@@ -131,31 +188,39 @@ def cache_entry(shard: ShardInfo, cfg: PreprocessConfig, cache_dir: str | Path |
     return root / f"{shard.path.stem}-{shard.sha256[:16]}-{cfg.fingerprint()}"
 
 
-def _write_entry(entry: Path, shard: ShardInfo, items: list[dict], cfg: PreprocessConfig, build_s: float) -> None:
+def _write_entry(entry: Path, shard: ShardInfo, items: list[dict], cfg: PreprocessConfig, build_s: float,
+                 bad: list[dict[str, Any]] | None = None) -> None:
     from safetensors.torch import save_file
 
     items = sorted(items, key=lambda it: it["key"])
-    tensors = {}
-    for side in SIDES:
-        for mod in ("video", "audio"):
-            tensors[f"{side}.{mod}"] = torch.stack([it[side][mod] for it in items]).to(torch.float16).contiguous()
     tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "tensors.safetensors"))
+    if items:  # a shard whose every sample is bad has no tensors, only its list of bad samples
+        tensors = {}
+        for side in SIDES:
+            for mod in ("video", "audio"):
+                tensors[f"{side}.{mod}"] = torch.stack([it[side][mod] for it in items]).to(torch.float16).contiguous()
+        save_file(tensors, str(tmp / "tensors.safetensors"))
     (tmp / "metas.json").write_text(json.dumps({
         "shard": {"file": shard.path.name, "sha256": shard.sha256, "split": shard.split, "count": len(items)},
         "fingerprint": cfg.fingerprint(), "preprocess": cfg.to_dict(), "build_s": round(build_s, 2),
         "keys": [it["key"] for it in items], "metas": [it["meta"] for it in items],
-        "info": [it["info"] for it in items],
+        "info": [it["info"] for it in items], "bad": sorted(bad or [], key=lambda b: b["key"]),
     }))
     shutil.rmtree(entry, ignore_errors=True)
     os.replace(tmp, entry)  # atomic: a half-written entry is never seen as valid
 
 
 def build_cache(shards: list[ShardInfo], cfg: PreprocessConfig, cache_dir: str | Path | None = None,
-                num_workers: int | None = None, log=print) -> dict[str, Any]:
-    """Preprocess the shards that have no valid cache entry yet; returns build statistics."""
+                num_workers: int | None = None, log=print,
+                max_bad_fraction: float | None = DEFAULT_MAX_BAD_FRACTION) -> dict[str, Any]:
+    """Preprocess the shards that have no valid cache entry yet; returns build statistics.
+
+    Bad samples are skipped and kept in the entry; when more than max_bad_fraction of the new
+    samples are bad, TooManyBadSamples is raised and no entry written (a broken decoder must not
+    leave entries that say every sample is bad).
+    """
     todo = [s for s in shards if not (cache_entry(s, cfg, cache_dir) / "metas.json").is_file()]
     stats = {"shards": len(shards), "built": len(todo), "pairs": 0, "build_s": 0.0}
     if not todo:
@@ -164,21 +229,30 @@ def build_cache(shards: list[ShardInfo], cfg: PreprocessConfig, cache_dir: str |
     workers = num_workers if num_workers is not None else _default_workers()
     ds = _pipeline([str(s.path) for s in todo], cfg)
     by_url: dict[str, list[dict]] = {str(s.path): [] for s in todo}
+    bad_by_url: dict[str, list[dict]] = {str(s.path): [] for s in todo}
     expected = sum(s.count or 0 for s in todo)
     loader = DataLoader(ds, batch_size=None, num_workers=workers,
                         persistent_workers=False) if workers > 0 else ds
     done = 0
     try:
         for item in loader:
+            if "bad" in item:
+                bad_by_url[item["url"]].append(item["bad"])
+                log(f"[train.data] skipping bad sample {item['bad']['shard']} {item['bad']['key']}: "
+                    f"{item['bad']['reason']}")
+                continue
             by_url[item["url"]].append(item)
             done += 1
             if done % 25 == 0:
                 log(f"[train.data] preprocessed {done}/{expected or '?'} pairs ({time.time() - t0:.0f}s)")
     except ShardFormatError as err:  # re-raised by a DataLoader worker with its whole traceback
         raise ShardFormatError(str(err).strip().splitlines()[-1].split("ShardFormatError: ")[-1]) from None
+    bad = sorted((b for s in todo for b in bad_by_url[str(s.path)]), key=lambda b: (b["shard"], b["key"]))
+    _check_bad_share(todo[0].split, bad, done + len(bad), max_bad_fraction)
     for s in todo:
-        _write_entry(cache_entry(s, cfg, cache_dir), s, by_url[str(s.path)], cfg, time.time() - t0)
-    stats.update(pairs=done, build_s=round(time.time() - t0, 2))
+        _write_entry(cache_entry(s, cfg, cache_dir), s, by_url[str(s.path)], cfg, time.time() - t0,
+                     bad=bad_by_url[str(s.path)])
+    stats.update(pairs=done, bad=len(bad), build_s=round(time.time() - t0, 2))
     log(f"[train.data] cached {done} pairs from {len(todo)} shard(s) in {stats['build_s']}s")
     return stats
 
@@ -186,7 +260,8 @@ def build_cache(shards: list[ShardInfo], cfg: PreprocessConfig, cache_dir: str |
 def load_entry(entry: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors.torch import load_file
 
-    return load_file(str(entry / "tensors.safetensors")), json.loads((entry / "metas.json").read_text())
+    tensors = entry / "tensors.safetensors"
+    return load_file(str(tensors)) if tensors.is_file() else {}, json.loads((entry / "metas.json").read_text())
 
 
 # ----------------------------------------------------------------------------------- datasets
@@ -195,8 +270,10 @@ class PairDataset(Dataset):
     """Map-style preference pairs: item = {"chosen": {"video", "audio"}, "rejected": {...}, "meta": dict}."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], metas: list[dict], keys: list[str],
-                 info: list[dict] | None = None, card: dict | None = None, shards: list[dict] | None = None):
+                 info: list[dict] | None = None, card: dict | None = None, shards: list[dict] | None = None,
+                 bad: list[dict] | None = None):
         self.shards = shards or []  # [{"file", "sha256"}] the pairs came from
+        self.bad = bad or []  # [{"shard", "key", "reason"}] samples skipped as broken
         self.tensors = tensors
         self.metas = metas
         self.keys = keys
@@ -267,22 +344,34 @@ class ClipDataset(Dataset):
 
 
 def load_split(shards_dir: str | Path, split: str, cfg: PreprocessConfig, cache_dir: str | Path | None = None,
-               num_workers: int | None = None, log=print) -> PairDataset:
-    """All pairs of a split as a PairDataset, preprocessing (once) into the tensor cache as needed."""
+               num_workers: int | None = None, log=print,
+               max_bad_fraction: float | None = DEFAULT_MAX_BAD_FRACTION) -> PairDataset:
+    """All pairs of a split as a PairDataset, preprocessing (once) into the tensor cache as needed.
+
+    Bad samples are left out and listed in `.bad`; TooManyBadSamples when more than
+    max_bad_fraction of the split is bad (None: no limit).
+    """
     shards = list_shards(shards_dir, split)
     if not shards:
         raise FileNotFoundError(f"no {split} shards in {shards_dir}")
-    build_cache(shards, cfg, cache_dir, num_workers=num_workers, log=log)
-    parts, metas, keys, info = [], [], [], []
+    build_cache(shards, cfg, cache_dir, num_workers=num_workers, log=log, max_bad_fraction=max_bad_fraction)
+    parts, metas, keys, info, bad = [], [], [], [], []
     for s in shards:
         t, m = load_entry(cache_entry(s, cfg, cache_dir))
-        parts.append(t)
+        if t:
+            parts.append(t)
         metas += m["metas"]
         keys += m["keys"]
         info += m["info"]
+        bad += [{"split": split, **b} for b in m.get("bad", [])]
+    _check_bad_share(split, bad, len(keys) + len(bad), max_bad_fraction)
+    if not parts:
+        raise FileNotFoundError(f"no readable {split} pairs in {shards_dir} ({len(bad)} bad samples)")
+    if bad:
+        log(f"[train.data] {split}: {len(bad)} bad sample(s) skipped of {len(keys) + len(bad)}")
     tensors = {k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
     return PairDataset(tensors, metas, keys, info, card=read_card(shards_dir),
-                       shards=[{"file": s.path.name, "sha256": s.sha256} for s in shards])
+                       shards=[{"file": s.path.name, "sha256": s.sha256} for s in shards], bad=bad)
 
 
 @torch.no_grad()
@@ -428,6 +517,8 @@ class StreamingPairs(IterableDataset):
 
     def __iter__(self):
         for item in _pipeline(self.urls, self.cfg, shuffle=self.shuffle, seed=self.seed + self.epoch):
+            if "bad" in item:  # skipped here; load_split is where bad samples are counted
+                continue
             yield {"chosen": item["chosen"], "rejected": item["rejected"], "meta": dict(item["meta"], __key__=item["key"])}
 
 

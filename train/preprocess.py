@@ -203,7 +203,10 @@ def load_media(src: str | Path | bytes, cfg: PreprocessConfig | None = None,
         with tempfile.NamedTemporaryFile(suffix=".mp4", dir=_tmp_dir()) as tmp:
             tmp.write(bytes(src))
             tmp.flush()
-            return _decode(tmp.name, cfg, start, duration)
+            try:
+                return _decode(tmp.name, cfg, start, duration)
+            except MediaError as err:  # the temporary file's name means nothing to the reader
+                raise MediaError(str(err).replace(tmp.name, "the mp4 bytes")) from None
     return _decode(str(src), cfg, start, duration)
 
 

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     from transformers import AutoModel, set_seed
 
-    from .__main__ import TimeBudget, load_config, resolve_preprocess
+    from .__main__ import TimeBudget, last_complete_checkpoint, load_config, resolve_preprocess
     from .data import load_split, load_windows, precompute_video_features
     from .encoders import import_plugins
     from .model import judge_config_for
@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     targs = JudgeSyncConfig(**kw)
     if args.no_resume:
         shutil.rmtree(targs.output_dir, ignore_errors=True)
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(targs.output_dir) if Path(targs.output_dir).is_dir() else None
+    last = last_complete_checkpoint(Path(targs.output_dir), log)
     trainer = JudgeSyncTrainer(model, targs, data, callbacks=[TimeBudget(float(budget) * 60)] if budget else None)
     log(f"sync pretraining: {targs.max_steps} steps, batch {batch}, "
         f"{sum(p.numel() for p in model.parameters() if p.requires_grad)} trained parameters"
