@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--scorer", action="append", required=True, metavar="DIR")
     f.add_argument("--min", action="append", default=None, metavar="P|DIM=P",
                    help="keep when score >= P on every dimension (default 0.5); DIM=P per dimension")
+    f.add_argument("--keep-status", action="append", default=[], metavar="STATUS[,STATUS]",
+                   help="also keep files the judge cannot judge properly when their score passes: "
+                        "no_face, too_short, no_audio (default: only status ok is kept)")
     f.add_argument("src", nargs="+", metavar="SRC", help="video files or folders")
     f.add_argument("--out-dir", default=".", help="where kept.txt and rejected.txt go (default .)")
     f.add_argument("--batch-size", type=int, default=8)

@@ -1,18 +1,23 @@
 """`python -m eval score` and `python -m eval filter`: exported judges applied to video files.
 
 score: one JSON line per video on stdout (and in --out: .jsonl, or .csv with columns path, one per
-dimension, error):
-    {"path": "a.mp4", "scores": {"lip_sync": 0.91}}
-    {"path": "long.mp4", "scores": {"lip_sync": 0.40}, "windows": {"lip_sync": [{"start": 0.0, "end": 5.0, "score": 0.8}, ...]}}
-    {"path": "bad.mp4", "scores": {}, "error": "unreadable media: ..."}
-"windows" is present for videos longer than one window (more than one window), or always with
---windows. A file that cannot be read or scored gives a line with "error" and the batch goes on.
-Exit status: 0 when at least one video was scored (or none was given), 1 when every video failed.
+dimension, status, error):
+    {"path": "a.mp4", "scores": {"lip_sync": 0.91}, "status": {"lip_sync": "ok"},
+     "offset": {"lip_sync": {"ms": 0.0, "confidence": 0.41}}}
+    {"path": "long.mp4", "scores": {...}, "status": {...}, "windows": {"lip_sync": [{"start": 0.0, "end": 5.0, "score": 0.8}, ...]}}
+    {"path": "bad.mp4", "scores": {}, "status": {"lip_sync": "unreadable"}, "error": "unreadable media: ..."}
+"status" says whether the judge could judge the file: ok | no_audio | too_short | no_face (eval/scorer.py)
+| unreadable. "offset" is the estimated audio offset (positive: the audio lags the picture) and its
+confidence, for judges that compare audio and picture over offsets. "windows" is present for videos
+longer than one window, or always with --windows. A file that cannot be read or scored gives a line
+with "error" and the batch goes on. Exit status: 0 when at least one video was scored (or none was
+given), 1 when every video failed.
 
 filter: scores the videos (files, or folders searched recursively for video extensions), keeps
-those whose score is >= --min on every dimension, and writes OUT_DIR/kept.txt and
-OUT_DIR/rejected.txt: one line per video, tab-separated: path, then dim=score for each dimension
-(and error=... for a file that failed, which is rejected). `cut -f1 kept.txt` gives the paths.
+those whose score is >= --min on every dimension and whose status is ok (or listed in
+--keep-status), and writes OUT_DIR/kept.txt and OUT_DIR/rejected.txt: one line per video,
+tab-separated: path, then dim=score for each dimension, then status=... when it is not ok (and
+error=... for a file that failed, which is rejected). `cut -f1 kept.txt` gives the paths.
 --min is a number for every dimension, or DIM=NUMBER (repeatable) per dimension.
 """
 from __future__ import annotations
@@ -63,8 +68,9 @@ def _cfg_key(cfg) -> str:
 
 def score_video(scorers: Sequence, path: str, always_windows: bool = False) -> dict[str, Any]:
     """One output record for one video; decodes once per distinct preprocessing config."""
-    rec: dict[str, Any] = {"path": path, "scores": {}}
+    rec: dict[str, Any] = {"path": path, "scores": {}, "status": {}}
     windows_out: dict[str, list] = {}
+    offsets: dict[str, dict[str, float]] = {}
     cache: dict[str, Any] = {}
     errors = []
     for s in scorers:
@@ -74,11 +80,17 @@ def score_video(scorers: Sequence, path: str, always_windows: bool = False) -> d
                 cache[key] = s.windows(path)
             r = s.score_file(path, windows=cache[key])
             rec["scores"][s.dim] = r["score"]
+            rec["status"][s.dim] = r.get("status", "ok")
+            if "offset_ms" in r:
+                offsets[s.dim] = {"ms": r["offset_ms"], "confidence": round(r["offset_confidence"], 4)}
             if always_windows or len(r["windows"]) > 1:
                 windows_out[s.dim] = r["windows"]
         except Exception as exc:  # a bad file must not stop the batch
             msg = " ".join(str(exc).split()) or type(exc).__name__
             errors.append(f"{type(exc).__name__}: {msg}")
+            rec["status"][s.dim] = "unreadable"
+    if offsets:
+        rec["offset"] = offsets
     if windows_out:
         rec["windows"] = windows_out
     if errors:
@@ -92,10 +104,11 @@ def _write_out(records: list[dict[str, Any]], out: str, dims: list[str]) -> None
     if out_p.suffix.lower() == ".csv":
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["path", *dims, "error"])
+        w.writerow(["path", *dims, "status", "error"])
         for r in records:
+            odd = sorted({st for st in r.get("status", {}).values() if st != "ok"})
             w.writerow([r["path"], *[("" if r["scores"].get(d) is None else f"{r['scores'][d]:.6f}")
-                                     for d in dims], r.get("error", "")])
+                                     for d in dims], ",".join(odd) or "ok", r.get("error", "")])
         out_p.write_text(buf.getvalue())
     else:
         out_p.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -149,6 +162,7 @@ def cmd_filter(args) -> int:
     scorers = load_scorers(args.scorer, device=args.device, batch_size=args.batch_size)
     dims = [s.dim for s in scorers]
     thr = parse_min(args.min, dims)
+    keep_status = {st.strip() for v in (args.keep_status or []) for st in v.split(",") if st.strip()}
     videos = expand_sources(args.src)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -156,10 +170,12 @@ def cmd_filter(args) -> int:
     for p in videos:
         rec = score_video(scorers, p)
         cols = [f"{d}={rec['scores'][d]:.6f}" for d in dims if d in rec["scores"]]
+        odd = sorted({st for st in rec["status"].values() if st != "ok"})
+        cols += [f"status={','.join(odd)}"] if odd else []
         if "error" in rec:
             rejected.append("\t".join([p, *cols, "error=" + rec["error"].replace("\t", " ")]))
             continue
-        ok = all(rec["scores"][d] >= thr[d] for d in dims)
+        ok = all(rec["scores"][d] >= thr[d] for d in dims) and all(st in keep_status for st in odd)
         (kept if ok else rejected).append("\t".join([p, *cols]))
     (out_dir / "kept.txt").write_text("".join(line + "\n" for line in kept))
     (out_dir / "rejected.txt").write_text("".join(line + "\n" for line in rejected))

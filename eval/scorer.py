@@ -10,10 +10,21 @@ An export folder (written by `python -m eval evaluate`) holds model.safetensors 
 (eval.calibration) and metrics.json (dim, question, test metrics).
 
 Long videos: a video of any length, container and rate that ffmpeg reads is cut into the windows
-train.preprocess.windows_for returns; each window gets a decision logit z. `score` averages the
-window LOGITS and then calibrates the mean (one calibrated probability per video, not a mean of
-probabilities: the calibrator was fitted on single-window logits, and a mean logit stays on that
-scale); `score_windows` gives the calibrated probability of each window.
+train.preprocess.windows_for returns; each window gets a decision logit z and its sync profile (the
+offset evidence c_k, k = -K..K). The clip's decision reads the evidence of all its windows: their
+profiles are averaged (evidence adds up before the decision, so one clear window is not drowned by
+quiet ones) and the judge's head decides on the mean profile; judges whose head also reads pooled
+embeddings average the window logits instead. Either way the clip logit is then calibrated.
+`score_windows` gives the calibrated probability of each window.
+
+Offset: the mean profile's peak is the estimated audio offset (`offset_ms`, positive = the audio
+lags the picture) and its height above the profile's median is the confidence (`offset_confidence`,
+in cosine units, as SyncNet's "AV offset / confidence").
+
+Status: every file gets one -- `ok`, or why the judge cannot judge it: `no_audio` (no audio
+stream), `too_short` (under MIN_SECONDS of picture or sound), `no_face` (no face found in any
+window; the crop fell back to a fixed framing). A score is still given; `python -m eval filter`
+drops files that are not `ok` unless told to keep them.
 
 `reward(video, audio)` takes preprocessed tensors (what train.preprocess.make_inputs returns, with
 or without a batch dimension) and returns calibrated probabilities (B,) that are differentiable
@@ -35,6 +46,7 @@ from .calibration import Calibrator, IdentityCalibration, load_calibrator
 
 # unbatched ranks of train.preprocess.make_inputs: video (T, C, H, W), audio (n_mels, R*T)
 VIDEO_NDIM, AUDIO_NDIM = 4, 2
+MIN_SECONDS = 0.5  # less picture or sound than this is too little to judge (status too_short)
 
 
 def _stack_inputs(items: Sequence[dict[str, Any]]):
@@ -91,23 +103,30 @@ class Scorer:
                    device=device, path=str(path))
 
     # ------------------------------------------------------------------ logits
-    def logits(self, inputs: Sequence[dict[str, Any]]) -> np.ndarray:
-        """Decision logits z (float64 array) of unbatched input dicts, in batches, no grad."""
+    def outputs(self, inputs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(decision logits z (N,), sync profiles (N, S, 2K+1) or None) of unbatched input dicts, no grad."""
         import torch
 
-        out = []
+        zs, profs = [], []
         with torch.no_grad():
             for i in range(0, len(inputs), self.batch_size):
                 batch = _stack_inputs(inputs[i: i + self.batch_size])
-                z = self.model.decision_logit(batch["video"].to(self.device),
-                                              batch["audio"].to(self.device))
-                out.append(z.detach().float().cpu().numpy().reshape(-1))
-        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+                out = self.model(video=batch["video"].to(self.device), audio=batch["audio"].to(self.device))
+                zs.append(out.decision.detach().float().cpu().numpy().reshape(-1))
+                if getattr(out, "profile", None) is not None:
+                    profs.append(out.profile.detach().float().cpu().numpy())
+        z = np.concatenate(zs).astype(np.float64) if zs else np.zeros(0)
+        return z, (np.concatenate(profs) if profs and len(profs) == len(zs) else None)
 
-    def windows(self, path: str | Path) -> list[tuple[float, float, dict[str, Any]]]:
+    def logits(self, inputs: Sequence[dict[str, Any]]) -> np.ndarray:
+        """Decision logits z (float64 array) of unbatched input dicts, in batches, no grad."""
+        return self.outputs(inputs)[0]
+
+    def windows(self, path: str | Path) -> list[tuple[float, float, dict[str, Any], dict[str, Any]]]:
+        """[(start, end, inputs, info)] of the video (train.preprocess.windows_for)."""
         from train.preprocess import windows_for
 
-        wins = windows_for(str(path), self.cfg)
+        wins = windows_for(str(path), self.cfg, return_info=True)
         if not wins:
             raise ValueError(f"no window could be cut from {path}")
         return wins
@@ -116,24 +135,55 @@ class Scorer:
         """[(start, end, z)] for each window of the video."""
         wins = windows if windows is not None else self.windows(path)
         z = self.logits([w[2] for w in wins])
-        return [(float(s), float(e), float(v)) for (s, e, _), v in zip(wins, z)]
+        return [(float(s), float(e), float(v)) for (s, e, *_), v in zip(wins, z)]
 
     def calibrate(self, z) -> np.ndarray:
         return self.calibrator.transform(np.asarray(z, dtype=np.float64).reshape(-1))
 
+    def status(self, windows) -> str:
+        """Whether the judge can judge the file: ok | no_audio | too_short | no_face (module docstring)."""
+        infos = [w[3] for w in windows if len(w) > 3]
+        if not infos:
+            return "ok"
+        if not infos[0].get("has_audio", True):
+            return "no_audio"
+        seconds = min(sum(i.get("frames", 0) for i in infos) / self.cfg.fps, sum(i.get("audio_s", 0) for i in infos))
+        if seconds < MIN_SECONDS:
+            return "too_short"
+        if self.cfg.crop != "full" or self.cfg.video_input != "crop":
+            if not any(i.get("detected", 0) > 0 for i in infos):  # every window fell back to a fixed framing
+                return "no_face"
+        return "ok"
+
     # ------------------------------------------------------------------ scores
     def score_file(self, path: str | Path, windows=None) -> dict[str, Any]:
-        """{"score", "logit", "windows": [{"start","end","score"}]} for one video (one decode)."""
-        wl = self.window_logits(path, windows)
-        z = np.array([w[2] for w in wl])
-        probs = self.calibrate(z)
-        mean_z = float(z.mean())
-        return {"score": float(self.calibrate([mean_z])[0]), "logit": mean_z,
-                "windows": [{"start": s, "end": e, "score": float(p)}
-                            for (s, e, _), p in zip(wl, probs)]}
+        """{"score", "logit", "status", "offset_ms", "offset_confidence", "windows": [{"start", "end",
+        "score"}]} for one video (one decode)."""
+        wins = windows if windows is not None else self.windows(path)
+        z, prof = self.outputs([w[2] for w in wins])
+        rec: dict[str, Any] = {"status": self.status(wins)}
+        clip_z = float(z.mean())
+        if prof is not None:
+            mean_prof = prof.mean(axis=0)                      # (S, 2K+1): the clip's offset evidence
+            decide = getattr(self.model, "decision_from_profile", None)
+            if decide is not None:
+                import torch
+
+                with torch.no_grad():
+                    d = decide(torch.as_tensor(mean_prof, dtype=torch.float32, device=self.device)[None])
+                if d is not None:
+                    clip_z = float(d.float().cpu()[0])
+            whole = mean_prof[0]
+            k_max = (len(whole) - 1) // 2
+            rec["offset_ms"] = float((int(np.argmax(whole)) - k_max) * 1000.0 / self.cfg.fps)
+            rec["offset_confidence"] = float(whole.max() - np.median(whole))
+        rec.update(score=float(self.calibrate([clip_z])[0]), logit=clip_z,
+                   windows=[{"start": float(w[0]), "end": float(w[1]), "score": float(p)}
+                            for w, p in zip(wins, self.calibrate(z))])
+        return rec
 
     def score(self, path: str | Path) -> float:
-        """Calibrated P(yes) of a whole video: calibrate(mean of window logits)."""
+        """Calibrated P(yes) of a whole video (the clip decision on its windows' evidence)."""
         return self.score_file(path)["score"]
 
     def score_windows(self, path: str | Path) -> list[dict[str, float]]:

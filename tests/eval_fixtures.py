@@ -27,16 +27,18 @@ def make_video(path: Path, seconds: float, seed: int = 0, size: int = 64) -> Pat
     return path
 
 
-def make_export(out: Path, dim: str = "lip_sync", seed: int = 0, calibration: dict | None = None) -> Path:
-    """A small random AVJudge + preprocessing.json + calibration.json + metrics.json in `out`."""
+def make_export(out: Path, dim: str = "lip_sync", seed: int = 0, calibration: dict | None = None,
+                crop: str = "full", **model) -> Path:
+    """A small random AVJudge + preprocessing.json + calibration.json + metrics.json in `out`;
+    `model` overrides judge config fields."""
     import torch
 
     from train.model import AVJudge, judge_config_for
     from train.preprocess import PreprocessConfig
 
-    pre = PreprocessConfig(window_seconds=5.0, crop="full", crop_size=(16, 16), n_mels=16)
-    cfg = judge_config_for(pre, dim=dim, vis_widths=(4, 4), aud_widths=(8, 8), emb_dim=8,
-                           head_hidden=8, max_offset_frames=2, n_segments=1, dropout=0.0)
+    pre = PreprocessConfig(window_seconds=5.0, crop=crop, crop_size=(16, 16), n_mels=16)
+    cfg = judge_config_for(pre, dim=dim, **{**dict(vis_widths=(4, 4), aud_widths=(8, 8), emb_dim=8, head_hidden=8,
+                                                   max_offset_frames=2, n_segments=1, dropout=0.0), **model})
     torch.manual_seed(seed)
     model = AVJudge(cfg).eval()
     out.mkdir(parents=True, exist_ok=True)

@@ -433,3 +433,73 @@ def test_evaluate_end_to_end(tmp_path):
         assert m in report["calibration"]["test"]
     scorer = Scorer.from_pretrained(exp)
     assert scorer.calibrator.method == "temperature"
+
+
+# ----------------------------------------------------------------------------- status, offset, clip decision
+
+def _silent_copy(src: Path, out: Path) -> Path:
+    from perturb.media import run_ffmpeg
+
+    run_ffmpeg(["-y", "-i", str(src), "-an", "-c:v", "copy", str(out)])
+    return out
+
+
+@needs_model
+def test_status_says_when_the_judge_cannot_judge(media, tmp_path, capsys):
+    """no audio stream -> no_audio; 0.3 s -> too_short; a face judge on a faceless picture -> no_face;
+    filter drops those unless --keep-status names them."""
+    from eval.__main__ import main
+    from eval.scorer import Scorer
+    from tests.eval_fixtures import make_export, make_video
+
+    full = Scorer.from_pretrained(media["export"])              # crop "full": needs no face
+    assert full.score_file(media["good"])["status"] == "ok"
+    silent = _silent_copy(media["good"], tmp_path / "silent.mp4")
+    assert full.score_file(silent)["status"] == "no_audio"
+    short = make_video(tmp_path / "short.mp4", 0.3, seed=2)
+    assert full.score_file(short)["status"] == "too_short"
+    mouth = make_export(tmp_path / "mouth_export", crop="mouth")  # the fixture picture has no face
+    assert Scorer.from_pretrained(mouth).score_file(media["good"])["status"] == "no_face"
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in (media["good"], silent, short):
+        os.symlink(p, src / p.name)
+    out = tmp_path / "out"
+    assert main(["filter", "--scorer", str(media["export"]), "--min", "0", str(src), "--out-dir", str(out)]) == 0
+    kept = sorted(Path(ln.split("\t")[0]).name for ln in (out / "kept.txt").read_text().splitlines())
+    rejected = (out / "rejected.txt").read_text()
+    assert kept == ["good.mp4"] and "status=no_audio" in rejected and "status=too_short" in rejected
+    assert main(["filter", "--scorer", str(media["export"]), "--min", "0", "--keep-status", "no_audio",
+                 str(src), "--out-dir", str(out)]) == 0
+    kept = sorted(Path(ln.split("\t")[0]).name for ln in (out / "kept.txt").read_text().splitlines())
+    assert kept == ["good.mp4", "silent.mp4"]
+    capsys.readouterr()
+
+
+@needs_model
+def test_clip_decision_and_offset_read_the_evidence_of_all_windows(media, tmp_path, monkeypatch):
+    """Window profiles are averaged, the head decides on the mean profile, and the mean profile's
+    peak is the offset (40 ms per frame at 25 fps) with its height over the median as confidence."""
+    import torch
+
+    from eval.scorer import Scorer
+    from tests.eval_fixtures import make_export
+
+    exp = make_export(tmp_path / "profile_export", use_pooled=False, head="monotone")
+    scorer = Scorer.from_pretrained(exp)
+    k = scorer.model.config.max_offset_frames                   # 2: offsets -2..2
+    prof = np.zeros((3, 1, 2 * k + 1))
+    prof[0, 0] = [0.0, 0.1, 0.2, 0.9, 0.0]                      # a clear peak at +1 frame
+    prof[1, 0] = [0.1, 0.1, 0.1, 0.1, 0.1]                      # a quiet window: no evidence
+    prof[2, 0] = [0.0, 0.0, 0.3, 0.4, 0.0]
+    monkeypatch.setattr(scorer, "outputs", lambda inputs: (np.array([-3.0, 0.0, 1.0]), prof))
+    wins = [(0.0, 5.0, {}, {"has_audio": True, "frames": 125, "audio_s": 5.0})] * 3
+    rec = scorer.score_file("unused.mp4", windows=wins)
+    mean = prof.mean(axis=0)
+    assert rec["offset_ms"] == pytest.approx(40.0)
+    assert rec["offset_confidence"] == pytest.approx(mean[0].max() - np.median(mean[0]))
+    with torch.no_grad():
+        z = float(scorer.model.decision_from_profile(torch.tensor(mean[None], dtype=torch.float32))[0])
+    assert rec["logit"] == pytest.approx(z, abs=1e-6) and rec["logit"] != pytest.approx(np.mean([-3.0, 0.0, 1.0]))
+    assert rec["score"] == pytest.approx(float(scorer.calibrate([z])[0]))

@@ -17,7 +17,9 @@ move, which is what sync is about, and little of who is speaking.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -48,6 +50,21 @@ def _face_mesh():
                                            min_detection_confidence=0.5, min_tracking_confidence=0.5)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """MediaPipe's C++ side prints start-up warnings straight to fd 2 on its first frame (absl
+    logging before absl::InitializeLog, which no setting reaches): silence fd 2 for that call only."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def face_landmarks(frames: np.ndarray) -> tuple[np.ndarray | None, dict[str, Any]]:
     """uint8 RGB frames (T, H, W, 3) -> (landmarks (T, 468, 2) in pixels, or None, info).
 
@@ -60,7 +77,11 @@ def face_landmarks(frames: np.ndarray) -> tuple[np.ndarray | None, dict[str, Any
     pts = np.zeros((t, 468, 2), dtype=np.float32)
     with _face_mesh() as mesh:
         for i, frame in enumerate(frames):
-            res = mesh.process(np.ascontiguousarray(frame))
+            if i == 0:
+                with _native_stderr_silenced():
+                    res = mesh.process(np.ascontiguousarray(frame))
+            else:
+                res = mesh.process(np.ascontiguousarray(frame))
             if res.multi_face_landmarks:
                 lm = res.multi_face_landmarks[0].landmark
                 pts[i] = [(p.x * w, p.y * h) for p in lm]

@@ -321,6 +321,17 @@ class AVJudge(PreTrainedModel):
         v = self.embed_video(video)
         a = self.embed_audio(audio, v.shape[-1])
         prof = self.sync_profile(v, a)
+        logits = self.head_logits(prof, v, a)
+        aux = None
+        if in_sync is not None and self.config.sync_aux_weight > 0:
+            aux = self.config.sync_aux_weight * self.sync_aux_loss(prof, in_sync)
+        loss = F.cross_entropy(logits, labels.long()) if labels is not None else None
+        if loss is not None and aux is not None:
+            loss = loss + aux
+        return JudgeOutput(loss=loss, aux_loss=aux, logits=logits, decision=logits[:, 1] - logits[:, 0], profile=prof)
+
+    def head_logits(self, prof: torch.Tensor, v: torch.Tensor | None = None, a: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2) [no, yes] from the sync profiles (and the pooled embeddings when config.use_pooled)."""
         feats = []
         if self.config.head_features in ("summary", "both"):
             feats.append(self.profile_summary(prof).flatten(1))
@@ -329,14 +340,15 @@ class AVJudge(PreTrainedModel):
         if self.config.use_pooled:
             vp, ap = v.mean(-1), a.mean(-1)
             feats += [vp, ap, F.normalize(vp, dim=1) * F.normalize(ap, dim=1) * vp.shape[1] ** 0.5]
-        logits = self.head(torch.cat(feats, dim=1))
-        aux = None
-        if in_sync is not None and self.config.sync_aux_weight > 0:
-            aux = self.config.sync_aux_weight * self.sync_aux_loss(prof, in_sync)
-        loss = F.cross_entropy(logits, labels.long()) if labels is not None else None
-        if loss is not None and aux is not None:
-            loss = loss + aux
-        return JudgeOutput(loss=loss, aux_loss=aux, logits=logits, decision=logits[:, 1] - logits[:, 0], profile=prof)
+        return self.head(torch.cat(feats, dim=1))
+
+    def decision_from_profile(self, prof: torch.Tensor) -> torch.Tensor | None:
+        """(B,) z_yes - z_no from profiles alone -- e.g. the mean profile of a clip's windows, whose
+        evidence adds up before the decision -- or None when the head also reads pooled embeddings."""
+        if self.config.use_pooled:
+            return None
+        logits = self.head_logits(prof)
+        return logits[:, 1] - logits[:, 0]
 
     def profile_summary(self, prof: torch.Tensor) -> torch.Tensor:
         """(B, S, 2K+1) -> (B, S, N_SUMMARY) summaries of each profile:

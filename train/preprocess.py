@@ -496,13 +496,14 @@ def preprocess_clip(src: str | Path | bytes, cfg: PreprocessConfig, return_info:
 
 
 def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | None = None,
-                min_seconds: float = 1.0) -> list[tuple[float, float, dict[str, torch.Tensor]]]:
-    """Cut a video of any length into windows -> [(start_s, end_s, inputs)].
+                min_seconds: float = 1.0, return_info: bool = False) -> list[tuple]:
+    """Cut a video of any length into windows -> [(start_s, end_s, inputs)] (+ info with return_info).
 
     Windows are cfg.window_seconds long, every hop_seconds (default: window_seconds, no overlap).
     A tail shorter than a window but at least min_seconds long gets one more window ending at the
     end of the video; a video shorter than one window gives a single window, padded (end_s is then
     the video's duration). Each window is decoded on its own (-ss / -t), so memory stays bounded.
+    info: make_inputs' crop info plus `frames` / `audio_s` decoded before padding and `has_audio`.
     """
     info = probe(path)
     dur = info.duration
@@ -520,5 +521,10 @@ def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | No
     out = []
     for s in starts:
         frames, audio = load_media(path, cfg, start=s, duration=win)
-        out.append((round(s, 3), round(min(s + win, dur), 3), make_inputs(frames, audio, cfg)))
+        inputs, crop_info = make_inputs(frames, audio, cfg, return_info=True)
+        window = (round(s, 3), round(min(s + win, dur), 3), inputs)
+        if return_info:
+            window += (dict(crop_info, frames=len(frames), audio_s=round(len(audio) / cfg.sr, 3),
+                            has_audio=bool(info.has_audio)),)
+        out.append(window)
     return out
