@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import media
-from .media import sha256_file
+from .media import VIDEO_EXTS, sha256_file
 from .clip import Clip
 from .operators import OperatorContext, Transform, get_operator, modifies_video, replay
 from .recipe import SPLITS, Recipe, derive_seed, load_recipe
@@ -41,7 +41,6 @@ PIPELINE_VERSION = "3"  # 2: timing ops read the audio context around the window
 AUDIO_CONTEXT_SECONDS = 1.0
 CANONICAL_VERSION = "2"  # bump when canonical windows change: invalidates the canonical cache
 # 2: upright display size (rotation, SAR), frames.json (video frames per window) in each entry
-VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".ts", ".wmv", ".3gp"}
 AUDIO_EXTS = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
 
 
