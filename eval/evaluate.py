@@ -532,10 +532,11 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
     report["wall_s"] = round(time.time() - t0, 2)
     (report_dir / "report.json").write_text(json.dumps(_jsonable(report), indent=1, sort_keys=True) + "\n")
     (report_dir / "report.md").write_text(report_markdown(report, plots))
-    (report_dir / "scores_test.jsonl").write_text("".join(
-        json.dumps(_jsonable({"meta": {k: p["meta"].get(k) for k in (
-            "key", "source_id", "window", "kind", "operator", "severity", "chosen_severity", "defect",
-            "chosen_defect")}, "z_chosen": p["z_chosen"], "z_rejected": p["z_rejected"]})) + "\n"
-        for p in scored["test"]))
+    for split in ("val", "test"):   # per-pair logits: fusion and re-analysis without re-scoring (bench/)
+        (report_dir / f"scores_{split}.jsonl").write_text("".join(
+            json.dumps(_jsonable({"meta": {k: p["meta"].get(k) for k in (
+                "key", "source_id", "window", "kind", "operator", "severity", "chosen_severity", "defect",
+                "chosen_defect")}, "z_chosen": p["z_chosen"], "z_rejected": p["z_rejected"]})) + "\n"
+            for p in scored[split]))
     export(run, export_dir, model, cfg, chosen, report, card, run_metrics)
     return report
