@@ -242,14 +242,9 @@ def test_objective_lowers_loss(objective, pairs, tmp_path):
     args = config_cls(output_dir=str(tmp_path / "ckpt"), max_steps=12, per_device_train_batch_size=6,
                       learning_rate=3e-3, warmup_steps=0, eval_strategy="no", save_strategy="no",
                       logging_steps=4, disable_tqdm=True, use_cpu=True, augment=False, seed=0)
-    model = _model()
-    if objective == "reward":
-        trainer = trainer_cls(model, args, train, val)
-        batch = trainer.data_collator([train[i] for i in range(len(train))])
-    else:
-        trainer = trainer_cls(model, args, train.clips(), val.clips(), eval_pairs=val)
-        clips = train.clips()
-        batch = trainer.data_collator([clips[i] for i in range(len(clips))])
+    trainer = trainer_cls(_model(), args, train, val)  # one constructor shape for every objective
+    samples = trainer.train_dataset
+    batch = trainer.data_collator([samples[i] for i in range(len(samples))])
     before = _fixed_loss(trainer, batch)
     trainer.train()
     after = _fixed_loss(trainer, batch)

@@ -33,14 +33,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONFIG_SECTIONS = {"dim", "question", "seed", "plugins", "preprocess", "model", "train", "objectives", "pretrain"}
 
 
 def load_config(dim: str, path: str | None) -> dict[str, Any]:
+    """The training YAML; an unknown section, or an unknown key in preprocess:, train:, objectives: or
+    pretrain:, stops with one line naming it and the valid ones (model: is checked by JudgeConfig)."""
     import yaml
+
+    from .arguments import check_keys, init_fields
+    from .preprocess import PreprocessConfig
+    from .trainers import check_config_sections
 
     p = Path(path) if path else CONFIG_DIR / f"{dim}.yaml"
     if not p.is_file():
@@ -49,6 +53,11 @@ def load_config(dim: str, path: str | None) -> dict[str, Any]:
     unknown = sorted(set(cfg) - CONFIG_SECTIONS)
     if unknown:
         raise SystemExit(f"{p}: unknown section(s) {unknown}; valid: {sorted(CONFIG_SECTIONS)}")
+    try:
+        check_keys("preprocess", cfg.get("preprocess"), init_fields(PreprocessConfig))
+        check_config_sections(cfg)
+    except ValueError as err:
+        raise SystemExit(f"{p}: {err}") from None
     cfg["_path"] = str(p)
     return cfg
 
@@ -74,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dim", required=True, help="lip_sync | voice_identity | video_quality | ...")
-    ap.add_argument("--objective", default="reward", choices=["reward", "dpo", "sft"])
+    ap.add_argument("--objective", default="reward",
+                    help="reward | dpo | sft: a name in train.trainers.OBJECTIVES (default reward)")
     ap.add_argument("--shards", default=None, help="shard directory (default shards/<dim>)")
     ap.add_argument("--run", "--run-dir", dest="run", default=None,
                     help="run directory (default runs/<dim>); spell it --run-dir under torchrun, whose own "
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from .encoders import import_plugins
     from .model import MODEL_VERSION, judge_config_for
     from .preprocess import PreprocessConfig
-    from .trainers import OBJECTIVES, judge_metrics
+    from .trainers import OBJECTIVES, judge_metrics, replace_dir
 
     # cpu=True when there is no GPU: under torchrun / `accelerate launch --multi_gpu` this makes the
     # processes a gloo (MULTI_CPU) group; without it accelerate sees LOCAL_RANK, finds no CUDA and
@@ -155,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if main_proc:
             print(msg if msg.startswith("[") else f"[train] {msg}", flush=True)
 
+    if args.objective not in OBJECTIVES:
+        raise SystemExit(f"--objective {args.objective!r}: unknown; registered: {sorted(OBJECTIVES)}")
     conf = load_config(args.dim, args.config)
     plugins = import_plugins([*(conf.get("plugins") or []), *args.plugin])
     shards = Path(args.shards or f"shards/{args.dim}")
@@ -215,33 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             precompute_video_features(model, ds.tensors, ["chosen.video", "rejected.video"],
                                       [ds.shards, pre.fingerprint()], args.cache_dir, log=log)
 
-    # ---------------------------------------------------------------- trainer config
+    # ---------------------------------------------------------------- trainer
     trainer_cls, config_cls = OBJECTIVES[args.objective]
-
-    def trainer_kwargs(objective: str) -> tuple[dict[str, Any], int, Any, int]:
-        """TrainingArguments / TRL config kwargs: the shared `train` section + the objective's own."""
-        kw: dict[str, Any] = dict(conf.get("train", {}))
-        kw.update((conf.get("objectives") or {}).get(objective, {}) or {})
-        batch = int(kw.pop("batch_size", 16))
-        budget = kw.pop("max_train_minutes", None)
-        warmup = int(kw.pop("sft_warmup_steps", 0) or 0)
-        kw.setdefault("max_steps", 300)
-        kw["per_device_train_batch_size"] = max(1, batch // world)
-        kw["seed"] = seed
-        kw["use_cpu"] = not torch.cuda.is_available()
-        kw.setdefault("disable_tqdm", not sys.stderr.isatty() and not os.environ.get("AVBENCH_TQDM"))
-        kw.setdefault("logging_steps", 10)
-        return kw, batch, budget, warmup
-
-    targs, global_batch, budget_min, sft_warmup = trainer_kwargs(args.objective)
-    if args.max_steps is not None:
-        targs["max_steps"] = args.max_steps
-    targs["output_dir"] = str(ckpt_dir)
-    training_args = config_cls(**targs)
-
-    callbacks = []
-    if budget_min:
-        callbacks.append(TimeBudget(float(budget_min) * 60))
 
     # Resume only checkpoints made from the same data, preprocessing and model (max_steps may change).
     resume_key = hashlib.sha256(json.dumps(
@@ -260,37 +247,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if main_proc:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         _write_text_atomically(key_file, resume_key)
-    warmup_s = 0.0
-    if args.objective == "reward":
-        trainer = trainer_cls(model, training_args, train_pairs, val_pairs, callbacks=callbacks)
-    else:
-        extra = {}
-        if args.objective == "dpo":
-            if sft_warmup and not last:
-                # SFT warm start (the usual SFT -> DPO pipeline): the policy starts from, and the frozen
-                # reference is, a judge that already answers; a random-init reference adds its own
-                # arbitrary per-clip log-ratios to the policy's scores (measured: graded pairs misranked).
-                t_w = time.time()
-                sft_cls, sft_conf_cls = OBJECTIVES["sft"]
-                skw = trainer_kwargs("sft")[0]
-                skw.update(max_steps=sft_warmup, output_dir=str(ckpt_dir / "sft_warmup"), save_strategy="no",
-                           eval_strategy="no")
-                log(f"SFT warm start: {sft_warmup} steps")
-                warm = sft_cls(model, sft_conf_cls(**skw), train_pairs.clips())
-                warm.train()
-                model = warm.accelerator.unwrap_model(warm.model)
-                del warm
-                warmup_s = time.time() - t_w
-            # on resume the policy weights come from the checkpoint, the reference from its folder
-            extra["ref_model"] = _dpo_reference(model, ckpt_dir / "dpo_reference", last, state, log)
-        trainer = trainer_cls(model, training_args, train_pairs.clips(), val_pairs.clips(), eval_pairs=val_pairs,
-                              callbacks=callbacks, **extra)
+
+    # the YAML's train: + objectives: <objective>: sections, then the command line
+    overrides: dict[str, Any] = {"seed": seed, "output_dir": str(ckpt_dir), "resume_from_checkpoint": last}
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    training_args = config_cls.from_sections(conf, ("objectives", args.objective), **overrides)
+    trainer = trainer_cls(model, training_args, train_pairs, val_pairs)
 
     if last:
         log(f"resuming from {last} (delete {ckpt_dir} or pass --no-resume to start over)")
     else:
         log(f"training {args.objective} judge for {args.dim}: {training_args.max_steps} steps, global batch "
-            f"{global_batch} ({world} process(es)), {sum(p.numel() for p in model.parameters())} parameters")
+            f"{training_args.batch_size} ({world} process(es)), {sum(p.numel() for p in model.parameters())} "
+            f"parameters")
     t_train = time.time()
     train_out = trainer.train(resume_from_checkpoint=last)
     train_s = time.time() - t_train
@@ -299,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     jm = judge_metrics(trainer.accelerator.unwrap_model(trainer.model), val_pairs, training_args.eval_batch_pairs,
                        training_args.device)
     steps_run = trainer.state.global_step - (int(Path(last).name.split("-")[-1]) if last else 0)
-    per_step = global_batch if args.objective == "reward" else global_batch / 2
+    per_step = training_args.batch_size * trainer.pairs_per_sample  # pairs per step
     timing = trainer.timing
     busy = timing["data_s"] + timing["step_s"]
     metrics = {
@@ -310,10 +280,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "val_pairwise_accuracy_by_operator": jm["pairwise_accuracy_by_operator"],
         "val_pairwise_accuracy_by_kind": jm["pairwise_accuracy_by_kind"],
         "steps": trainer.state.global_step, "steps_this_run": steps_run,
-        "resumed_from": last, "global_batch": global_batch, "world_size": world,
+        "resumed_from": last, "global_batch": training_args.batch_size, "world_size": world,
         "wall_time_s": round(time.time() - t_start, 2), "train_time_s": round(train_s, 2),
-        "sft_warmup_steps": sft_warmup if args.objective == "dpo" and not last else 0,
-        "sft_warmup_time_s": round(warmup_s, 2),
+        "sft_warmup_steps": trainer.warm_start["steps"],
+        "sft_warmup_time_s": round(trainer.warm_start["time_s"], 2),
         "preprocess_time_s": round(preprocess_s, 2),
         "train_pairs_per_s": round(steps_run * per_step / max(train_s, 1e-9), 2),
         "data_loading_share": round(timing["data_s"] / busy, 4) if busy else None,
@@ -337,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pre.save(tmp / "preprocessing.json")
         if card is not None:
             (tmp / "data_card.json").write_text(json.dumps(card, indent=2))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
         (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         (run / f"metrics_{args.objective}.json").write_text(json.dumps(metrics, indent=2, default=str))
         (run / "train_config.json").write_text(json.dumps(
@@ -395,52 +365,6 @@ def _write_text_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put folder `new` at `target`, replacing what is there; `target` is never half-written."""
-    old = target.with_name(f".{target.name}.old{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    for pattern in (f".{target.name}.old*", f".{target.name}.tmp*"):  # this run's, and a killed run's
-        for leftover in target.parent.glob(pattern):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _dpo_reference(model, path: Path, resuming: str | None, state, log):
-    """The frozen DPO reference = the initial model. Saved beside the checkpoints when training
-    starts (aside, then renamed: a kill mid-save leaves no half reference), and read back when
-    resuming, so a resumed run compares against the same reference."""
-    from .model import load_weights
-
-    if resuming and (path / "model.safetensors").is_file():
-        log(f"DPO reference from {path}")
-    else:
-        if state.is_main_process:
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(str(tmp))
-            _replace_dir(tmp, path)
-        state.wait_for_everyone()
-    return load_weights(path)
-
-
-class TimeBudget(TrainerCallback):
-    """Stop training (with a final checkpoint) once the wall-time budget is spent."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.t0 = seconds, None
-
-    def on_train_begin(self, args, state, control, **kw):
-        self.t0 = time.time()
-
-    def on_step_end(self, args, state, control, **kw):
-        if self.t0 is not None and time.time() - self.t0 > self.seconds:
-            print(f"[train] time budget of {self.seconds / 60:.1f} min spent at step {state.global_step}", flush=True)
-            control.should_training_stop = True
-            control.should_save = True
-        return control
 
 
 def _versions() -> dict[str, str]:

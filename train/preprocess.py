@@ -140,7 +140,7 @@ class PreprocessConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names - {"preprocess_version", "fingerprint"}
         if unknown:
-            raise ValueError(f"unknown preprocessing fields: {sorted(unknown)}")
+            raise ValueError(f"unknown preprocessing fields: {sorted(unknown)}; valid fields: {sorted(names)}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def save(self, path: str | Path) -> None:

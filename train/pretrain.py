@@ -27,7 +27,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train/__main__.py
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -77,15 +76,14 @@ def find_videos(dirs: list[str]) -> list[Path]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.time()
     args = parse_args(argv)
-    import torch
     from transformers import AutoModel, set_seed
 
-    from .__main__ import TimeBudget, last_complete_checkpoint, load_config, resolve_preprocess
+    from .__main__ import last_complete_checkpoint, load_config, resolve_preprocess
     from .data import load_split, load_windows, precompute_video_features
     from .encoders import import_plugins
     from .model import judge_config_for
     from .preprocess import PreprocessConfig
-    from .trainers import JudgeSyncConfig, JudgeSyncTrainer, offset_estimates
+    from .trainers import PRETRAINING, offset_estimates
 
     def log(msg: str) -> None:
         print(msg if msg.startswith("[") else f"[pretrain] {msg}", flush=True)
@@ -95,6 +93,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pre = PreprocessConfig.from_dict(resolve_preprocess(conf, plugins))
     run = Path(args.run or f"runs/{args.dim}_pretrain")
     shards = Path(args.shards or f"shards/{args.dim}")
+    seed = args.seed if args.seed is not None else int(conf.get("seed", 0))
+    ckpt_dir = run / "checkpoints" / "sync"
+    if args.no_resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    last = last_complete_checkpoint(ckpt_dir, log)
+    # the YAML's train: + pretrain: sections, then the command line
+    trainer_cls, config_cls = PRETRAINING
+    overrides: dict[str, Any] = {"seed": seed, "output_dir": str(ckpt_dir), "resume_from_checkpoint": last}
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    targs = config_cls.from_sections(conf, ("pretrain",), **overrides)
 
     # ------------------------------------------------------------ sources (val / test kept out)
     videos = find_videos(args.src)
@@ -109,12 +118,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"{len(excluded)} val/test sources of {shards} left out")
     if not videos:
         raise SystemExit("no video to pretrain on")
-    data = load_windows(videos, pre, hop=float((conf.get("pretrain") or {}).get("hop_seconds", 0.5)),
+    data = load_windows(videos, pre, hop=float(targs.hop_seconds),
                         cache_dir=args.cache_dir, num_workers=args.workers, log=log)
     log(f"{len(data)} windows of {sum(1 for s in data.sources if s['windows'])} sources")
 
     # ------------------------------------------------------------ model
-    seed = args.seed if args.seed is not None else int(conf.get("seed", 0))
     set_seed(seed)
     model_conf = judge_config_for(pre, dim=args.dim, question=conf.get("question") or "", plugins=plugins,
                                   **conf.get("model", {}))
@@ -128,23 +136,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         precompute_video_features(model, ds.tensors, keys, [ident, pre.fingerprint()], args.cache_dir, log=log)
 
     # ------------------------------------------------------------ training
-    kw: dict[str, Any] = dict(conf.get("train", {}))
-    kw.update(conf.get("pretrain") or {})
-    batch = int(kw.pop("batch_size", 32))
-    budget = kw.pop("max_train_minutes", None)
-    for k in ("sft_warmup_steps", "eval_steps"):
-        kw.pop(k, None)
-    kw.update(per_device_train_batch_size=batch, seed=seed, use_cpu=not torch.cuda.is_available(),
-              output_dir=str(run / "checkpoints" / "sync"))
-    kw.setdefault("disable_tqdm", not sys.stderr.isatty() and not os.environ.get("AVBENCH_TQDM"))
-    if args.max_steps is not None:
-        kw["max_steps"] = args.max_steps
-    targs = JudgeSyncConfig(**kw)
-    if args.no_resume:
-        shutil.rmtree(targs.output_dir, ignore_errors=True)
-    last = last_complete_checkpoint(Path(targs.output_dir), log)
-    trainer = JudgeSyncTrainer(model, targs, data, callbacks=[TimeBudget(float(budget) * 60)] if budget else None)
-    log(f"sync pretraining: {targs.max_steps} steps, batch {batch}, "
+    trainer = trainer_cls(model, targs, data)
+    log(f"sync pretraining: {targs.max_steps} steps, batch {targs.batch_size}, "
         f"{sum(p.numel() for p in model.parameters() if p.requires_grad)} trained parameters"
         + (f"; resuming from {last}" if last else ""))
     t0 = time.time()

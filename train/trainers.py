@@ -1,4 +1,4 @@
-"""The three training objectives, as subclasses of TRL's trainers (one Config dataclass beside each).
+"""The three training objectives, as subclasses of TRL's trainers (their Configs: train/arguments.py).
 
     reward  JudgeRewardTrainer(RewardTrainer) + JudgeRewardConfig(RewardConfig)
             Bradley-Terry on (chosen, rejected) clips: -logsigmoid(r_c - r_r - margin), r = decision_logit.
@@ -24,29 +24,46 @@ loss_type, label_smoothing, center_rewards_coefficient...), TRL's metric logging
 `log`), and the Trainer machinery (optimiser / scheduler, accelerate + DDP, safetensors checkpoints,
 resume_from_checkpoint, progress bar, evaluation on val).
 
+One constructor shape for every trainer (OBJECTIVES maps an objective name to its Trainer and Config,
+so python -m train has no per-objective code):
+
+    Trainer(model, args, train_data, val_pairs=None, callbacks=None)
+
+train_data / val_pairs are PairDatasets (the yes/no objectives split them into clips themselves);
+args.max_train_minutes adds the time budget; JudgeDPOTrainer runs its SFT warm start and saves / reads
+its frozen reference itself (args.sft_warmup_steps, args.resume_from_checkpoint).
+
+What the trainers touch that is private to TRL / transformers is listed in train/private_members.py
+and checked when a trainer is built.
+
 Every trainer evaluates the judge the same way on the val pairs (`judge_metrics`): pairwise accuracy
 (score(chosen) > score(rejected)) and yes-vs-no AUC on single clips, next to its own val loss.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
+import shutil
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
+from accelerate import PartialState
 from torch.utils.data import DataLoader
-from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from transformers import TrainerCallback
+from trl import DPOTrainer, RewardTrainer, SFTTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
-from .data import ClipCollator, ClipDataset, PairCollator, PairDataset, clip_label
+from .arguments import (JudgeArguments, JudgeDPOConfig, JudgeRewardConfig, JudgeSFTConfig, JudgeSyncConfig,
+                        check_sections)
+from .data import ClipCollator, PairCollator, PairDataset, clip_label
+from .private_members import require_private_members
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -113,64 +130,63 @@ def offset_estimates(model, videos: torch.Tensor, audios: torch.Tensor, batch_si
 
 # ---------------------------------------------------------------------------------- shared
 
-@dataclass
-class _JudgeArgs:
-    """Defaults shared by the three configs (they override TRL's / TrainingArguments' defaults)."""
+class TimeBudget(TrainerCallback):
+    """Stop training (with a final checkpoint) once the wall-time budget is spent."""
 
-    augment: Any = field(default=True, metadata={
-        "help": "Augment training clips: true, false, or a dict of train.data.Augment fields."})
-    eval_batch_pairs: int = field(default=32, metadata={"help": "Batch size of the val judge metrics."})
-    disable_dropout: bool = field(default=False, metadata={"help": "Zero the dropout of the model."})
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.05
-    per_device_train_batch_size: int = 16
-    per_device_eval_batch_size: int = 32
-    activation_checkpointing: bool | None = False  # a 100k-parameter CNN keeps no activations worth it
-    gradient_checkpointing: bool | None = False    # (its deprecated alias; TRL defaults it to True)
-    bf16: bool | None = False              # TRL defaults to bf16: slower and lossy for this model on CPU
-    report_to: Any = "none"
-    remove_unused_columns: bool = False    # our batches are dicts of tensors, not model kwargs
-    logging_steps: float = 10
-    save_strategy: str = "steps"
-    save_steps: float = 50
-    save_total_limit: int | None = 2
-    eval_strategy: str = "steps"
-    eval_steps: float | None = 50
-    dataloader_num_workers: int = 0        # the cache lives in memory: workers only add IPC
-    ddp_find_unused_parameters: bool | None = False
-    seed: int = 0
+    def __init__(self, seconds: float):
+        self.seconds, self.t0 = seconds, None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.time()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.t0 is not None and time.time() - self.t0 > self.seconds:
+            print(f"[train] time budget of {self.seconds / 60:.1f} min spent at step {state.global_step}", flush=True)
+            control.should_training_stop = True
+            control.should_save = True
+        return control
 
 
-@dataclass
-class JudgeRewardConfig(_JudgeArgs, RewardConfig):
-    """RewardConfig + margin_scale: the BT margin is json `margin` (severity gap) * margin_scale."""
-
-    margin_scale: float = field(default=0.1, metadata={"help": "Multiplier of the pair margin (0 = plain BT)."})
-    center_rewards_coefficient: float | None = 0.01  # keeps decision_logit ~0-centred: its sign means yes / no
-    max_length: int | None = None
-
-
-@dataclass
-class JudgeDPOConfig(_JudgeArgs, DPOConfig):
-    """DPOConfig (beta, loss_type, label_smoothing) for the yes/no answer of a clip."""
-
-    beta: float = 0.5
-    max_length: int | None = None
+def replace_dir(new: Path, target: Path) -> None:
+    """Put folder `new` at `target`, replacing what is there; `target` is never half-written."""
+    old = target.with_name(f".{target.name}.old{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    for pattern in (f".{target.name}.old*", f".{target.name}.tmp*"):  # this run's, and a killed run's
+        for leftover in target.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
-@dataclass
-class JudgeSFTConfig(_JudgeArgs, SFTConfig):
-    """SFTConfig (loss_type nll | dft, label_smoothing_factor) for the yes/no answer of a clip."""
-
-    max_length: int | None = None
+def _clips(data):
+    """Single clips out of pairs (a PairDataset); other datasets (windows) already are clips."""
+    return data.clips() if data is not None and hasattr(data, "clips") else data
 
 
 class _JudgeTrainerMixin:
-    """What the three trainers share: construction without text processing, eval, timing."""
+    """What the judge trainers share: one constructor shape, construction without text processing,
+    eval on the val pairs, timing, the time budget.
+
+    Every trainer is built as `Trainer(model, args, train_data, val_pairs=None, callbacks=None)`:
+    train_data and val_pairs are PairDatasets (train.data.load_split); a trainer whose samples are
+    single clips (clip_samples) splits them into clips itself. val_pairs also feed the judge metrics.
+    """
+
+    clip_samples = True     # a training sample is one clip (the yes/no objectives), not a pair
+    pairs_per_sample = 0.5  # for the throughput in metrics.json: a clip is half a pair
+
+    def __init__(self, model, args, train_data, val_pairs=None, callbacks=None):
+        train, val = (_clips(train_data), _clips(val_pairs)) if self.clip_samples else (train_data, val_pairs)
+        callbacks = list(callbacks or [])
+        if args.max_train_minutes:
+            callbacks.append(TimeBudget(float(args.max_train_minutes) * 60))
+        self._judge_init(model, args, train, val, self._collator(args), val_pairs, callbacks)
+
+    def _collator(self, args):
+        return ClipCollator(augment=args.augment)
 
     def _judge_init(self, model, args, train_dataset, eval_dataset, data_collator, eval_pairs, callbacks):
+        require_private_members()  # a TRL / transformers release that moved them: stop here, saying which
         if args.disable_dropout:
             disable_dropout_in_model(model)
         # transformers.Trainer.__init__ (through TRL's _BaseTrainer) -- NOT RewardTrainer / DPOTrainer /
@@ -187,6 +203,7 @@ class _JudgeTrainerMixin:
         self.eval_pairs = eval_pairs
         self.timing = {"data_s": 0.0, "step_s": 0.0, "eval_s": 0.0}
         self.last_judge_metrics: dict[str, Any] = {}
+        self.warm_start = {"steps": 0, "time_s": 0.0}  # what ran before this trainer's own steps (DPO: SFT)
 
     def _send_telemetry(self):  # never phone home from a judge training (often offline)
         return
@@ -264,11 +281,11 @@ class JudgeRewardTrainer(_JudgeTrainerMixin, RewardTrainer):
     """Bradley-Terry reward training of the judge's decision logit on (chosen, rejected) pairs."""
 
     _tag_names = ["trl", "reward-trainer", "avbench-judge"]
+    clip_samples = False
+    pairs_per_sample = 1.0
 
-    def __init__(self, model, args: JudgeRewardConfig, train_dataset: PairDataset,
-                 eval_dataset: PairDataset | None = None, callbacks=None):
-        collator = PairCollator(augment=args.augment, margin_scale=args.margin_scale)
-        self._judge_init(model, args, train_dataset, eval_dataset, collator, eval_dataset, callbacks)
+    def _collator(self, args: JudgeRewardConfig):
+        return PairCollator(augment=args.augment, margin_scale=args.margin_scale)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = self._mode()
@@ -308,16 +325,27 @@ def dpo_losses(delta: torch.Tensor, loss_type: str, beta: float, label_smoothing
 
 
 class JudgeDPOTrainer(_JudgeTrainerMixin, DPOTrainer):
-    """DPO over the yes/no answer: chosen answer = the right one for the clip, reference = frozen copy."""
+    """DPO over the yes/no answer: chosen answer = the right one for the clip, reference = frozen copy
+    of the model as it starts (after the SFT warm start of args.sft_warmup_steps, if any)."""
 
     _tag_names = ["trl", "dpo", "avbench-judge"]
 
-    def __init__(self, model, args: JudgeDPOConfig, train_dataset: ClipDataset,
-                 eval_dataset: ClipDataset | None = None, eval_pairs: PairDataset | None = None,
-                 ref_model=None, callbacks=None):
-        collator = ClipCollator(augment=args.augment)
-        self._judge_init(model, args, train_dataset, eval_dataset, collator, eval_pairs, callbacks)
-        ref = ref_model if ref_model is not None else copy.deepcopy(self.accelerator.unwrap_model(self.model))
+    def __init__(self, model, args: JudgeDPOConfig, train_data: PairDataset, val_pairs: PairDataset | None = None,
+                 callbacks=None):
+        resuming = args.resume_from_checkpoint
+        warm = {"steps": 0, "time_s": 0.0}
+        if args.sft_warmup_steps and not resuming:
+            t0 = time.time()
+            _log(f"SFT warm start: {args.sft_warmup_steps} steps")
+            sft = JudgeSFTTrainer(model, args.sft_warmup_config(), train_data)
+            sft.train()
+            model = sft.accelerator.unwrap_model(sft.model)
+            del sft
+            warm = {"steps": args.sft_warmup_steps, "time_s": time.time() - t0}
+        # on resume the policy weights come from the checkpoint, the reference from its folder
+        ref = _dpo_reference(model, Path(args.output_dir) / "dpo_reference", resuming)
+        super().__init__(model, args, train_data, val_pairs, callbacks)
+        self.warm_start = warm
         self.ref_model = ref.to(self.args.device).eval().requires_grad_(False)
         self.beta = args.beta
         self.loss_types = args.loss_type if isinstance(args.loss_type, list) else [args.loss_type]
@@ -367,11 +395,6 @@ class JudgeSFTTrainer(_JudgeTrainerMixin, SFTTrainer):
 
     _tag_names = ["trl", "sft", "avbench-judge"]
 
-    def __init__(self, model, args: JudgeSFTConfig, train_dataset: ClipDataset,
-                 eval_dataset: ClipDataset | None = None, eval_pairs: PairDataset | None = None, callbacks=None):
-        collator = ClipCollator(augment=args.augment)
-        self._judge_init(model, args, train_dataset, eval_dataset, collator, eval_pairs, callbacks)
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = self._mode()
         outputs = model(video=inputs["video"], audio=inputs["audio"], in_sync=inputs["labels"].bool())
@@ -391,27 +414,11 @@ class JudgeSFTTrainer(_JudgeTrainerMixin, SFTTrainer):
 
 # ---------------------------------------------------------------------------------- sync pretraining
 
-@dataclass
-class JudgeSyncConfig(_JudgeArgs, transformers.TrainingArguments):
-    """Self-supervised sync pretraining (train/pretrain.py): TrainingArguments + the windows' hop.
-
-    The loss is the judge's offset cross-entropy (AVJudge.sync_aux_loss: offset 0 among the 2K+1 of
-    the whole-window profile, temperature model.config.sync_aux_temperature) on untouched clips.
-    """
-
-    hop_seconds: float = field(default=0.5, metadata={"help": "Seconds between window starts in a clip."})
-    eval_strategy: str = "no"  # no pairs to evaluate: offset accuracy on val originals is measured at the end
-    max_steps: int = 600
-
-
 class JudgeSyncTrainer(_JudgeTrainerMixin, _BaseTrainer):
-    """Offset contrastive training (SyncNet-style) of the judge's two streams on single clips."""
+    """Offset contrastive training (SyncNet-style) of the judge's two streams on single clips
+    (train_data: a train.data.WindowDataset of untouched windows)."""
 
     _tag_names = ["avbench-judge", "sync-pretraining"]
-
-    def __init__(self, model, args: JudgeSyncConfig, train_dataset, callbacks=None):
-        collator = ClipCollator(augment=args.augment)
-        self._judge_init(model, args, train_dataset, None, collator, None, callbacks)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(video=inputs["video"], audio=inputs["audio"])
@@ -424,8 +431,42 @@ class JudgeSyncTrainer(_JudgeTrainerMixin, _BaseTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-OBJECTIVES = {
+# objective name (python -m train --objective, the YAML's objectives: keys) -> (Trainer, Config)
+OBJECTIVES: dict[str, tuple[type[_JudgeTrainerMixin], type[JudgeArguments]]] = {
     "reward": (JudgeRewardTrainer, JudgeRewardConfig),
     "dpo": (JudgeDPOTrainer, JudgeDPOConfig),
     "sft": (JudgeSFTTrainer, JudgeSFTConfig),
 }
+PRETRAINING = (JudgeSyncTrainer, JudgeSyncConfig)  # python -m train.pretrain; the YAML's pretrain: section
+
+
+def check_config_sections(conf: dict[str, Any]) -> None:
+    """ValueError naming an unknown key (and the valid ones) of a training YAML's train:, objectives:
+    or pretrain: section."""
+    check_sections(conf, {name: config for name, (_, config) in OBJECTIVES.items()}, PRETRAINING[1])
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+def _log(msg: str) -> None:
+    if PartialState().is_main_process:
+        print(f"[train] {msg}", flush=True)
+
+
+def _dpo_reference(model, path: Path, resuming: str | None):
+    """The frozen DPO reference = the initial model. Saved beside the checkpoints when training
+    starts (aside, then renamed: a kill mid-save leaves no half reference), and read back when
+    resuming, so a resumed run compares against the same reference."""
+    from .model import load_weights
+
+    state = PartialState()
+    if resuming and (path / "model.safetensors").is_file():
+        _log(f"DPO reference from {path}")
+    else:
+        if state.is_main_process:
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(str(tmp))
+            replace_dir(tmp, path)
+        state.wait_for_everyone()
+    return load_weights(path)
