@@ -5,9 +5,9 @@
 Each REPORT is a `python -m eval evaluate` report folder (its scores_val.jsonl / scores_test.jsonl
 hold every pair's logits). Each judge's logit is divided by its standard deviation over the val
 clips (so no judge dominates by scale; no labels are used), the scaled logits are averaged, and the
-fused judge is measured on test pairs as eval reports a single one: pairwise accuracy overall, per
-severity, per operator and beyond 160 ms (severity >= 3), and Spearman(logit, defect) per operator
-over the test clips. With one REPORT it reproduces that report's pairwise numbers.
+fused judge is measured as eval reports a single one: val pairwise accuracy, and on test pairwise
+accuracy overall, per severity, per operator and beyond 160 ms (severity >= 3), and
+Spearman(logit, defect) per operator over the test clips. With one REPORT it reproduces that report's pairwise numbers.
 Used for the fused rows of BENCHMARKS.md (landmarks + light_asd, and seed ensembles).
 """
 from __future__ import annotations
@@ -40,21 +40,21 @@ def clip_logits(pairs: dict[str, dict]) -> dict[tuple, tuple[float, float, str |
     return out
 
 
-def fuse(reports: list[Path]) -> tuple[dict[str, dict], list[float]]:
-    """Average of the val-std-scaled logits of each judge, per test pair."""
-    tests, scales = [], []
+def fuse(reports: list[Path], split: str = "test") -> tuple[dict[str, dict], list[float]]:
+    """Average of the val-std-scaled logits of each judge, per pair of `split`."""
+    pairs, scales = [], []
     for rep in reports:
         val = read_pairs(rep, "val")
         z_val = np.array([z for z, _, _ in clip_logits(val).values()])
         scales.append(float(z_val.std()) or 1.0)
-        tests.append(read_pairs(rep, "test"))
-    keys = sorted(set.intersection(*(set(t) for t in tests)))
-    if not keys or any(len(t) != len(keys) for t in tests):
-        raise SystemExit("the reports were not measured on the same test pairs (same shards?)")
+        pairs.append(val if split == "val" else read_pairs(rep, split))
+    keys = sorted(set.intersection(*(set(t) for t in pairs)))
+    if not keys or any(len(t) != len(keys) for t in pairs):
+        raise SystemExit(f"the reports were not measured on the same {split} pairs (same shards?)")
     fused = {}
     for k in keys:
-        fused[k] = dict(tests[0][k], z_chosen=float(np.mean([t[k]["z_chosen"] / s for t, s in zip(tests, scales)])),
-                        z_rejected=float(np.mean([t[k]["z_rejected"] / s for t, s in zip(tests, scales)])))
+        fused[k] = dict(pairs[0][k], z_chosen=float(np.mean([t[k]["z_chosen"] / s for t, s in zip(pairs, scales)])),
+                        z_rejected=float(np.mean([t[k]["z_rejected"] / s for t, s in zip(pairs, scales)])))
     return fused, scales
 
 
@@ -84,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     fused, scales = fuse(args.reports)
     s = summary(fused)
+    val = summary(fuse(args.reports, "val")[0])["pairwise"]
     label = args.label or "+".join(r.name for r in args.reports)
-    print(json.dumps({"label": label, "val_std": scales, **s}, indent=1))
+    print(json.dumps({"label": label, "val_std": scales, "val_pairwise": val, **s}, indent=1))
     sev = " / ".join(f"{v:.2f}" for v in s["per_severity"].values())
     ops = ", ".join(f"{k} {v:.2f}" for k, v in s["per_operator"].items())
     rho = ", ".join(f"{k} {v:.2f}" for k, v in s["spearman_defect"].items())
-    print(f"| {label} | {s['pairwise']:.3f} | {s['beyond_160ms']:.3f} | {sev} | {ops} | {rho} |")
+    print(f"| {label} | {val:.3f} | {s['pairwise']:.3f} | {s['beyond_160ms']:.3f} | {sev} | {ops} | {rho} |")
     return 0
 
 
