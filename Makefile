@@ -29,7 +29,15 @@ RUN     ?= runs/$(DIM)
 EXPORT  ?= exports/$(DIM)
 REPORT  ?= reports/$(DIM)
 
-.PHONY: venv demo test test-slow shards train pretrain eval bench clean
+# make real: one BENCHMARKS.md real-footage row end to end (bench/real.py): shards, pretraining when the
+# recipe has it, training (SEEDS seeds), evaluation, export, the test table. WORK defaults to real/<dim>.
+REAL_SRC = $(or $(SRC),../shared/realvids/clips)
+EXTRA   ?=
+WORK    ?=
+SEEDS   ?= 1
+DRY     ?=
+
+.PHONY: venv demo test test-slow shards train pretrain eval real bench clean
 
 venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
@@ -69,6 +77,13 @@ pretrain: $(STAMP)
 
 eval: $(STAMP)
 	$(PYTHON) -m eval evaluate --dim $(DIM) --shards $(SHARDS) --run $(RUN) --export $(EXPORT) --report $(REPORT) $(PLUGIN_ARGS)
+
+# without the footage: one line, before .venv is set up
+real: $(if $(wildcard $(REAL_SRC)),$(STAMP))
+	$(if $(wildcard $(REAL_SRC)),,$(error make real: no real footage at $(REAL_SRC) (SRC); it lives outside the repository, see DEVELOPERS.md "Real data"))
+	@$(PYTHON) -m bench.real --dim $(DIM) $(if $(SRC),--src $(SRC),) \
+	  $(if $(EXTRA),--extra $(EXTRA),) $(if $(WORK),--work $(WORK),) --seeds $(SEEDS) --workers $(WORKERS) \
+	  $(if $(CONFIG),--config $(CONFIG),) $(if $(DONORS),--donors $(DONORS),) $(if $(DRY),--dry,)
 
 demo: $(STAMP)
 	$(MAKE) shards DIM=lip_sync

@@ -158,6 +158,20 @@ def split_summary(pairs, clips, cal: Calibrator, n_boot: int = N_BOOT) -> dict[s
     }
 
 
+# params that name which variant of an operator made a pair (frame_corruption kind, voice_swap mode)
+VARIANT_PARAMS = ("kind", "mode")
+
+
+def _variant(meta: dict[str, Any]) -> str | None:
+    """The "operator:variant" of a pair's rejected side (e.g. frame_corruption:blur); None when it has none."""
+    for op in meta.get("ops") or []:
+        for name in VARIANT_PARAMS:
+            value = (op.get("params") or {}).get(name)
+            if isinstance(value, str):
+                return f"{op.get('name')}:{value}"
+    return None
+
+
 def _pair_group_acc(pairs, key) -> dict[Any, dict[str, Any]]:
     groups: dict[Any, list] = {}
     for p in pairs:
@@ -197,6 +211,7 @@ def build_report(val_pairs: Sequence[dict[str, Any]], test_pairs: Sequence[dict[
         op, sev = row.pop("group").rsplit("|", 1)
         row["operator"], row["severity"] = op, int(sev)
     kinds = _pair_group_acc(test_pairs, lambda m: m.get("kind"))
+    variants = _pair_group_acc([p for p in test_pairs if _variant(p["meta"])], lambda m: _variant(m))
 
     report = {
         "dim": dim,
@@ -211,6 +226,8 @@ def build_report(val_pairs: Sequence[dict[str, Any]], test_pairs: Sequence[dict[
         "per_operator": per_op,
         "per_severity": per_sev,
         "per_operator_severity": per_op_sev,
+        "per_variant": [{"operator": v.split(":", 1)[0], "variant": v.split(":", 1)[1], **r}
+                        for v, r in sorted(variants.items())],
         "ladder": M.ladder_correlations(test_clips, score="score", n_boot=min(n_boot, 500)),
     }
     return report, cals
