@@ -65,7 +65,7 @@ RECIPES: dict[str, Recipe] = {
     "lip_sync": Recipe(
         "lip_sync",
         config="train/configs/realvids/lip_sync.yaml",
-        pretrain=False,
+        pretrain=False,       # sync pretraining lost on val (BENCHMARKS.md "lip_sync ablation")
         sync_offsets=True,
         severity_labels=OFFSET_BUCKETS),
     "voice_identity": Recipe(
