@@ -273,6 +273,40 @@ def test_landmark_features_remove_pose_scale_and_the_speakers_shape():
     assert std[moving, 1] > 0.05 and float(std.sum() - std[moving].sum()) < 1e-4
 
 
+_FORKED_FACE_MESH = """
+import multiprocessing, sys
+import numpy as np
+from train.landmarks import face_landmarks
+from train.preprocess import PreprocessConfig, load_media
+
+def run(video):
+    frames = load_media(video, PreprocessConfig())[0][:10] if video else np.full((6, 96, 96, 3), 128, np.uint8)
+    return face_landmarks(frames)[1]["detected"]
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("fork").Pool(1) as pool:   # as DataLoader workers run it
+        print(pool.map(run, [sys.argv[1]])[0])
+"""
+REAL_FACE = Path(__file__).resolve().parents[2] / "shared/realvids/clips/Talking-Face_PC-AVS__misc_Audio_Source_00015.mp4"
+
+
+@pytest.mark.parametrize("video", ["", "real"], ids=["no_face", "real_face"])
+def test_face_mesh_start_up_noise_stays_off_stderr_in_worker_processes(video):
+    """MediaPipe's C++ side writes start-up notices straight to fd 2 when its detector and its
+    landmark model start (in every preprocessing worker: hundreds of lines per run); face_landmarks
+    keeps them off while the graph lives."""
+    pytest.importorskip("mediapipe")
+    if video == "real":
+        if not REAL_FACE.is_file():
+            pytest.skip("../shared/realvids is absent (a real face starts the landmark model)")
+        video = str(REAL_FACE)
+    out = subprocess.run([sys.executable, "-c", _FORKED_FACE_MESH, video], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) == (10 if video else 0)   # faces found on the real frames only
+    assert out.stderr == ""
+
+
 # ------------------------------------------------------------------------------ sync pretraining
 
 def test_sync_pretraining_keeps_val_test_sources_out_and_inits_a_judge(shards, tmp_path):

@@ -52,9 +52,9 @@ def _face_mesh():
 
 @contextlib.contextmanager
 def _native_stderr_silenced():
-    """MediaPipe's C++ side prints start-up warnings straight to fd 2 when its detector and its
-    landmark model first run (absl logging before absl::InitializeLog, which no setting reaches):
-    silence fd 2 for those calls only."""
+    """MediaPipe's C++ side prints start-up warnings straight to fd 2 (absl logging before
+    absl::InitializeLog, which no setting reaches): silence fd 2 around it. Python exceptions still
+    propagate (and print) after fd 2 is restored."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -76,13 +76,11 @@ def face_landmarks(frames: np.ndarray) -> tuple[np.ndarray | None, dict[str, Any
     t, h, w = frames.shape[:3]
     found = np.zeros(t, dtype=bool)
     pts = np.zeros((t, 468, 2), dtype=np.float32)
-    with _face_mesh() as mesh:
+    # MediaPipe's graph threads log start-up notices at moments that depend on the process start
+    # method (fork / spawn) and on the first face: fd 2 stays silenced while the graph lives.
+    with _native_stderr_silenced(), _face_mesh() as mesh:
         for i, frame in enumerate(frames):
-            if found.any():
-                res = mesh.process(np.ascontiguousarray(frame))
-            else:   # the landmark model starts (and logs) on the first frame with a face
-                with _native_stderr_silenced():
-                    res = mesh.process(np.ascontiguousarray(frame))
+            res = mesh.process(np.ascontiguousarray(frame))
             if res.multi_face_landmarks:
                 lm = res.multi_face_landmarks[0].landmark
                 pts[i] = [(p.x * w, p.y * h) for p in lm]
