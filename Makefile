@@ -7,7 +7,10 @@ STAMP   := $(VENV)/.installed
 
 DIM     ?= lip_sync
 SRC     ?=
+# OUT / SHARDS: a folder or an fsspec URL (s3://bucket/shards); BACKEND=ray builds on Ray (RAY_ADDRESS: its cluster)
 OUT     ?= shards
+BACKEND ?= local
+RAY_ADDRESS ?=
 WORKERS ?= 2
 SEED    ?= 0
 WINDOW  ?=
@@ -45,7 +48,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m pip install -q --upgrade pip
 	# torch first, pinned: a bare `torch` requirement would pull a different build (DEVELOPERS.md)
 	$(PYTHON) -m pip install -q torch==2.14.1 torchaudio==2.11.0
-	$(PYTHON) -m pip install -q -e ".[test]"
+	# [ray]: Ray Data, fsspec / s3fs and moto, so the suite covers the scale-out backend (issue 10)
+	$(PYTHON) -m pip install -q -e ".[test,ray]"
 	# MediaPipe FaceMesh (landmarks): Google's wheel without its pins (numpy<2, jax, opencv-contrib are
 	# not used by FaceMesh; train/landmarks.py says why this wheel)
 	$(PYTHON) -m pip install -q --no-deps mediapipe==0.10.21 absl-py attrs flatbuffers "protobuf>=4.25.3,<5"
@@ -58,7 +62,8 @@ test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
 
 shards: $(STAMP)
-	$(PYTHON) -m perturb build --dim $(DIM) --out $(OUT) --workers $(WORKERS) --seed $(SEED) \
+	$(PYTHON) -m perturb build --dim $(DIM) --out $(OUT) --workers $(WORKERS) --seed $(SEED) --backend $(BACKEND) \
+	  $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS),) \
 	  $(if $(SRC),--src $(SRC),--demo) $(if $(WINDOW),--window $(WINDOW),) $(if $(HOP),--hop $(HOP),) \
 	  $(if $(PAIRS),--pairs-per-window $(PAIRS),) $(if $(DONORS),--donors $(DONORS),) \
 	  $(if $(MANIFEST),--manifest $(MANIFEST),) $(if $(SPLITS),--splits $(SPLITS),) $(if $(CARDS),--cards $(CARDS),)
