@@ -631,6 +631,7 @@ def _map_sources_ray(fn, sources: list[Source], job: Job, desc: str, progress: b
     done marker, as process_source does), so a killed driver loses only the sources in flight.
     """
     import ray
+    import ray.data
     from tqdm import tqdm
 
     staging = Path(job.staging_dir)
@@ -655,15 +656,23 @@ def _map_sources_ray(fn, sources: list[Source], job: Job, desc: str, progress: b
 def init_ray(address: str | None = None, **kw: Any) -> None:
     """Connect to the Ray cluster at `address` (None: RAY_ADDRESS, else a local Ray); no-op when connected.
 
-    Workers get this checkout first on their path, so a local Ray runs the code the driver runs.
+    A local Ray's workers get this checkout first on their path, so they run the code the driver
+    runs; on a cluster the code is installed or shipped by `ray job submit --working-dir`.
     """
+    import logging
+
     import ray
+    import ray.data
 
     if ray.is_initialized():
         return
-    here = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=False, **kw)
+    if address is None and "RAY_ADDRESS" not in os.environ:
+        here = str(Path(__file__).resolve().parents[1])
+        kw.setdefault("runtime_env", {"env_vars": {
+            "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)}})
+    ray.init(address=address, log_to_driver=False, **kw)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours (tqdm) counts sources
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def publish(local_dir: Path, url: str) -> None:
