@@ -28,6 +28,8 @@ INIT    ?=
 PLUGINS ?=
 PLUGIN_ARGS = $(foreach p,$(PLUGINS),--plugin $(p))
 SHARDS  ?= $(OUT)/$(DIM)
+# make features: pair shards (SHARDS) -> feature shards (FEATURES, a folder or URL); then make train SHARDS=$(FEATURES)
+FEATURES ?= features/$(DIM)
 RUN     ?= runs/$(DIM)
 EXPORT  ?= exports/$(DIM)
 REPORT  ?= reports/$(DIM)
@@ -40,7 +42,7 @@ WORK    ?=
 SEEDS   ?= 1
 DRY     ?=
 
-.PHONY: venv demo test test-slow shards train pretrain eval real bench clean
+.PHONY: venv demo test test-slow shards features train pretrain eval real bench clean
 
 venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
@@ -67,6 +69,10 @@ shards: $(STAMP)
 	  $(if $(SRC),--src $(SRC),--demo) $(if $(WINDOW),--window $(WINDOW),) $(if $(HOP),--hop $(HOP),) \
 	  $(if $(PAIRS),--pairs-per-window $(PAIRS),) $(if $(DONORS),--donors $(DONORS),) \
 	  $(if $(MANIFEST),--manifest $(MANIFEST),) $(if $(SPLITS),--splits $(SPLITS),) $(if $(CARDS),--cards $(CARDS),)
+
+features: $(STAMP)
+	$(PYTHON) -m train.data featurize --dim $(DIM) --shards $(SHARDS) --out $(FEATURES) --backend $(BACKEND) \
+	  $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS),) $(if $(CONFIG),--config $(CONFIG),) $(PLUGIN_ARGS)
 
 train: $(STAMP)
 	$(PYTHON) -m train --dim $(DIM) --objective $(OBJ) --shards $(SHARDS) --run $(RUN) $(if $(CONFIG),--config $(CONFIG),) \
@@ -102,4 +108,4 @@ bench: $(STAMP)
 	$(PYTHON) bench/bench_shards.py
 
 clean:
-	rm -rf shards runs reports exports cache
+	rm -rf shards features runs reports exports cache

@@ -331,13 +331,15 @@ def build_cache(shards: list[ShardInfo], cfg: PreprocessConfig, cache_dir: str |
 
 def load_entry(entry: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A cache entry or feature shard (folder or URL): its tensors (safetensors) and metas."""
-    from safetensors.torch import load
+    from safetensors.torch import load, load_file
 
     metas = _read_json(join(entry, "metas.json"))
     if metas is None:
         raise FileNotFoundError(f"no metas.json in {entry}")
     if not metas["keys"]:  # every sample bad: no tensors file
         return {}, metas
+    if not is_url(entry):  # a local file is mapped, not read into a buffer first
+        return load_file(str(join(entry, "tensors.safetensors"))), metas
     with open_location(join(entry, "tensors.safetensors")) as fh:
         return load(fh.read()), metas
 
