@@ -122,6 +122,27 @@ def s3_build(corpus, ray_address, tmp_path_factory) -> tuple[Path, str]:
     return work / "lip_sync", result["out_url"]
 
 
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    from tests.train_fixtures import write_tiny_config
+
+    return write_tiny_config(tmp_path_factory.mktemp("config") / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def features(s3_build, ray_address, tiny_config):
+    """Feature shards of the S3 build's train and val, made on Ray from S3 to S3 with the preprocessing
+    `python -m train --config tiny_config` asks for; (their URL, that PreprocessConfig, featurize's stats)."""
+    from train.__main__ import load_config, resolve_preprocess
+    from train.data import featurize
+    from train.preprocess import PreprocessConfig
+
+    cfg = PreprocessConfig.from_dict(resolve_preprocess(load_config("lip_sync", str(tiny_config)), []))
+    url = f"s3://{BUCKET}/features/lip_sync"
+    stats = featurize(s3_build[1], url, cfg, splits=("train", "val"), backend="ray", log=lambda *a: None)
+    return url, cfg, stats
+
+
 def test_ray_and_local_backends_give_identical_pairs_and_rejects(local_build, s3_build):
     ray_dir, url = s3_build
     local, on_ray = read_samples(local_build), read_samples(ray_dir)
@@ -161,20 +182,39 @@ def test_a_killed_ray_build_resumes_without_duplicates(corpus, local_build, ray_
     assert not list((out / "lip_sync").rglob(".*.tmp*"))
 
 
-def test_shards_on_s3_round_trip_through_train_and_eval(s3_build, s3_env, cache_dir, tmp_path):
-    from tests.train_fixtures import write_tiny_config
+def test_feature_shards_hold_the_cached_tensors(s3_build, features, cache_dir):
+    """load_split from the feature shards (S3) gives the pairs and tensors of the tensor cache of the
+    pair shards (S3, streamed; the cache local)."""
+    import torch
 
+    from train.data import load_split
+    from train.preprocess import PreprocessConfig
+
+    url, cfg, stats = features
+    assert stats["pairs"] > 0
+    for split in ("train", "val"):
+        cached = load_split(s3_build[1], split, cfg, cache_dir=cache_dir, num_workers=0, log=lambda *a: None)
+        streamed = load_split(url, split, cfg, log=lambda *a: None)
+        assert streamed.keys == cached.keys and streamed.shards == cached.shards
+        assert all(torch.equal(streamed.tensors[k], cached.tensors[k]) for k in cached.tensors)
+    with pytest.raises(ValueError, match="featurize"):  # other preprocessing: refused, not silently reused
+        load_split(url, "train", PreprocessConfig.from_dict({**cfg.to_dict(), "n_mels": cfg.n_mels // 2}))
+
+
+def test_a_build_on_s3_round_trips_through_train_and_eval(s3_build, features, s3_env, tiny_config, cache_dir,
+                                                          tmp_path):
+    """build (Ray) -> s3:// -> featurize (Ray) -> python -m train from the feature shards on s3 ->
+    python -m eval evaluate streaming the pair shards from s3."""
     _, url = s3_build
     env = {**os.environ, **s3_env, "PYTHONPATH": str(ROOT)}
     run, cache = tmp_path / "run", cache_dir
-    proc = subprocess.run([sys.executable, "-m", "train", "--dim", "lip_sync", "--shards", url, "--run", str(run),
-                           "--config", str(write_tiny_config(tmp_path / "tiny.yaml")), "--cache-dir", str(cache),
+    proc = subprocess.run([sys.executable, "-m", "train", "--dim", "lip_sync", "--shards", features[0], "--run", str(run),
+                           "--config", str(tiny_config), "--cache-dir", str(cache),
                            "--workers", "0", "--max-steps", "4"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["data_card"]["pairs"] > 0
-    assert list(cache.iterdir()), "the tensor cache stays local"
     proc = subprocess.run([sys.executable, "-m", "eval", "evaluate", "--dim", "lip_sync", "--shards", url,
                            "--run", str(run), "--export", str(tmp_path / "export"), "--report", str(tmp_path / "report"),
                            "--cache-dir", str(cache), "--workers", "0", "--n-boot", "20", "--no-progress"],
@@ -182,29 +222,8 @@ def test_shards_on_s3_round_trip_through_train_and_eval(s3_build, s3_env, cache_
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["shards"] == url and report["test"]["n_pairs"] > 0
+    assert any(p.name.startswith("test-") for p in cache.iterdir()), "the tensor cache stays local"
     assert (tmp_path / "export" / "model.safetensors").is_file()
-
-
-def test_feature_shards_hold_the_cached_tensors(s3_build, ray_address, cache_dir):
-    """featurize on Ray, S3 to S3: load_split from the feature shards gives the tensor cache's pairs."""
-    import torch
-
-    from tests.train_fixtures import TINY_PREPROCESS
-    from train.data import featurize, load_split
-    from train.preprocess import PreprocessConfig
-
-    _, url = s3_build
-    cfg = PreprocessConfig(**TINY_PREPROCESS)
-    features = f"s3://{BUCKET}/features/lip_sync"
-    stats = featurize(url, features, cfg, splits=("train", "val"), backend="ray", log=lambda *a: None)
-    assert stats["pairs"] > 0
-    for split in ("train", "val"):
-        cached = load_split(url, split, cfg, cache_dir=cache_dir, num_workers=0, log=lambda *a: None)
-        streamed = load_split(features, split, cfg, log=lambda *a: None)
-        assert streamed.keys == cached.keys and streamed.shards == cached.shards
-        assert all(torch.equal(streamed.tensors[k], cached.tensors[k]) for k in cached.tensors)
-    with pytest.raises(ValueError, match="featurize"):  # other preprocessing: refused, not silently reused
-        load_split(features, "train", PreprocessConfig(**{**TINY_PREPROCESS, "n_mels": 16}))
 
 
 def test_hostile_shard_behind_a_url_is_refused_before_decoding(s3_env, tmp_path):
