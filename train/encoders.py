@@ -261,6 +261,23 @@ class QualityStats(PerFrameEncoder):
         return torch.cat([mean, std, sharp, motion], dim=1).flatten(1)
 
 
+@register_video_encoder("blank")
+class Blank(VideoEncoder):
+    """No picture: a constant zero feature per frame, for judges of the soundtrack alone
+    (audio_quality). The judge then reads the pooled audio embedding (use_pooled); the video is
+    still decoded for the frame count, at the cheapest crop ("full", grey, crop_size from the config)."""
+
+    preprocess_needs = {"crop": "full", "grayscale": True}
+    normalize_input = False
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.n_features = 1
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return video.new_zeros(video.shape[0], 1, video.shape[1])
+
+
 # ------------------------------------------------------------------------------ audio
 
 @register_audio_encoder("mel_conv")
