@@ -10,7 +10,7 @@ scores_<split>.jsonl), it also prints the judge's pairwise accuracy on the same 
 Spearman(judge score, DNSMOS OVRL) over the distinct clips of the split, with a bootstrap 95% CI.
 
 DNSMOS is a baseline here, never a dependency of the judge: nothing in perturb/, train/ or eval/
-imports it. Its 9.01 s input is filled by repeating the clip, as speechmos does for short clips.
+imports it. Its 9.01 s input is filled by repeating a shorter clip, as speechmos does.
 Shards are read as the pair format only (perturb.shard_format): json parsed with json.loads,
 mp4 sides decoded by ffmpeg.
 """
@@ -72,8 +72,8 @@ class DNSMOS:
         n = int(INPUT_SECONDS * SR)
         if len(x) == 0:
             x = np.zeros(n, np.float32)
-        while len(x) < n:  # speechmos repeats short clips
-            x = np.concatenate([x, x])
+        if len(x) < n:  # a short clip is repeated to fill the input (speechmos doubles it until it
+            x = np.resize(x, n)  # fits, then scores every 1 s hop of the copies: the same content, 7x the work)
         hops = int(np.floor(len(x) / SR - INPUT_SECONDS)) + 1
         raw = np.stack([self.session.run(None, {"input_1": x[i * SR: i * SR + n][None]})[0][0]
                         for i in range(hops)])

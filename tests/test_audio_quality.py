@@ -209,3 +209,61 @@ def test_blank_video_encoder_makes_an_audio_only_judge():
         d_other_audio = judge.decision_logit(torch.zeros(2, 10, 1, 8, 8), audio.flip(-1) * 3)
     torch.testing.assert_close(d_pictures[0], d_pictures[1])  # the picture does not count
     assert not torch.allclose(d_pictures[0], d_other_audio)
+
+
+def test_dnsmos_rates_noisy_speech_lower():
+    """The DNSMOS baseline (optional `dnsmos` extra; skipped without it) on a clean and a 0 dB noisy voice."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("speechmos")
+    from bench import dnsmos_baseline
+
+    model = dnsmos_baseline.DNSMOS()
+    clean = synth_voice(3.0, f0=140.0, seed=2).astype(np.float32)
+    clean = 0.1 * clean / np.sqrt(np.mean(clean ** 2))
+    noisy = clean + 0.1 * np.random.default_rng(0).standard_normal(len(clean)).astype(np.float32)  # 0 dB
+    mos_clean, mos_noisy = model(clean), model(noisy)
+    assert mos_clean["ovrl"] > mos_noisy["ovrl"] + 0.5 and mos_noisy["bak"] < mos_clean["bak"]
+
+
+@pytest.mark.slow
+def test_dnsmos_baseline_scores_pairs_and_correlates_with_a_judge_report(tmp_path):
+    """bench/dnsmos_baseline.py on tiny shards and a judge report (optional `dnsmos` extra)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("speechmos")
+    import json
+
+    from bench import dnsmos_baseline
+    from tests.train_fixtures import write_fixture_shards
+
+    shards = write_fixture_shards(tmp_path / "shards", sources=3, splits={"train": 0.34, "test": 0.66})
+    report = tmp_path / "report"
+    report.mkdir()
+    keys = [p["key"] for p in dnsmos_baseline.read_pairs(shards, "test")]
+    assert len(keys) == 2
+    (report / "scores_test.jsonl").write_text("".join(
+        json.dumps({"meta": {"key": k}, "z_chosen": 1.0 + i, "z_rejected": -1.0 - i}) + "\n" for i, k in enumerate(keys)))
+    result = dnsmos_baseline.run(shards, "test", report, n_boot=50)
+    assert result["pairs"] == 2 and result["clips"] == 4 and result["judge_pairs"] == 2
+    assert result["judge_pairwise_accuracy"] == 1.0
+    assert 0.0 <= result["dnsmos_pairwise_accuracy"] <= 1.0
+    assert result["spearman_judge_dnsmos"]["n_clips"] == 4
+    assert "DNSMOS OVRL pairwise accuracy" in dnsmos_baseline.format_result(result)
+
+
+def test_peak_rows_see_clipping_and_mel_stats_reads_them(voice):
+    import torch
+
+    from perturb.operators.audio_quality import hard_clip
+    from train.encoders import MelStats
+    from train.model import JudgeConfig
+    from train.preprocess import PEAK_THRESHOLDS, PreprocessConfig, audio_features
+
+    cfg = PreprocessConfig(window_seconds=2.0, crop="full", audio_features="logmel_peaks", n_mels=32)
+    clean, clipped = (audio_features(a, cfg) for a in (voice, hard_clip(voice, 0.05)))
+    assert clean.shape == (32 + len(PEAK_THRESHOLDS), cfg.n_frames * cfg.mel_per_frame) == clipped.shape
+    share = lambda f: f[32 + 1].mean().item()  # noqa: E731  (samples above 0.8 x the 99.9th percentile)
+    assert share(clipped) > 0.05 and share(clipped) > share(clean) + 0.025  # 5 % clipped: all of them at the top
+    torch.testing.assert_close(clean[:32], audio_features(voice, PreprocessConfig(window_seconds=2.0, n_mels=32)))
+    enc = MelStats(JudgeConfig(n_mels=32, aud_widths=[16], emb_dim=8)).eval()
+    out = enc(torch.stack([clean, clipped]), n_frames=cfg.n_frames)
+    assert out.shape == (2, 8, cfg.n_frames) and torch.equal(out[..., 0], out[..., -1])  # one embedding per clip
