@@ -98,9 +98,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) bench/bench_shards.py
 
-# DNSMOS OVRL baseline on the test pairs of SHARDS, beside the judge's scores in REPORT (make eval's report)
+# DNSMOS OVRL baseline on the test pairs of SHARDS, beside the judge's scores in REPORT and its EXPORT (make eval's)
 dnsmos: $(STAMP)
-	$(PYTHON) bench/dnsmos_baseline.py --shards $(SHARDS) --report $(REPORT) --out $(REPORT)/dnsmos.json
+	$(PYTHON) bench/dnsmos_baseline.py --shards $(SHARDS) --report $(REPORT) --calibration $(EXPORT)/calibration.json \
+	  --out $(REPORT)/dnsmos.json
 
 clean:
 	rm -rf shards runs reports exports cache

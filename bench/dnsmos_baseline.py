@@ -1,6 +1,7 @@
 """DNSMOS OVRL as an external baseline for the audio_quality judge, on the same test pairs.
 
-    python bench/dnsmos_baseline.py --shards SHARDS/audio_quality [--split test] [--report REPORT_DIR] [--out FILE.json]
+    python bench/dnsmos_baseline.py --shards SHARDS/audio_quality [--split test] [--report REPORT_DIR]
+                                    [--calibration EXPORT/calibration.json] [--out FILE.json]
 
 Scores both sides of every pair of SPLIT with DNSMOS (Microsoft's P.835 model, the ONNX file that
 the `speechmos` wheel ships, run with onnxruntime: `pip install -e ".[dnsmos]"`) and prints its pairwise
@@ -8,6 +9,8 @@ accuracy (chosen OVRL > rejected OVRL; ties count 1/2) overall, per operator and
 With --report (a `python -m eval evaluate` report folder of the same shards, which holds
 scores_<split>.jsonl), it also prints the judge's pairwise accuracy on the same pairs and
 Spearman(judge score, DNSMOS OVRL) over the distinct clips of the split, with a bootstrap 95% CI.
+With --calibration (the export's calibration.json, fitted on val), it adds the judge's pairwise
+accuracy and ECE (calibrated P(clean): originals are 1, perturbed clips 0) per operator and severity.
 
 DNSMOS is a baseline here, never a dependency of the judge: nothing in perturb/, train/ or eval/
 imports it. Its 9.01 s input is filled by repeating a shorter clip, as speechmos does.
@@ -32,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from eval.metrics import bootstrap_ci, pairwise_accuracy, spearman  # noqa: E402
+from eval.calibration import Calibrator  # noqa: E402
+from eval.metrics import bootstrap_ci, ece, pairwise_accuracy, spearman  # noqa: E402
 from perturb.media import decode_audio  # noqa: E402
 from perturb.shard_format import check_member, check_shard  # noqa: E402
 
@@ -123,7 +127,26 @@ def _group_acc(rows: list[dict[str, Any]], field: str, a: str, b: str) -> dict[s
             for g, v in sorted(groups.items())}
 
 
-def run(shards: Path, split: str = "test", report: Path | None = None, n_boot: int = 1000) -> dict[str, Any]:
+def judge_by_operator_severity(rows: list[dict[str, Any]], calibrator: Calibrator) -> list[dict[str, Any]]:
+    """Per (operator, severity) and per operator: pairs, judge pairwise accuracy, ECE of the calibrated
+    score over the group's clips (each original once, labelled 1; perturbed clips 0)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["operator"], str(r["severity"])), []).append(r)
+        groups.setdefault((r["operator"], "all"), []).append(r)
+    out = []
+    for (op, sev), rs in sorted(groups.items()):
+        clips = {r["chosen_sha"]: (r["judge_chosen"], 1) for r in rs} | {r["rejected_sha"]: (r["judge_rejected"], 0) for r in rs}
+        z, y = (np.array(v, dtype=float) for v in zip(*clips.values()))
+        out.append({"operator": op, "severity": sev, "pairs": len(rs),
+                    "pairwise_accuracy": pairwise_accuracy([r["judge_chosen"] for r in rs], [r["judge_rejected"] for r in rs]),
+                    "dnsmos_pairwise_accuracy": pairwise_accuracy([r["ovrl_chosen"] for r in rs], [r["ovrl_rejected"] for r in rs]),
+                    "ece": ece(calibrator.transform(z), y), "clips": len(z)})
+    return out
+
+
+def run(shards: Path, split: str = "test", report: Path | None = None, n_boot: int = 1000,
+        calibration: Path | None = None) -> dict[str, Any]:
     pairs = read_pairs(shards, split)
     model = DNSMOS()
     cache: dict[str, dict[str, float]] = {}
@@ -138,6 +161,7 @@ def run(shards: Path, split: str = "test", report: Path | None = None, n_boot: i
                 if h not in cache:
                     cache[h] = model(decode_bytes(p[side], Path(tmp)))
                 row[f"ovrl_{side}"] = cache[h]["ovrl"]
+                row[f"{side}_sha"] = h
                 if p["key"] in judge:
                     row[f"judge_{side}"] = judge[p["key"]][0 if side == "chosen" else 1]
                     clips[h] = (row[f"judge_{side}"], cache[h]["ovrl"])
@@ -158,6 +182,8 @@ def run(shards: Path, split: str = "test", report: Path | None = None, n_boot: i
         z, mos = (np.array(v) for v in zip(*clips.values()))
         result["spearman_judge_dnsmos"] = {"value": spearman(z, mos), "n_clips": len(z),
                                            "ci95": list(bootstrap_ci(spearman, z, mos, n_boot=n_boot))}
+        if calibration:
+            result["judge_per_operator_severity"] = judge_by_operator_severity(judged, Calibrator.load(calibration))
     return result
 
 
@@ -176,6 +202,11 @@ def format_result(r: dict[str, Any]) -> str:
         lines.append(f"| {op} | {v['n']} | {v['accuracy']:.3f} | {'' if j is None else f'{j:.3f}'} |")
     lines += ["", "| severity | pairs | DNSMOS OVRL |", "|---|---|---|"]
     lines += [f"| {s} | {v['n']} | {v['accuracy']:.3f} |" for s, v in r["dnsmos_per_severity"].items()]
+    if "judge_per_operator_severity" in r:
+        lines += ["", "| operator | severity | pairs | judge pairwise | judge ECE (calibrated) | DNSMOS OVRL pairwise |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {g['operator']} | {g['severity']} | {g['pairs']} | {g['pairwise_accuracy']:.3f} | {g['ece']:.3f} | "
+                  f"{g['dnsmos_pairwise_accuracy']:.3f} |" for g in r["judge_per_operator_severity"]]
     return "\n".join(lines)
 
 
@@ -184,10 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", required=True, help="folder with SPLIT-*.tar (e.g. shards/audio_quality)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--report", default=None, help="python -m eval evaluate report folder (scores_SPLIT.jsonl)")
+    ap.add_argument("--calibration", default=None, help="the judge export's calibration.json (needs --report)")
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args(argv)
-    result = run(Path(args.shards), args.split, Path(args.report) if args.report else None, args.n_boot)
+    result = run(Path(args.shards), args.split, Path(args.report) if args.report else None, args.n_boot,
+                 Path(args.calibration) if args.calibration else None)
     print(format_result(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

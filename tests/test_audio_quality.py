@@ -242,11 +242,17 @@ def test_dnsmos_baseline_scores_pairs_and_correlates_with_a_judge_report(tmp_pat
     assert len(keys) == 2
     (report / "scores_test.jsonl").write_text("".join(
         json.dumps({"meta": {"key": k}, "z_chosen": 1.0 + i, "z_rejected": -1.0 - i}) + "\n" for i, k in enumerate(keys)))
-    result = dnsmos_baseline.run(shards, "test", report, n_boot=50)
+    from eval.calibration import TemperatureScaling
+
+    TemperatureScaling(1.0).save(tmp_path / "calibration.json")
+    result = dnsmos_baseline.run(shards, "test", report, n_boot=50, calibration=tmp_path / "calibration.json")
     assert result["pairs"] == 2 and result["clips"] == 4 and result["judge_pairs"] == 2
     assert result["judge_pairwise_accuracy"] == 1.0
     assert 0.0 <= result["dnsmos_pairwise_accuracy"] <= 1.0
     assert result["spearman_judge_dnsmos"]["n_clips"] == 4
+    groups = {(g["operator"], g["severity"]): g for g in result["judge_per_operator_severity"]}
+    every = [g for (_, sev), g in groups.items() if sev == "all"]
+    assert len(every) == 1 and every[0]["pairs"] == 2 and every[0]["clips"] == 4 and every[0]["pairwise_accuracy"] == 1.0
     assert "DNSMOS OVRL pairwise accuracy" in dnsmos_baseline.format_result(result)
 
 
@@ -267,3 +273,34 @@ def test_peak_rows_see_clipping_and_mel_stats_reads_them(voice):
     enc = MelStats(JudgeConfig(n_mels=32, aud_widths=[16], emb_dim=8)).eval()
     out = enc(torch.stack([clean, clipped]), n_frames=cfg.n_frames)
     assert out.shape == (2, 8, cfg.n_frames) and torch.equal(out[..., 0], out[..., -1])  # one embedding per clip
+
+
+def test_cli_scores_with_a_lip_sync_and_an_audio_only_judge(tmp_path, capsys):
+    """`python -m eval score --scorer LS --scorer AQ video`: both scores; an offset only for the judge
+    that sees the picture."""
+    import json
+
+    import torch
+
+    from eval.__main__ import main
+    from tests.eval_fixtures import make_export, make_video
+    from train.model import AVJudge, judge_config_for
+    from train.preprocess import PreprocessConfig
+
+    lip_sync = make_export(tmp_path / "ls")
+    aq = tmp_path / "aq"
+    pre = PreprocessConfig(window_seconds=2.0, crop="full", crop_size=(8, 8), n_mels=16, audio_features="logmel_peaks")
+    cfg = judge_config_for(pre, dim="audio_quality", frame_encoder="blank", audio_encoder="mel_stats", aud_widths=[8],
+                           emb_dim=8, head_hidden=8, max_offset_frames=1, n_segments=1, use_motion=False, dropout=0.0)
+    torch.manual_seed(0)
+    AVJudge(cfg).eval().save_pretrained(str(aq))
+    pre.save(aq / "preprocessing.json")
+    (aq / "calibration.json").write_text(json.dumps({"method": "temperature", "params": {"temperature": 1.0},
+                                                     "fitted_on": "val", "n": 10}))
+    (aq / "metrics.json").write_text(json.dumps({"dim": "audio_quality", "question": cfg.question}))
+    video = make_video(tmp_path / "talk.mp4", 3.0)
+    assert main(["score", "--scorer", str(lip_sync), "--scorer", str(aq), str(video)]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(rec["scores"]) == {"lip_sync", "audio_quality"} and all(0 <= v <= 1 for v in rec["scores"].values())
+    assert rec["status"] == {"lip_sync": "ok", "audio_quality": "ok"}
+    assert set(rec["offset"]) == {"lip_sync"}

@@ -79,6 +79,7 @@ class VideoEncoder(_Encoder):
 
     n_features: int
     input_rank: ClassVar[int] = 5
+    sees_picture: ClassVar[bool] = True  # False: the judge reads the audio alone (no offset to report)
 
 
 class AudioEncoder(_Encoder):
@@ -269,6 +270,7 @@ class Blank(VideoEncoder):
 
     preprocess_needs = {"crop": "full", "grayscale": True}
     normalize_input = False
+    sees_picture = False
 
     def __init__(self, config: Any):
         super().__init__()
