@@ -42,7 +42,12 @@ from perturb.media import MediaError, decode_audio, probe, run_ffmpeg, stream_fr
 PREPROCESS_VERSION = "1"
 
 CROPS = ("mouth", "face", "full", "asd")  # asd: Light-ASD's lower-face crop (see crop_boxes)
-AUDIO_FEATURES = ("logmel", "mfcc")
+AUDIO_FEATURES = ("logmel", "mfcc", "logmel_peaks")
+# logmel_peaks: the log-mel plus one row per threshold here: the share of each mel frame's samples with
+# |x| >= threshold * the clip's 99.9th percentile of |x| (a hard-clipped recording piles its samples up
+# at the top; the log-mel barely shows it). The percentile, not the peak: the AAC of the shards rings
+# over the clipped plateaus, so the single largest sample says little.
+PEAK_THRESHOLDS = (0.7, 0.8, 0.9)
 VIDEO_NORMS = ("clip", "unit")
 FACE_DETECTORS = ("haar", "mediapipe")
 VIDEO_INPUTS = ("crop", "landmarks")
@@ -66,7 +71,8 @@ class PreprocessConfig:
     f_max: float = 8000.0
     audio_norm: str = "cmvn"               # "cmvn": per-bin mean removed (channel / codec invariant);
                                            # "global": one mean / std (keeps the voice's spectral shape)
-    audio_features: str = "logmel"         # "logmel" (n_mels bins) | "mfcc" (n_mfcc coefficients as
+    audio_features: str = "logmel"         # "logmel" (n_mels bins) | "logmel_peaks" (n_mels + 3 rows,
+                                           # see PEAK_THRESHOLDS) | "mfcc" (n_mfcc coefficients as
                                            # python_speech_features computes them: Light-ASD's input)
     n_mfcc: int = 13
     video_norm: str = "clip"               # "clip": zero mean / unit std over the clip;
@@ -126,7 +132,9 @@ class PreprocessConfig:
 
     @property
     def n_audio_features(self) -> int:
-        """Rows of the audio input: mel bins or MFCCs."""
+        """Rows of the audio input: mel bins (+ peak rows) or MFCCs."""
+        if self.audio_features == "logmel_peaks":
+            return self.n_mels + len(PEAK_THRESHOLDS)
         return self.n_mfcc if self.audio_features == "mfcc" else self.n_mels
 
     def input_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -436,9 +444,26 @@ def mfcc(audio: np.ndarray | torch.Tensor, cfg: PreprocessConfig) -> torch.Tenso
     return feat.T.float()
 
 
+def peak_occupancy(audio: np.ndarray, hop: int, n_frames: int) -> torch.Tensor:
+    """(len(PEAK_THRESHOLDS), n_frames): per block of `hop` samples (aligned with the mel frames), the
+    share of samples with |x| >= threshold * the clip's 99.9th percentile of |x|."""
+    a = np.abs(np.asarray(audio, dtype=np.float32))
+    top = float(np.quantile(a, 0.999)) if len(a) else 0.0
+    out = np.zeros((len(PEAK_THRESHOLDS), n_frames), np.float32)
+    if top <= 0:
+        return torch.from_numpy(out)
+    n = min(len(a) // hop, n_frames)
+    blocks = a[: n * hop].reshape(n, hop)
+    for i, t in enumerate(PEAK_THRESHOLDS):
+        out[i, :n] = (blocks >= t * top).mean(axis=1)
+    return torch.from_numpy(out)
+
+
 def audio_features(audio: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:
     """(n_audio_features, n_frames * mel_per_frame): log-mel or MFCCs of a window, cut / padded."""
     feats = mfcc(audio, cfg) if cfg.audio_features == "mfcc" else log_mel(audio, cfg)
+    if cfg.audio_features == "logmel_peaks":
+        feats = torch.cat([feats, peak_occupancy(audio, cfg.hop, feats.shape[1])], dim=0)
     need = cfg.n_frames * cfg.mel_per_frame
     feats = feats[:, :need]
     if feats.shape[1] < need:  # MFCC frames stop a few short of the padded mel count
