@@ -46,7 +46,8 @@ run)
     out=${3:-${OUT:-gpu_out}}
     mkdir -p "$out"
     PY=${PYTHON:-python3}
-    "$PY" -m pip install -q --no-index --no-deps "$kit"/wheels/*.whl
+    "$PY" -m pip install -q --no-index --no-deps "$kit"/wheels/*.whl \
+        || "$PY" -m pip install -q --no-index --no-deps --break-system-packages "$kit"/wheels/*.whl
     export AVBENCH_FFMPEG=/bin/false AVBENCH_CACHE="$kit/cache"
     "$PY" -c "import torch; assert torch.cuda.is_available(), 'no GPU here'; print(torch.cuda.get_device_name(0))"
     for obj in reward sft dpo; do
