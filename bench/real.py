@@ -75,6 +75,10 @@ RECIPES: dict[str, Recipe] = {
     "video_quality": Recipe(
         "video_quality",
         config="train/configs/realvids/video_quality.yaml"),
+    "audio_quality": Recipe(
+        "audio_quality",
+        config="train/configs/realvids/audio_quality.yaml",
+        donors=f"{REAL}/speech"),     # babble voices besides the other sources of the split
 }
 
 

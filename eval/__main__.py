@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (a judge with encoders of its own); repeatable")
     s.add_argument("--device", default=None)
+    s.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes scoring files in parallel (default: one per CPU core; 1 on a GPU)")
 
     f = sub.add_parser("filter", help="keep the videos whose scores reach a threshold",
                        description="Score videos (files or folders, searched recursively) and write "
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (a judge with encoders of its own); repeatable")
     f.add_argument("--device", default=None)
+    f.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes scoring files in parallel (default: one per CPU core; 1 on a GPU)")
 
     a = sub.add_parser("align", help="agreement of scores with human ratings",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -173,10 +173,12 @@ class Scorer:
                     d = decide(torch.as_tensor(mean_prof, dtype=torch.float32, device=self.device)[None])
                 if d is not None:
                     clip_z = float(d.float().cpu()[0])
-            whole = mean_prof[0]
-            k_max = (len(whole) - 1) // 2
-            rec["offset_ms"] = float((int(np.argmax(whole)) - k_max) * 1000.0 / self.cfg.fps)
-            rec["offset_confidence"] = float(whole.max() - np.median(whole))
+            # a judge without a picture (audio only, e.g. audio_quality) has no audio-video offset
+            if getattr(getattr(self.model, "video_encoder", None), "sees_picture", True):
+                whole = mean_prof[0]
+                k_max = (len(whole) - 1) // 2
+                rec["offset_ms"] = float((int(np.argmax(whole)) - k_max) * 1000.0 / self.cfg.fps)
+                rec["offset_confidence"] = float(whole.max() - np.median(whole))
         rec.update(score=float(self.calibrate([clip_z])[0]), logit=clip_z,
                    windows=[{"start": float(w[0]), "end": float(w[1]), "score": float(p)}
                             for w, p in zip(wins, self.calibrate(z))])

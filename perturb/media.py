@@ -13,7 +13,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -234,6 +234,41 @@ def decode_frames(path: str | Path, fps: float | None = None,
     frame_bytes = w * h * 3
     n = len(raw) // frame_bytes
     return np.frombuffer(raw[: n * frame_bytes], dtype=np.uint8).reshape(n, h, w, 3).copy()
+
+
+def stream_frames(path: str | Path, width: int, height: int, fps: float,
+                  scale_flags: str = "area") -> Iterator[np.ndarray]:
+    """Decode the first video stream once, frame by frame: RGB uint8 (height, width, 3) at constant `fps`.
+
+    One ffmpeg process for the whole file (no per-window seek and re-decode from the previous
+    keyframe), and only one frame in memory at a time; ffmpeg decodes ahead on its own core while
+    the caller works on the last frame. Raises MediaError when ffmpeg fails (after the frames it
+    gave); stopping early (closing the generator) stops ffmpeg.
+    """
+    import tempfile
+
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-map", "0:v:0",
+           "-vf", f"fps={fps},scale={width}:{height}:flags={scale_flags}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    frame_bytes = width * height * 3
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty ffmpeg cannot block on it
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        finished = False
+        try:
+            while True:
+                buf = proc.stdout.read(frame_bytes)
+                if len(buf) < frame_bytes:
+                    break
+                yield np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3)
+            finished = True
+        finally:
+            proc.stdout.close()
+            if not finished and proc.poll() is None:
+                proc.kill()
+            code = proc.wait()
+        if finished and code != 0:
+            err.seek(0)
+            lines = [ln for ln in err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+            raise MediaError(lines[-1] if lines else f"ffmpeg exited with {code}")
 
 
 def canonical_size(width: int, height: int, max_side: int = CANONICAL_MAX_SIDE) -> tuple[int, int]:

@@ -307,6 +307,22 @@ def test_face_mesh_start_up_noise_stays_off_stderr_in_worker_processes(video):
     assert out.stderr == ""
 
 
+def test_face_tracking_restarts_for_each_clip():
+    """face_landmarks keeps one FaceMesh graph per process (a new graph pays for its first frames
+    again) but resets its tracking per clip: a clip's landmarks do not depend on what came before."""
+    pytest.importorskip("mediapipe")
+    if not REAL_FACE.is_file():
+        pytest.skip("../shared/realvids is absent (tracking needs a real face)")
+    from train.landmarks import face_landmarks
+    from train.preprocess import load_media
+
+    frames = load_media(str(REAL_FACE), PreprocessConfig())[0]
+    first = face_landmarks(frames[60:80])[0]
+    face_landmarks(frames[:30])                 # tracking would carry this clip's last face into the next
+    again = face_landmarks(frames[60:80])[0]
+    assert first is not None and np.array_equal(first, again)
+
+
 # ------------------------------------------------------------------------------ sync pretraining
 
 def test_sync_pretraining_keeps_val_test_sources_out_and_inits_a_judge(shards, tmp_path):

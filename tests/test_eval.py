@@ -351,9 +351,14 @@ def test_cli_score_survives_a_corrupt_file(media, capsys, tmp_path):
     rc = main(["score", "--scorer", str(media["export"]), str(media["good"]), str(media["bad"]),
                str(media["long"]), "--out", str(out)])
     assert rc == 0
-    lines = [json.loads(ln) for ln in capsys.readouterr().out.strip().splitlines()]
+    captured = capsys.readouterr()
+    lines = [json.loads(ln) for ln in captured.out.strip().splitlines()]
     assert len(lines) == 3
     assert [ln["path"] for ln in lines] == [str(media["good"]), str(media["bad"]), str(media["long"])]
+    # stderr: what it ran on, then the throughput over the 3 s + 7 s that could be read
+    header, summary = [ln for ln in captured.err.splitlines() if ln.startswith("# ")][-2:]
+    assert header.startswith("# eval score: lip_sync on ") and "(cpu)" in header and "3 videos" in header
+    assert "3 videos, 10.0 s of video in " in summary and "x real time" in summary
     assert "error" in lines[1] and lines[1]["scores"] == {}
     for ln in (lines[0], lines[2]):
         assert "error" not in ln
@@ -503,3 +508,83 @@ def test_clip_decision_and_offset_read_the_evidence_of_all_windows(media, tmp_pa
         z = float(scorer.model.decision_from_profile(torch.tensor(mean[None], dtype=torch.float32))[0])
     assert rec["logit"] == pytest.approx(z, abs=1e-6) and rec["logit"] != pytest.approx(np.mean([-3.0, 0.0, 1.0]))
     assert rec["score"] == pytest.approx(float(scorer.calibrate([z])[0]))
+
+
+# ----------------------------------------------------------------------------- scoring speed paths
+@needs_model
+def test_windows_from_one_streamed_decode_equal_per_window_decodes(media, monkeypatch):
+    """windows_for decodes the picture once and cuts the windows out of the stream: each window holds
+    the frames a decode of that window alone gives (same count, same pixels) and the same sound."""
+    import train.preprocess as pre
+
+    cfg = pre.PreprocessConfig(window_seconds=2.0, crop="full", crop_size=(16, 16))
+    seen = []
+
+    def keep(frames, audio, cfg, return_info=False):
+        seen.append((frames.copy(), np.asarray(audio).copy()))
+        return {"video": None, "audio": None}, {}
+
+    monkeypatch.setattr(pre, "make_inputs", keep)
+    # 7 s: overlapping windows every 1.6 s (40 frames); windows every 2 s then a tail window ending at the end
+    for hop, expected in ((1.6, [0.0, 1.6, 3.2, 4.8]), (2.0, [0.0, 2.0, 4.0, 5.0])):
+        seen.clear()
+        wins = pre.windows_for(str(media["long"]), cfg, hop_seconds=hop, return_info=True)
+        assert [w[0] for w in wins] == expected
+        for s, (frames, audio), w in zip(expected, seen, wins):
+            alone_f, alone_a = pre.load_media(str(media["long"]), cfg, start=s, duration=2.0)
+            assert frames.shape == alone_f.shape and w[3]["frames"] == len(alone_f)
+            assert np.array_equal(frames, alone_f)
+            n = min(len(audio), len(alone_a))
+            assert abs(len(audio) - len(alone_a)) <= 16   # within 1 ms at 16 kHz
+            # a decode that starts mid-stream re-primes the AAC decoder: compare beyond its first frame
+            assert np.abs(audio[2048:n] - alone_a[2048:n]).max() < 1e-3
+
+
+@needs_model
+def test_score_records_do_not_depend_on_the_number_of_workers(media):
+    """Files spread over worker processes come back in input order with the scores, windows and
+    error records of one process."""
+    from eval.cli import load_scorers, score_videos
+
+    scorers = load_scorers([str(media["export"])])
+    paths = [str(media[k]) for k in ("long", "bad", "good")]
+    one = list(score_videos(scorers, paths, workers=1))
+    two = list(score_videos(scorers, paths, workers=2))
+    assert [r["path"] for r in two] == paths
+    assert ["error" in r for r in two] == ["error" in r for r in one] == [False, True, False]
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys() and a["status"] == b["status"]
+        assert b["scores"] == pytest.approx(a["scores"], abs=1e-6)
+    assert [w["score"] for w in two[0]["windows"]["lip_sync"]] == pytest.approx(
+        [w["score"] for w in one[0]["windows"]["lip_sync"]], abs=1e-6)
+
+
+_SCORE_AFTER_MEDIAPIPE = """
+import json, sys
+import numpy as np
+from eval.cli import load_scorers, score_videos
+from train.landmarks import face_landmarks, used_in_this_process
+
+if __name__ == "__main__":
+    face_landmarks(np.full((3, 64, 64, 3), 128, np.uint8))  # MediaPipe has run in this process
+    assert used_in_this_process()
+    print(json.dumps(list(score_videos(load_scorers([sys.argv[1]]), sys.argv[2:], workers=2))))
+"""
+
+
+@needs_model
+def test_workers_are_spawned_once_mediapipe_has_run_here(media):
+    """A process forked after MediaPipe's first graph hangs in its own: score_videos spawns its
+    workers then (they load the judges from the export) and the records are the same."""
+    pytest.importorskip("mediapipe")
+    from eval.cli import load_scorers, score_videos
+
+    paths = [str(media["good"]), str(media["long"])]
+    out = subprocess.run([sys.executable, "-c", _SCORE_AFTER_MEDIAPIPE, str(media["export"]), *paths],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    spawned = json.loads(out.stdout)
+    here = list(score_videos(load_scorers([str(media["export"])]), paths, workers=1))
+    assert [r["path"] for r in spawned] == paths
+    for a, b in zip(here, spawned):
+        assert "error" not in b and b["scores"] == pytest.approx(a["scores"], abs=1e-6)

@@ -5,6 +5,7 @@ Runs on tiny synthetic lip-sync shards (tests/train_fixtures.py): 2 s clips, 64x
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +273,8 @@ def test_cli_writes_run_and_resumes(shards, cache_dir, pairs, tmp_path, capsys):
               "data_loading_share", "compute_share", "objective", "data_card"):
         assert k in saved, k
     assert saved["data_card"]["recipe"] == "lip_sync_fixture"
+    assert saved["train_pairs_per_s"] > 0 and saved["device"] == "cpu"
+    assert saved["device_name"].endswith(f"{len(os.sched_getaffinity(0))} cores (cpu)")  # what it ran on, in words
 
     capsys.readouterr()
     m2 = main(common + ["--max-steps", "6"])  # interrupted-run stand-in: continue from checkpoint-4

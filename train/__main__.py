@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from .data import (DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, load_split, precompute_video_features,
                        read_card, write_bad_samples)
+    from .device import describe_device
     from .encoders import import_plugins
     from .model import MODEL_VERSION, judge_config_for
     from .preprocess import PreprocessConfig
@@ -297,7 +298,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bad_samples_file": str(bad_file),
         "crops": {"train": train_pairs.face_sources, "val": val_pairs.face_sources},
         "preprocess_fingerprint": pre.fingerprint(),
-        "device": str(training_args.device), "torch_threads": torch.get_num_threads(),
+        "device": str(training_args.device), "device_name": describe_device(training_args.device),
+        "torch_threads": torch.get_num_threads(),
         "versions": _versions(), "config": conf.get("_path"),
         "data_card": card, **init_info,
     }

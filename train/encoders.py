@@ -79,6 +79,7 @@ class VideoEncoder(_Encoder):
 
     n_features: int
     input_rank: ClassVar[int] = 5
+    sees_picture: ClassVar[bool] = True  # False: the judge reads the audio alone (no offset to report)
 
 
 class AudioEncoder(_Encoder):
@@ -261,6 +262,24 @@ class QualityStats(PerFrameEncoder):
         return torch.cat([mean, std, sharp, motion], dim=1).flatten(1)
 
 
+@register_video_encoder("blank")
+class Blank(VideoEncoder):
+    """No picture: a constant zero feature per frame, for judges of the soundtrack alone
+    (audio_quality). The judge then reads the pooled audio embedding (use_pooled); the video is
+    still decoded for the frame count, at the cheapest crop ("full", grey, crop_size from the config)."""
+
+    preprocess_needs = {"crop": "full", "grayscale": True}
+    normalize_input = False
+    sees_picture = False
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.n_features = 1
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return video.new_zeros(video.shape[0], 1, video.shape[1])
+
+
 # ------------------------------------------------------------------------------ audio
 
 @register_audio_encoder("mel_conv")
@@ -286,6 +305,49 @@ class MelConv(AudioEncoder):
         if audio.shape[-1] < need:
             audio = F.pad(audio, (0, need - audio.shape[-1]))
         return self.layers(audio[..., :need])
+
+
+
+@register_audio_encoder("mel_stats")
+class MelStats(AudioEncoder):
+    """For audio quality: clip-level statistics of the log-mel, measured rather than learned, then a
+    small MLP; the same embedding for every frame (a quality defect covers the clip, and the head
+    reads the pooled embedding). Per mel band: mean (spectral shape: band limits, codec cut-offs,
+    hum lines), std and 10th / 90th percentiles over time (noise floor, lost modulation depth:
+    noise, reverberation) and mean |frame-to-frame change| (smearing by reverberation); over the
+    frames' mean level: the 1st / 5th / 10th / 50th / 90th percentiles and the lowest (gaps of
+    digital silence: dropouts); from the peak rows of `logmel_peaks` (train/preprocess.py), the share
+    of samples piled up at the top over the clip and in its worst frame (clipping). Few parameters to
+    fit to a few dozen speakers, as QualityStats."""
+
+    preprocess_needs = {"audio_features": "logmel_peaks"}
+    normalize_input = False  # the log-mel is normalised by preprocessing; the peak rows are shares
+    QUANTILES = (0.01, 0.05, 0.1, 0.5, 0.9)
+
+    def __init__(self, config: Any):
+        super().__init__()
+        from .preprocess import PEAK_THRESHOLDS
+
+        self.n_mels = config.n_mels
+        n_stats = 5 * config.n_mels + len(self.QUANTILES) + 1 + 2 * len(PEAK_THRESHOLDS)
+        hidden = config.aud_widths[-1]
+        self.mlp = nn.Sequential(nn.BatchNorm1d(n_stats), nn.Linear(n_stats, hidden), nn.ReLU(inplace=True),
+                                 nn.Dropout(config.dropout), nn.Linear(hidden, config.emb_dim))
+
+    @classmethod
+    def stats(cls, audio: torch.Tensor) -> torch.Tensor:
+        """(B, n_mels, frames) log-mel -> (B, 5 * n_mels + 6) clip statistics."""
+        q = torch.quantile(audio, audio.new_tensor([0.1, 0.9]), dim=-1)          # (2, B, n_mels)
+        delta = (audio[..., 1:] - audio[..., :-1]).abs().mean(-1)
+        level = audio.mean(1)                                                    # (B, frames)
+        lq = torch.quantile(level, level.new_tensor(cls.QUANTILES), dim=-1).T    # (B, 5)
+        return torch.cat([audio.mean(-1), audio.std(-1), q[0], q[1], delta, lq, level.amin(-1, keepdim=True)], dim=1)
+
+    def forward(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
+        mel, peaks = audio[:, :self.n_mels], audio[:, self.n_mels:]
+        # clipped share over the clip and in its worst frame
+        feats = torch.cat([self.stats(mel), peaks.mean(-1), peaks.amax(-1)], dim=1)
+        return self.mlp(feats).unsqueeze(-1).expand(-1, -1, n_frames)
 
 
 from . import landmarks, light_asd  # noqa: E402,F401  (register the built-in front-ends)

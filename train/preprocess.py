@@ -30,19 +30,24 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from perturb.media import MediaError, probe, run_ffmpeg
+from perturb.media import MediaError, decode_audio, probe, run_ffmpeg, stream_frames
 
 # Bump whenever the meaning of a PreprocessConfig field or the computation changes: every cache
 # keyed by PreprocessConfig.fingerprint() is then rebuilt.
 PREPROCESS_VERSION = "1"
 
 CROPS = ("mouth", "face", "full", "asd")  # asd: Light-ASD's lower-face crop (see crop_boxes)
-AUDIO_FEATURES = ("logmel", "mfcc")
+AUDIO_FEATURES = ("logmel", "mfcc", "logmel_peaks")
+# logmel_peaks: the log-mel plus one row per threshold here: the share of each mel frame's samples with
+# |x| >= threshold * the clip's 99.9th percentile of |x| (a hard-clipped recording piles its samples up
+# at the top; the log-mel barely shows it). The percentile, not the peak: the AAC of the shards rings
+# over the clipped plateaus, so the single largest sample says little.
+PEAK_THRESHOLDS = (0.7, 0.8, 0.9)
 VIDEO_NORMS = ("clip", "unit")
 FACE_DETECTORS = ("haar", "mediapipe")
 VIDEO_INPUTS = ("crop", "landmarks")
@@ -66,7 +71,8 @@ class PreprocessConfig:
     f_max: float = 8000.0
     audio_norm: str = "cmvn"               # "cmvn": per-bin mean removed (channel / codec invariant);
                                            # "global": one mean / std (keeps the voice's spectral shape)
-    audio_features: str = "logmel"         # "logmel" (n_mels bins) | "mfcc" (n_mfcc coefficients as
+    audio_features: str = "logmel"         # "logmel" (n_mels bins) | "logmel_peaks" (n_mels + 3 rows,
+                                           # see PEAK_THRESHOLDS) | "mfcc" (n_mfcc coefficients as
                                            # python_speech_features computes them: Light-ASD's input)
     n_mfcc: int = 13
     video_norm: str = "clip"               # "clip": zero mean / unit std over the clip;
@@ -126,8 +132,20 @@ class PreprocessConfig:
 
     @property
     def n_audio_features(self) -> int:
-        """Rows of the audio input: mel bins or MFCCs."""
+        """Rows of the audio input: mel bins (+ peak rows) or MFCCs."""
+        if self.audio_features == "logmel_peaks":
+            return self.n_mels + len(PEAK_THRESHOLDS)
         return self.n_mfcc if self.audio_features == "mfcc" else self.n_mels
+
+    def input_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(video, audio) shapes of one window as make_inputs returns them (no batch dimension)."""
+        if self.video_input == "landmarks":
+            from .landmarks import N_FEATURES
+
+            video: tuple[int, ...] = (self.n_frames, N_FEATURES)
+        else:
+            video = (self.n_frames, self.channels, *self.crop_size)
+        return video, (self.n_audio_features, self.n_frames * self.mel_per_frame)
 
     # serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -160,19 +178,27 @@ class PreprocessConfig:
 
 # ----------------------------------------------------------------------------------------- decode
 
+ANALYSIS_MAX_SIDE = 512  # frames are decoded with their longest side at most this (the shards' canonical size)
+
 def _tmp_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
+def _analysis_size(info, max_side: int | None = ANALYSIS_MAX_SIDE) -> tuple[int, int]:
+    """(width, height) frames are decoded at: the display size, longest side capped (eval may get 4K)."""
+    w, h = info.width, info.height
+    if max_side and max(w, h) > max_side:
+        s = max_side / max(w, h)
+        w, h = max(2, int(round(w * s / 2)) * 2), max(2, int(round(h * s / 2)) * 2)
+    return w, h
+
+
 def _decode(path: str, cfg: PreprocessConfig, start: float | None, duration: float | None,
-            max_side: int | None = 512) -> tuple[np.ndarray, np.ndarray]:
+            max_side: int | None = ANALYSIS_MAX_SIDE) -> tuple[np.ndarray, np.ndarray]:
     info = probe(path)
     if not info.has_video:
         raise MediaError(f"no video stream: {path}")
-    w, h = info.width, info.height
-    if max_side and max(w, h) > max_side:  # eval may get 4K: decode straight to a small size
-        s = max_side / max(w, h)
-        w, h = max(2, int(round(w * s / 2)) * 2), max(2, int(round(h * s / 2)) * 2)
+    w, h = _analysis_size(info, max_side)
     seek = ["-ss", f"{start:.6f}"] if start else []
     dur = ["-t", f"{duration:.6f}"] if duration is not None else []
     raw = run_ffmpeg([*seek, "-i", path, *dur, "-map", "0:v:0",
@@ -418,9 +444,26 @@ def mfcc(audio: np.ndarray | torch.Tensor, cfg: PreprocessConfig) -> torch.Tenso
     return feat.T.float()
 
 
+def peak_occupancy(audio: np.ndarray, hop: int, n_frames: int) -> torch.Tensor:
+    """(len(PEAK_THRESHOLDS), n_frames): per block of `hop` samples (aligned with the mel frames), the
+    share of samples with |x| >= threshold * the clip's 99.9th percentile of |x|."""
+    a = np.abs(np.asarray(audio, dtype=np.float32))
+    top = float(np.quantile(a, 0.999)) if len(a) else 0.0
+    out = np.zeros((len(PEAK_THRESHOLDS), n_frames), np.float32)
+    if top <= 0:
+        return torch.from_numpy(out)
+    n = min(len(a) // hop, n_frames)
+    blocks = a[: n * hop].reshape(n, hop)
+    for i, t in enumerate(PEAK_THRESHOLDS):
+        out[i, :n] = (blocks >= t * top).mean(axis=1)
+    return torch.from_numpy(out)
+
+
 def audio_features(audio: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:
     """(n_audio_features, n_frames * mel_per_frame): log-mel or MFCCs of a window, cut / padded."""
     feats = mfcc(audio, cfg) if cfg.audio_features == "mfcc" else log_mel(audio, cfg)
+    if cfg.audio_features == "logmel_peaks":
+        feats = torch.cat([feats, peak_occupancy(audio, cfg.hop, feats.shape[1])], dim=0)
     need = cfg.n_frames * cfg.mel_per_frame
     feats = feats[:, :need]
     if feats.shape[1] < need:  # MFCC frames stop a few short of the padded mel count
@@ -502,14 +545,24 @@ def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | No
     Windows are cfg.window_seconds long, every hop_seconds (default: window_seconds, no overlap).
     A tail shorter than a window but at least min_seconds long gets one more window ending at the
     end of the video; a video shorter than one window gives a single window, padded (end_s is then
-    the video's duration). Each window is decoded on its own (-ss / -t), so memory stays bounded.
+    the video's duration). The picture is decoded ONCE, streamed frame by frame (perturb.media.
+    stream_frames), and each window is processed as soon as its frames have arrived, so memory
+    holds one window of frames and ffmpeg decodes the next window while this one is processed; the
+    soundtrack (16 kHz float32, 64 kB per second) is decoded once, whole.
     info: make_inputs' crop info plus `frames` / `audio_s` decoded before padding and `has_audio`.
     """
     info = probe(path)
+    if not info.has_video:
+        raise MediaError(f"no video stream: {path}")
     dur = info.duration
+    frames_in: Iterator[np.ndarray]
     if dur is None:  # rare (raw streams): decode everything once to learn the length
-        frames, audio = load_media(path, cfg)
-        dur = len(frames) / cfg.fps
+        all_frames, audio = load_media(path, cfg)
+        dur, frames_in = len(all_frames) / cfg.fps, iter(all_frames)
+    else:
+        frames_in = stream_frames(path, *_analysis_size(info), cfg.fps)
+        audio = (decode_audio(path, cfg.sr) if info.has_audio
+                 else np.zeros(int(round(dur * cfg.sr)), dtype=np.float32))  # silent: still a valid input
     win = cfg.window_seconds
     hop = hop_seconds or win
     if dur <= win:
@@ -519,12 +572,31 @@ def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | No
         if dur - (starts[-1] + win) >= min(min_seconds, win) - 1e-6:
             starts.append(max(0.0, dur - win))
     out = []
-    for s in starts:
-        frames, audio = load_media(path, cfg, start=s, duration=win)
-        inputs, crop_info = make_inputs(frames, audio, cfg, return_info=True)
-        window = (round(s, 3), round(min(s + win, dur), 3), inputs)
-        if return_info:
-            window += (dict(crop_info, frames=len(frames), audio_s=round(len(audio) / cfg.sr, 3),
-                            has_audio=bool(info.has_audio)),)
-        out.append(window)
+    buffered: list[np.ndarray] = []   # frames first_buffered, first_buffered + 1, ...
+    first_buffered = 0
+    try:
+        for s in starts:
+            a = int(round(s * cfg.fps))  # the window's first frame (a start between two frames: the nearer one)
+            b = a + cfg.n_frames
+            while first_buffered + len(buffered) < b:
+                frame = next(frames_in, None)
+                if frame is None:       # the picture ends inside this window: it is padded (fit_window)
+                    break
+                buffered.append(frame)
+            del buffered[: max(0, a - first_buffered)]  # frames before this window are not needed again
+            first_buffered = max(first_buffered, a)
+            if not buffered:
+                raise MediaError(f"no frames decoded at {s:.2f} s of {path}")
+            frames = np.stack(buffered[: b - a])
+            wav = audio[int(round(s * cfg.sr)): int(round((s + win) * cfg.sr))]
+            inputs, crop_info = make_inputs(frames, wav, cfg, return_info=True)
+            window = (round(s, 3), round(min(s + win, dur), 3), inputs)
+            if return_info:
+                window += (dict(crop_info, frames=len(frames), audio_s=round(len(wav) / cfg.sr, 3),
+                                has_audio=bool(info.has_audio)),)
+            out.append(window)
+    finally:
+        close = getattr(frames_in, "close", None)
+        if close is not None:  # stops ffmpeg when a window fails half way
+            close()
     return out

@@ -1,0 +1,199 @@
+"""Scoring throughput of exported judges: x real time, before / after the streaming scorer, and a profile.
+
+    python bench/bench_score.py --scorer EXPORT [--scorer EXPORT ...] VIDEO [VIDEO ...]
+                                [--workers 2] [--profile] [--repeat 1]
+
+Without videos it scores the embedded demo corpus (perturb.demo_corpus), so it runs on a fresh clone.
+One process, the judges loaded once (start-up is timed on its own: it is paid once per batch), then
+the same videos are scored by:
+  before      the scorer as it was: each window decoded on its own (ffmpeg seeks to the window
+              and decodes from the keyframe before it) and a new FaceMesh graph per window, in
+              one process (`eval score` before 2026-11-27);
+  after, 1    eval.cli.score_videos with one process: the picture decoded once and streamed
+              (ffmpeg decodes ahead on its own core), one FaceMesh graph reset per window;
+  after, N    the same over N forked worker processes (whole files per worker), as `eval score`
+              runs by default (one worker per core).
+For each: wall seconds, CPU seconds (this process, its workers and every ffmpeg child), x real time
+(seconds of video / wall seconds) and the speed-up over `before` in the same run. The scores of
+every mode are compared (max |difference|). --profile adds a cProfile table of where the time of
+`before` and `after, 1` goes (decode, face landmarks, audio features, judge, other).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import json
+import os
+import pstats
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# stages of the profile: label -> (file, function) whose cumulative CPU time is that stage (none calls another)
+STAGES = {"face landmarks (FaceMesh)": (("train/landmarks.py", "face_landmarks"),),
+          "audio features (log-mel)": (("train/preprocess.py", "audio_features"),),
+          "judge forward": (("eval/scorer.py", "outputs"),)}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (ffmpeg, pool workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@contextlib.contextmanager
+def legacy_scorer() -> Iterator[None]:
+    """The scorer before the streaming rewrite: per-window decode, a fresh FaceMesh graph per window."""
+    import train.landmarks as lm
+    import train.preprocess as pre
+
+    def windows_per_window_decode(path, cfg, hop_seconds=None, min_seconds=1.0, return_info=False):
+        import math
+
+        info = pre.probe(path)
+        dur, win = info.duration, cfg.window_seconds
+        hop = hop_seconds or win
+        starts = [0.0] if dur <= win else [i * hop for i in range(int(math.floor((dur - win) / hop + 1e-9)) + 1)]
+        if dur > win and dur - (starts[-1] + win) >= min(min_seconds, win) - 1e-6:
+            starts.append(max(0.0, dur - win))
+        out = []
+        for s in starts:
+            frames, audio = pre.load_media(path, cfg, start=s, duration=win)
+            inputs, crop_info = pre.make_inputs(frames, audio, cfg, return_info=True)
+            out.append((round(s, 3), round(min(s + win, dur), 3), inputs,
+                        dict(crop_info, frames=len(frames), audio_s=round(len(audio) / cfg.sr, 3),
+                             has_audio=bool(info.has_audio))))
+        return out
+
+    saved = pre.windows_for, lm._mesh_for_new_clip
+
+    def fresh_graph():
+        lm._close_mesh()
+        return saved[1]()
+
+    pre.windows_for, lm._mesh_for_new_clip = windows_per_window_decode, fresh_graph
+    try:
+        yield
+    finally:
+        pre.windows_for, lm._mesh_for_new_clip = saved
+
+
+def children_cpu() -> float:
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return kids.ru_utime + kids.ru_stime
+
+
+def timed(run: Callable[[], list[dict[str, Any]]], profile: bool = False) -> dict[str, Any]:
+    # the profile counts CPU time (time.process_time: every thread of this process), not wall time,
+    # so that other work on the machine does not move the stages; ffmpeg's CPU is its children's
+    prof = cProfile.Profile(time.process_time) if profile else None
+    k0, c0, t0 = children_cpu(), cpu_seconds(), time.perf_counter()
+    if prof:
+        prof.enable()
+    records = run()
+    if prof:
+        prof.disable()
+    out = {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "records": records}
+    if prof:
+        out["stages"] = stage_times(prof, out["cpu"], children_cpu() - k0)
+    return out
+
+
+def stage_times(prof: cProfile.Profile, cpu: float, ffmpeg_cpu: float) -> dict[str, float]:
+    """CPU seconds per stage: ffmpeg (its processes), then the profiled functions of this process."""
+    stats = pstats.Stats(prof).stats  # {(file, line, function): (calls, primitive calls, own, cumulative, callers)}
+    out = {"decode (ffmpeg processes)": ffmpeg_cpu}
+    out.update({label: sum(v[3] for (f, _, n), v in stats.items() if any(f.endswith(sf) and n == sn for sf, sn in keys))
+                for label, keys in STAGES.items()})
+    out["other (probe, windowing, Python)"] = max(0.0, cpu - sum(out.values()))
+    return out
+
+
+def demo_videos(tmp: Path) -> list[str]:
+    from perturb.demo_corpus import make_demo_corpus
+
+    return [str(p) for p in make_demo_corpus(tmp, n_sources=4, progress=False)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scorer", action="append", required=True, metavar="EXPORT")
+    ap.add_argument("videos", nargs="*")
+    ap.add_argument("--workers", type=int, default=0, help="workers of the parallel mode (default: one per core)")
+    ap.add_argument("--profile", action="store_true", help="where the time goes, before and after")
+    ap.add_argument("--no-before", action="store_true", help="skip the `before` baseline")
+    ap.add_argument("--out", default=None, help="also write the results as JSON")
+    args = ap.parse_args(argv)
+
+    from eval.cli import default_workers, load_scorers, score_videos
+    from perturb.media import probe
+
+    import torch
+
+    torch.set_num_threads(1)  # as `eval score` on CPU (eval/cli.py _workers)
+    t0 = time.perf_counter()
+    scorers = load_scorers(args.scorer)
+    startup = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="avbench_bench_score_") as tmp:
+        videos = args.videos or demo_videos(Path(tmp))
+        seconds = sum(probe(v).duration or 0.0 for v in videos)
+        workers = args.workers or default_workers()
+        modes: list[tuple[str, Callable[[], list]]] = []
+        if workers > 1:  # first: its workers are forked, which MediaPipe allows only before its first use here
+            modes.append((f"after, {workers} worker processes (eval score's default here)",
+                          lambda: list(score_videos(scorers, videos, workers=workers))))
+        # warm-up of this process: its first FaceMesh graph and torch's first forward are paid once
+        modes.append(("warm-up", lambda: list(score_videos(scorers, videos[:1], workers=1))))
+        if not args.no_before:
+            def before() -> list:
+                with legacy_scorer():
+                    return list(score_videos(scorers, videos, workers=1))
+            modes.append(("before (per-window decode, new FaceMesh graph per window)", before))
+        modes.append(("after, 1 process (streamed decode, FaceMesh reset per window)",
+                      lambda: list(score_videos(scorers, videos, workers=1))))
+        results = []
+        for name, run in modes:
+            res = timed(run, profile=args.profile and "worker processes" not in name)
+            res["name"] = name
+            if name != "warm-up":
+                results.append(res)
+            print(f"[bench_score] {name}: {res['wall']:.2f} s wall", file=sys.stderr)
+        results.sort(key=lambda r: (not r["name"].startswith("before"), "worker processes" in r["name"]))
+
+    dims = [s.dim for s in scorers]
+    base = results[0]
+    print(f"{len(videos)} videos, {seconds:.1f} s of video; judges: {', '.join(dims)}; "
+          f"{os.cpu_count()} CPUs; start-up (imports + loading the judges, once per batch) {startup:.1f} s\n")
+    print("| mode | wall s | CPU s | x real time (video s / wall s) | speed-up vs first row | max abs score diff vs first row |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        diff = max((abs(a["scores"].get(d, 0) - b["scores"].get(d, 0))
+                    for a, b in zip(base["records"], r["records"]) for d in dims), default=0.0)
+        print(f"| {r['name']} | {r['wall']:.2f} | {r['cpu']:.2f} | {seconds / r['wall']:.1f} | "
+              f"{base['wall'] / r['wall']:.2f} | {diff:.4f} |")
+    if args.profile:
+        print("\nWhere the CPU time of one process goes (CPU seconds; cProfile with a CPU clock, ffmpeg from its rusage):\n")
+        prof = [r for r in results if "stages" in r]
+        print("| stage | " + " | ".join(r["name"].split(" (")[0] for r in prof) + " |")
+        print("|---|" + "---|" * len(prof))
+        for label in prof[0]["stages"]:
+            print(f"| {label} | " + " | ".join(f"{r['stages'][label]:.2f}" for r in prof) + " |")
+    for res in results:
+        for r in res["records"]:
+            if "error" in r:
+                print(f"failed ({res['name']}): {r['path']}: {r['error']}", file=sys.stderr)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"videos": videos, "seconds": seconds, "startup": startup, "modes": [
+            {k: v for k, v in r.items() if k != "records"} for r in results]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

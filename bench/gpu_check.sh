@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# GPU check for a machine WITHOUT network access that has torch, transformers and accelerate but no
+# trl, webdataset, datasets, dill, multiprocess or ffmpeg (the GPU machine lent to this project).
+#
+#   here (CPU, network):  bench/gpu_check.sh prepare [KIT]   # KIT (default gpu_kit/, git-ignored, < 64 MiB):
+#                                                           #   wheels, the tests' fixture shards, their
+#                                                           #   tensor cache, the tiny judge's config
+#   on the GPU machine:   bench/gpu_check.sh run [KIT] [OUT] # installs the wheels (no index), trains the
+#                                                           #   reward, sft and dpo judges on cuda from the
+#                                                           #   cache, times judge batches; results in OUT
+#
+# The GPU machine never decodes a video: AVBENCH_FFMPEG=/bin/false makes any attempt fail loudly, and
+# the tensor cache (AVBENCH_CACHE) holds every input the training reads. Each run's metrics.json
+# records the device in words (device_name) and train_pairs_per_s; judge_throughput.md holds
+# windows/s per batch size on the GPU and, for comparison, on the machine's CPU in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cmd=${1:?usage: bench/gpu_check.sh prepare|run [KIT] [OUT]}
+kit=${2:-gpu_kit}
+STEPS=${STEPS:-250}
+
+# what the GPU machine lacks (the versions of this venv; braceexpand is webdataset's one dependency
+# beyond numpy / pyyaml); its own transformers and accelerate are used as they are
+WHEELS=(trl==1.16.0 webdataset==1.0.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 braceexpand)
+
+case "$cmd" in
+prepare)
+    PY=${PYTHON:-.venv/bin/python}
+    rm -rf "$kit" && mkdir -p "$kit/wheels"
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d "$kit/wheels" "${WHEELS[@]}"
+    # the tests' fixture shards (generated talking boxes, 2 s windows) and the tiny judge config, then
+    # one CPU pass of each objective fills the tensor cache the GPU run reads
+    "$PY" -m tests.train_fixtures "$kit/shards" --sources 16 --seconds 2 --windows 2 --pairs 2
+    "$PY" -c "import sys; from tests.train_fixtures import write_tiny_config as w; w(sys.argv[1], logging_steps=50, \
+save_steps=100000, eval_steps=100000)" "$kit/tiny.yaml"
+    for obj in reward sft dpo; do
+        AVBENCH_CACHE="$kit/cache" "$PY" -m train --dim lip_sync --objective "$obj" --shards "$kit/shards" \
+            --config "$kit/tiny.yaml" --run "$kit/cpu_$obj" --max-steps 1
+    done
+    rm -rf "$kit"/cpu_*
+    du -sh "$kit"
+    ;;
+run)
+    out=${3:-${OUT:-gpu_out}}
+    mkdir -p "$out"
+    PY=${PYTHON:-python3}
+    "$PY" -m pip install -q --no-index --no-deps "$kit"/wheels/*.whl \
+        || "$PY" -m pip install -q --no-index --no-deps --break-system-packages "$kit"/wheels/*.whl
+    export AVBENCH_FFMPEG=/bin/false AVBENCH_CACHE="$kit/cache"
+    "$PY" -c "import torch; assert torch.cuda.is_available(), 'no GPU here'; print(torch.cuda.get_device_name(0))"
+    for obj in reward sft dpo; do
+        "$PY" -m train --dim lip_sync --objective "$obj" --shards "$kit/shards" --config "$kit/tiny.yaml" \
+            --run "$out/gpu_$obj" --max-steps "$STEPS" 2>&1 | tail -3
+        "$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], m['device_name'], \
+'train_pairs_per_s', m['train_pairs_per_s'], 'train_time_s', m['train_time_s'], 'val', m['val_pairwise_accuracy'])" \
+            "$out/gpu_$obj/metrics.json" "$obj"
+    done
+    { "$PY" bench/judge_throughput.py --judge "$out/gpu_reward/model" --device cuda --batch-sizes 1 8 64 256 1024
+      echo
+      "$PY" bench/judge_throughput.py --judge "$out/gpu_reward/model" --device cpu --batch-sizes 1 8 64; } \
+        | tee "$out/judge_throughput.md"
+    ;;
+*)
+    echo "usage: bench/gpu_check.sh prepare|run [KIT] [OUT]" >&2
+    exit 2
+    ;;
+esac
