@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "temperature / Platt / isotonic calibrators on val only, write "
                        "REPORT/report.md + report.json + plots, and export the calibrated judge.")
     e.add_argument("--dim", required=True)
-    e.add_argument("--shards", required=True, help="folder with <split>-%%06d.tar and card.json")
+    e.add_argument("--shards", required=True, help="folder or fsspec URL (s3://...) with <split>-%%06d.tar and "
+                   "card.json, or feature shards (python -m train.data featurize)")
     e.add_argument("--run", required=True, help="training run folder (model/ + metrics.json)")
     e.add_argument("--export", required=True, help="export folder to write")
     e.add_argument("--report", required=True, help="report folder to write")

@@ -496,25 +496,26 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
              device: str = "cpu", progress: bool = True, workers: int | None = None,
              max_bad_fraction: float | None = None) -> dict[str, Any]:
     """The whole `evaluate` command; returns the report dict."""
-    from train.data import DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, load_split, write_bad_samples
+    from perturb.shard_format import is_url, location_exists
+    from train.data import DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, has_split, load_split, read_card, write_bad_samples
     from train.model import load_judge
 
     t0 = time.time()
-    shards, run = Path(shards), Path(run)
+    shards, run = (shards if is_url(shards) else Path(shards)), Path(run)  # shards: a folder or an fsspec URL
     export_dir, report_dir = Path(export_dir), Path(report_dir)
     model_dir = run / "model"
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"no trained judge at {model_dir} (run `make train DIM={dim}` first)")
-    if not shards.is_dir():
+    if not location_exists(shards):
         raise FileNotFoundError(f"no shards folder {shards} (run `make shards DIM={dim}` first)")
     model, cfg = load_judge(model_dir, device)
     run_metrics = _read_json(run / "metrics.json")
-    card = _read_json(shards / "card.json") or (run_metrics or {}).get("data_card")
+    card = read_card(shards) or (run_metrics or {}).get("data_card")
 
     scored, bad = {}, {}
     bad_file = report_dir / "bad_samples.jsonl"
     for split in ("val", "test"):
-        if not list(shards.glob(f"{split}-*.tar")):
+        if not has_split(shards, split):
             print(f"[eval] no {split} shards in {shards}", file=sys.stderr)
             scored[split] = []
             continue

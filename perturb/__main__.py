@@ -15,8 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--demo", action="store_true", help="generate and use the embedded demo corpus")
     b.add_argument("--dim", default="lip_sync", help="dimension (names the output folder and the default recipe)")
     b.add_argument("--recipe", help="recipe name or YAML path (default: the dimension's recipe)")
-    b.add_argument("--out", default="shards", help="output root: shards go to OUT/<dim>/<split>-%%06d.tar")
-    b.add_argument("--workers", type=int, default=2, help="local processes (one source per task)")
+    b.add_argument("--out", default="shards", help="output root, a folder or an fsspec URL (s3://bucket/shards): "
+                   "shards go to OUT/<dim>/<split>-%%06d.tar")
+    b.add_argument("--workers", type=int, default=2, help="local processes (one source per task; local backend)")
+    b.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: a process pool here; ray: Ray Data tasks on a Ray cluster (pip install -e .[ray])")
+    b.add_argument("--ray-address", default=None, help="Ray cluster to use (default: RAY_ADDRESS, else a local Ray)")
+    b.add_argument("--work", default=None, help="with a URL --out: local folder for staging and the canonical "
+                   "cache (default cache/build/<url>); keep it to resume")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--window", type=float, help="window length in seconds (default: the recipe's)")
     b.add_argument("--hop", type=float, help="seconds between window starts (default: window, no overlap)")
@@ -67,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
                        splits=dict(zip(("train", "val", "test"), map(float, args.splits.split(",")))) if args.splits else None,
                        max_side=args.max_side, donors=donors, manifest=args.manifest,
                        cards_dir=args.cards, max_count=args.max_count, max_bytes=args.max_mb << 20,
+                       backend=args.backend, ray_address=args.ray_address, work_dir=args.work,
                        command=["python", "-m", "perturb", *(argv if argv is not None else sys.argv[1:])])
     except (ConfigError, FileNotFoundError) as err:  # a bad recipe or path: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     card = result["card"]
     print(f"{card['pairs']} pairs in {len(result['shards'])} shards under {result['out_dir']} "
-          f"({card['counts_per_split']}); {len(result['rejects'])} sources rejected "
+          f"({card['counts_per_split']}){' published to ' + result['out_url'] if 'out_url' in result else ''}; "
+          f"{len(result['rejects'])} sources rejected "
           f"(see {result['out_dir'] / 'rejects.jsonl'}); card: {args.cards}/{args.dim}.md")
     for r in result["rejects"]:
         print(f"  skipped {Path(r['path']).name}: {r['reason']}")

@@ -1,13 +1,17 @@
 """Sources in, preference-pair shards out.
 
 `process_source(source, job)` turns ONE source video into its pairs and writes them to a per-source
-staging tar (write, then rename). It reads nothing global, so a local process pool (here) or a
-distributed engine (Ray Data, later) can map it over sources. `build()` first maps `check_source`
+staging tar (write, then rename). It reads nothing global, so a local process pool or Ray Data
+(`backend="ray"`, `_map_sources_ray`) maps it over sources: the two backends run the same
+functions and differ only in who runs them. `build()` first maps `check_source`
 (probe + canonical windows, cached) over every source, assigns splits to the usable ones only,
 maps process_source with a progress bar, then packs the staging tars into
 `<out>/<dim>/<split>-%06d.tar` shards (capped by count and size, each written then renamed) and
 writes the data card. A killed build re-run with the same command skips the sources whose staging
 tar is complete and re-packs: no duplicate, no missing pair.
+
+With `out` an fsspec URL (s3://bucket/shards), the build runs in a local work folder (staging,
+canonical cache, the shards) and then publishes OUT/<dim>/'s files to the URL, manifest.json last.
 """
 from __future__ import annotations
 
@@ -573,11 +577,13 @@ def pack_shards(summaries: list[dict[str, Any]], staging: Path, out_dir: Path,
 
 # ----------------------------------------------------------------------------- build
 
-def _map_sources(fn, sources: list[Source], job: Job, pool: ProcessPoolExecutor | None, failed,
+def _map_sources(fn, sources: list[Source], job: Job, pool: ProcessPoolExecutor | str | None,
                  desc: str, progress: bool) -> dict[str, dict[str, Any]]:
-    """{source_id: fn(source, job)} over a process pool (or here when pool is None), with a progress bar."""
+    """{source_id: fn(source, job)} over a process pool, Ray (pool "ray") or here (None), with a progress bar."""
     from tqdm import tqdm
 
+    if pool == "ray":
+        return _map_sources_ray(fn, sources, job, desc, progress)
     results: dict[str, dict[str, Any]] = {}
     with tqdm(total=len(sources), desc=desc, unit="src", disable=not progress) as bar:
         if pool is None:
@@ -591,9 +597,98 @@ def _map_sources(fn, sources: list[Source], job: Job, pool: ProcessPoolExecutor 
             try:
                 results[s.source_id] = fut.result()
             except Exception as err:
-                results[s.source_id] = failed(s, err)
+                results[s.source_id] = _internal_error(s, err)
             bar.update()
     return results
+
+
+def _internal_error(source: Source, err: Exception) -> dict[str, Any]:
+    """The summary of a source whose task crashed: a crash in one source must not stop the build."""
+    return {"source_id": source.source_id, "path": source.path, "status": "rejected",
+            "reason": f"internal error: {err!r}"}
+
+
+def _run_in_scratch(row: dict[str, Any], fn, job: Job) -> dict[str, Any]:
+    """Ray Data map: run fn(source, job) on a cluster node with a scratch staging folder, and return
+    what it staged (summary, tar and done marker as bytes) for the driver to write into its own."""
+    source = Source(**json.loads(row["source"]))
+    with tempfile.TemporaryDirectory(prefix="avbench_stage_") as tmp:
+        try:
+            summary = fn(source, replace(job, staging_dir=tmp))
+        except Exception as err:
+            summary = _internal_error(source, err)
+        marker, tar = Path(tmp) / f"{source.source_id}.json", Path(tmp) / f"{source.source_id}.tar"
+        done = marker.is_file()
+        return {"summary": json.dumps(summary), "marker": marker.read_bytes() if done else b"",
+                "tar": tar.read_bytes() if done and tar.is_file() else b""}
+
+
+def _map_sources_ray(fn, sources: list[Source], job: Job, desc: str, progress: bool) -> dict[str, dict[str, Any]]:
+    """_map_sources on Ray Data: one row per source, one CPU per task; the driver stages the results.
+
+    Sources staged by an earlier run are answered here (fn reads their done marker); the others go
+    to the cluster. Each result is written to the driver's staging folder as it arrives (tar, then
+    done marker, as process_source does), so a killed driver loses only the sources in flight.
+    """
+    import ray
+    import ray.data
+    from tqdm import tqdm
+
+    staging = Path(job.staging_dir)
+    results = {s.source_id: fn(s, job) for s in sources if (staging / f"{s.source_id}.json").is_file()}
+    todo = [s for s in sources if s.source_id not in results]
+    if not todo:
+        return results
+    rows = ray.data.from_items([{"source": json.dumps(asdict(s))} for s in todo], override_num_blocks=len(todo))
+    rows = rows.map(_run_in_scratch, fn_kwargs={"fn": fn, "job": job}, num_cpus=1)
+    with tqdm(total=len(todo), desc=desc, unit="src", disable=not progress) as bar:
+        for row in rows.iter_rows():
+            summary = json.loads(row["summary"])
+            if row["marker"]:
+                if row["tar"]:
+                    _write_atomically(staging / f"{summary['source_id']}.tar", lambda fh: fh.write(row["tar"]))
+                _write_atomically(staging / f"{summary['source_id']}.json", lambda fh: fh.write(row["marker"]))
+            results[summary["source_id"]] = summary
+            bar.update()
+    return results
+
+
+def init_ray(address: str | None = None, **kw: Any) -> None:
+    """Connect to the Ray cluster at `address` (None: RAY_ADDRESS, else a local Ray); no-op when connected.
+
+    A local Ray's workers get this checkout first on their path, so they run the code the driver
+    runs; on a cluster the code is installed or shipped by `ray job submit --working-dir`.
+    """
+    import logging
+
+    import ray
+    import ray.data
+
+    if ray.is_initialized():
+        return
+    if address is None and "RAY_ADDRESS" not in os.environ:
+        here = str(Path(__file__).resolve().parents[1])
+        kw.setdefault("runtime_env", {"env_vars": {
+            "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)}})
+    ray.init(address=address, log_to_driver=False, **kw)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours (tqdm) counts sources
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def publish(local_dir: Path, url: str) -> None:
+    """Copy a build's files (shards, rejects.jsonl, card, manifest.json last) to a URL; drop stale shards there."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    files = sorted((p for p in local_dir.iterdir() if p.is_file() and not p.name.startswith(".")),
+                   key=lambda p: p.name == "manifest.json")
+    for f in files:
+        fs.put_file(str(f), f"{root}/{f.name}")
+    names = {f.name for f in files}
+    for stale in fs.glob(f"{root}/*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+        if stale.rsplit("/", 1)[-1] not in names:
+            fs.rm_file(stale)
 
 
 def _write_rejects(out_dir: Path, rejects: list[dict[str, Any]]) -> None:
@@ -626,8 +721,23 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
           splits: dict[str, float] | None = None,
           donors: str | Path | None = None, manifest: str | Path | None = None,
           cards_dir: str | Path | None = "data_cards", max_count: int = 500,
-          max_bytes: int = 512 << 20, progress: bool = True, command: list[str] | None = None) -> dict[str, Any]:
-    """Build `<out>/<dim>/` shards from the videos under `src` with recipe `recipe` (default: dim)."""
+          max_bytes: int = 512 << 20, progress: bool = True, command: list[str] | None = None,
+          backend: str = "local", ray_address: str | None = None, work_dir: str | Path | None = None) -> dict[str, Any]:
+    """Build `<out>/<dim>/` shards from the videos under `src` with recipe `recipe` (default: dim).
+
+    backend: "local" (a process pool of `workers`) or "ray" (Ray Data on the cluster at ray_address).
+    out: a folder or an fsspec URL; for a URL the build happens in `work_dir` (default
+    cache/build/<url as a name>, kept for resuming) and is then published there.
+    """
+    if isinstance(out, str) and "://" in out:
+        local = Path(work_dir or Path(__file__).resolve().parents[1] / "cache" / "build" / safe_id(out))
+        result = build(src, dim, local, seed=seed, workers=workers, recipe=recipe, window_seconds=window_seconds,
+                       max_windows=max_windows, max_side=max_side, hop_seconds=hop_seconds,
+                       pairs_per_window=pairs_per_window, splits=splits, donors=donors, manifest=manifest,
+                       cards_dir=cards_dir, max_count=max_count, max_bytes=max_bytes, progress=progress,
+                       command=command, backend=backend, ray_address=ray_address)
+        publish(result["out_dir"], f"{out.rstrip('/')}/{dim}")
+        return {**result, "out_url": f"{out.rstrip('/')}/{dim}"}
     from .cards import write_card
 
     t0 = time.time()
@@ -640,10 +750,10 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         [PIPELINE_VERSION, recipe_obj.source_text, seed, window, max_windows, max_side, hop_seconds or 0,
          pairs_per_window or 0, splits or recipe_obj.splits,
          str(Path(donors).resolve()) if donors else ""]).encode()).hexdigest()[:12]
-    staging = out_dir / ".staging" / config_key  # a changed config never reuses old pairs
+    staging = out_dir.resolve() / ".staging" / config_key  # a changed config never reuses old pairs
     staging.mkdir(parents=True, exist_ok=True)
 
-    canonical_dir = Path(out) / ".canonical"
+    canonical_dir = Path(out).resolve() / ".canonical"  # absolute: Ray workers run elsewhere
     clean_stale_temporaries(out_dir, canonical_dir)
     sources = find_sources(src, manifest)
     donors_dir = Path(os.path.realpath(donors)) if donors else None  # the demo keeps its donor voices under src
@@ -653,24 +763,24 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         _write_rejects(out_dir, skipped)
         raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {src}"
                          + (f" ({len(skipped)} other files skipped, see {out_dir / 'rejects.jsonl'})" if skipped else ""))
-    job = Job(recipe_path=recipe_path, seed=seed, window_seconds=window, staging_dir=str(staging),
+    job = Job(recipe_path=str(Path(recipe_path).resolve()), seed=seed, window_seconds=window, staging_dir=str(staging),
               max_side=max_side, max_windows=max_windows,
               hop_seconds=float(hop_seconds or 0), pairs_per_window=int(pairs_per_window or 0),
               canonical_dir=str(canonical_dir))
     fractions = splits or recipe_obj.splits
 
-    def failed(s: Source, err: Exception) -> dict[str, Any]:  # a crash in one source must not stop the build
-        return {"source_id": s.source_id, "path": s.path, "status": "rejected", "reason": f"internal error: {err!r}"}
-
-    pool = None
-    if workers > 1:
+    pool: ProcessPoolExecutor | str | None = None
+    if backend == "ray":
+        init_ray(ray_address)
+        pool = "ray"
+    elif workers > 1:
         # spawn, not fork: a parent that already ran torch (OpenMP pool) deadlocks forked children
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init, initargs=(os.getpid(),))
     try:
         # pass 1: probe + canonicalise every source, so only usable ones take a split and a rejected
         # file never moves a good source to another split
-        checks = _map_sources(check_source, sources, job, pool, failed, f"{dim}: checking sources", progress)
+        checks = _map_sources(check_source, sources, job, pool, f"{dim}: checking sources", progress)
         usable = [s for s in sources if checks[s.source_id]["status"] == "ok"]
         split_sources = assign_splits(usable, fractions, seed,
                                       weights={s.source_id: checks[s.source_id]["duration"] or 0.0 for s in usable})
@@ -683,9 +793,9 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         job = replace(job, donors={split: tuple(sorted(s.path for s in split_sources if s.split == split))
                                    + tuple(external) for split in SPLITS})
         # pass 2: pairs
-        done = _map_sources(process_source, split_sources, job, pool, failed, f"{dim}: sources", progress)
+        done = _map_sources(process_source, split_sources, job, pool, f"{dim}: sources", progress)
     finally:
-        if pool is not None:
+        if isinstance(pool, ProcessPoolExecutor):
             pool.shutdown()
     summaries = sorted([{**done[s.source_id], "split": s.split, "pairs": done[s.source_id].get("pairs", 0)}
                         for s in split_sources]

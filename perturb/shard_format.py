@@ -9,6 +9,11 @@ Shards may come from anyone, so readers decode nothing outside this format: json
 json.loads, mp4s stay bytes for ffmpeg. A member with another extension (`.pyd`, `.pickle`, `.pth`,
 which WebDataset's default decoders would unpickle) makes the whole shard invalid.
 
+Shards live in a folder or behind an fsspec URL (s3://, gs://, file://; s3fs / gcsfs installed
+as extras): `is_url`, `join`, `open_location` and `list_location` are the few calls readers need, and
+check_shard reads a URL shard's member headers the same way (fsspec files seek, so only headers are
+fetched).
+
 Two kinds of error, two reactions:
   ShardFormatError  the shard breaks the format (a member outside it, a key that is a path, a link,
                     a huge declared size): hostile or not ours; readers stop, naming shard and member.
@@ -20,8 +25,9 @@ from __future__ import annotations
 
 import re
 import tarfile
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 MEMBERS = ("chosen.mp4", "rejected.mp4", "json")
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,200}")
@@ -63,16 +69,70 @@ def check_member(info: tarfile.TarInfo, shard: str | Path = "") -> tuple[str, st
     return key, ext
 
 
-def check_shard(path: str | Path) -> int:
-    """Check every member header of a shard (no payload is read); returns the number of samples."""
+def check_shard(path: str | Path, fileobj: IO[bytes] | None = None) -> int:
+    """Check every member header of a shard; returns the number of samples.
+
+    With `fileobj` the tar is read as a stream (every byte passes, e.g. through a hash); else only
+    the headers are read, from the file or URL `path`.
+    """
     keys: set[str] = set()
+    name = location_name(path)
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for info in tar:
-                keys.add(check_member(info, Path(path).name)[0])
+        with (nullcontext(fileobj) if fileobj is not None else open_location(path)) as fh:
+            with tarfile.open(fileobj=fh, mode="r|" if fileobj is not None else "r:") as tar:
+                for info in tar:
+                    keys.add(check_member(info, name)[0])
     except tarfile.TarError as err:
-        raise ShardFormatError(f"{Path(path).name}: not a readable tar ({err})") from err
+        raise ShardFormatError(f"{name}: not a readable tar ({err})") from err
     return len(keys)
+
+
+# ----------------------------------------------------------------------------- locations
+
+def is_url(location: str | Path) -> bool:
+    """An fsspec URL (s3://bucket/x, file:///x, ...), as opposed to a local path."""
+    return isinstance(location, str) and "://" in location
+
+
+def join(location: str | Path, *names: str) -> str | Path:
+    """`location/name/...`: a Path for a local folder, a URL string for a URL."""
+    if is_url(location):
+        return "/".join([str(location).rstrip("/"), *names])
+    return Path(location).joinpath(*names)
+
+
+def location_name(location: str | Path) -> str:
+    """The last component of a path or URL (a shard's file name)."""
+    return str(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+def open_location(location: str | Path, mode: str = "rb") -> IO:
+    """open() for a local path, fsspec.open() for a URL."""
+    if is_url(location):
+        import fsspec
+
+        return fsspec.open(str(location), mode).open()
+    return open(location, mode)
+
+
+def list_location(location: str | Path, pattern: str) -> list[str | Path]:
+    """Entries of a folder or URL matching a glob pattern, sorted (URLs keep their scheme)."""
+    if is_url(location):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(str(location))
+        found = fs.glob(f"{root.rstrip('/')}/{pattern}")
+        return sorted(join(location, location_name(f)) for f in found)
+    return sorted(Path(location).glob(pattern))
+
+
+def location_exists(location: str | Path) -> bool:
+    if is_url(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(str(location))
+        return fs.exists(path)
+    return Path(location).exists()
 
 
 def check_sample(sample: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +141,7 @@ def check_sample(sample: dict[str, Any]) -> dict[str, Any]:
 
     The streaming twin of check_shard, for readers that never saw the tar's headers.
     """
-    shard = Path(str(sample.get("__url__", ""))).name
+    shard = location_name(str(sample.get("__url__", "")))
     key = str(sample.get("__key__", ""))
     for ext in sample:
         if not ext.startswith("__"):

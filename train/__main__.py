@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dim", required=True, help="lip_sync | voice_identity | video_quality | ...")
     ap.add_argument("--objective", default="reward",
                     help="reward | dpo | sft: a name in train.trainers.OBJECTIVES (default reward)")
-    ap.add_argument("--shards", default=None, help="shard directory (default shards/<dim>)")
+    ap.add_argument("--shards", default=None, help="pair or feature shards: folder or fsspec URL (default shards/<dim>)")
     ap.add_argument("--run", "--run-dir", dest="run", default=None,
                     help="run directory (default runs/<dim>); spell it --run-dir under torchrun, whose own "
                          "parser takes --run for an abbreviation of its --run-path")
@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def init_from(model, init: str, shards: Path, log) -> dict[str, Any]:
+def init_from(model, init: str, shards: Path | str, log) -> dict[str, Any]:
     """Copy the weights of another run's judge (same names and shapes) into model; refuse a run
     pretrained on this dataset's val / test sources. Returns what metrics.json records."""
     from .model import load_weights
@@ -120,7 +120,7 @@ def init_from(model, init: str, shards: Path, log) -> dict[str, Any]:
     run_metrics = src.parent / "metrics.json"
     info = json.loads(run_metrics.read_text()) if run_metrics.is_file() else {}
     used = {Path(s["file"]).name for s in info.get("pretrain_sources") or [] if s.get("windows")}
-    held = held_out_files(shards) if (shards / "card.json").is_file() else {}
+    held = held_out_files(shards)
     leaked = sorted(used & set(held))
     if leaked:
         raise SystemExit(f"--init {init} was pretrained on val/test sources of {shards}: {leaked}")
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from transformers import AutoModel
 
+    from perturb.shard_format import is_url
+
     from .data import (DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, load_split, precompute_video_features,
                        read_card, write_bad_samples)
     from .device import describe_device
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--objective {args.objective!r}: unknown; registered: {sorted(OBJECTIVES)}")
     conf = load_config(args.dim, args.config)
     plugins = import_plugins([*(conf.get("plugins") or []), *args.plugin])
-    shards = Path(args.shards or f"shards/{args.dim}")
+    shards = args.shards if is_url(args.shards or "") else Path(args.shards or f"shards/{args.dim}")  # folder or URL
     run = Path(args.run or f"runs/{args.dim}")
     ckpt_dir = run / "checkpoints" / args.objective  # objectives sharing a run dir never resume each other
     if args.no_resume and main_proc and ckpt_dir.exists():

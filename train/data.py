@@ -20,6 +20,12 @@ PairDataset.bad; a split with more than `max_bad_fraction` of its samples bad st
 TooManyBadSamples (one line). Members outside the pair format are another matter: the shard is
 hostile or not ours, and perturb.shard_format.ShardFormatError stops everything.
 
+LOCATIONS: shards may be a folder or an fsspec URL (s3://bucket/shards/lip_sync); a URL shard is
+streamed (its headers checked and its sha256 taken in one pass, then decoded in the cache pass),
+never copied whole, and the tensor cache stays local, keyed as above. FEATURE SHARDS
+(`python -m train.data featurize`) are cache entries written beside `features.json` at any
+location: given such a location, load_split reads the tensors and decodes no video.
+
 `stream_pairs` is the no-cache path (decode on the fly, shard shuffle + sample shuffle buffer),
 kept for the cache-vs-no-cache benchmark: `python -m train.data bench --shards DIR`.
 """
@@ -29,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +45,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from perturb.media import MediaError, sha256_file  # the shared media layer, not perturb's internals
-from perturb.shard_format import BadSample, ShardFormatError, check_sample, check_shard  # the shard contract
+from perturb.shard_format import (BadSample, ShardFormatError, check_sample, check_shard, is_url, join,  # the shard contract
+                                  list_location, location_exists, location_name, open_location)
 
 from .preprocess import PreprocessConfig, preprocess_clip
 
@@ -61,10 +69,40 @@ class TooManyBadSamples(RuntimeError):
 
 @dataclass
 class ShardInfo:
-    path: Path
+    path: Path | str  # a local file or a URL
     split: str
     sha256: str
     count: int | None
+
+    @property
+    def name(self) -> str:
+        return location_name(self.path)
+
+    @property
+    def stem(self) -> str:
+        return self.name.rsplit(".", 1)[0]
+
+
+class _HashingReader:
+    """A read-only stream that hashes every byte read through it."""
+
+    def __init__(self, raw):
+        self.raw, self.sha = raw, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha.update(data)
+        return data
+
+
+def _check_and_hash(url: str) -> str:
+    """One streaming pass over a URL shard: every member header checked, sha256 of all its bytes."""
+    with open_location(url) as raw:
+        reader = _HashingReader(raw)
+        check_shard(url, fileobj=reader)
+        while reader.read(1 << 20):  # the tar's end blocks
+            pass
+    return reader.sha.hexdigest()
 
 
 def list_shards(shards_dir: str | Path, split: str) -> list[ShardInfo]:
@@ -73,29 +111,49 @@ def list_shards(shards_dir: str | Path, split: str) -> list[ShardInfo]:
     The sha256 used for the cache key is always computed from the file itself, so a rewritten shard
     invalidates its cache entry even if the manifest was not updated (a mismatch is reported).
     """
-    shards_dir = Path(shards_dir)
+    url = is_url(shards_dir)
+    shards_dir = shards_dir if url else Path(shards_dir)
     entries: list[dict[str, Any]] = []
-    manifest = shards_dir / "manifest.json"
-    if manifest.is_file():
-        entries = [e for e in json.loads(manifest.read_text()).get("shards", []) if e.get("split") == split]
+    manifest = _read_json(join(shards_dir, "manifest.json"))
+    if manifest:
+        entries = [e for e in manifest.get("shards", []) if e.get("split") == split]
     if not entries:
-        entries = [{"file": p.name, "split": split} for p in sorted(shards_dir.glob(f"{split}-*.tar"))]
+        entries = [{"file": location_name(p), "split": split} for p in list_location(shards_dir, f"{split}-*.tar")]
     out = []
     for e in sorted(entries, key=lambda e: e["file"]):
-        path = shards_dir / e["file"]
-        if not path.is_file():
+        path = join(shards_dir, e["file"])
+        if not location_exists(path):
             raise FileNotFoundError(f"shard listed in manifest is missing: {path}")
-        check_shard(path)  # member names / types / sizes, before anything is decoded
-        sha = sha256_file(path)
+        if url:
+            sha = _check_and_hash(path)
+        else:
+            check_shard(path)  # member names / types / sizes, before anything is decoded
+            sha = sha256_file(path)
         if e.get("sha256") and e["sha256"] != sha:
-            print(f"[train.data] warning: {path.name}: sha256 differs from manifest.json (shard rewritten?)")
+            print(f"[train.data] warning: {e['file']}: sha256 differs from manifest.json (shard rewritten?)")
         out.append(ShardInfo(path, split, sha, e.get("count")))
     return out
 
 
+def _read_json(location: str | Path) -> Any:
+    """A JSON file of a folder or URL, or None when there is none."""
+    try:
+        with open_location(location) as fh:
+            return json.loads(fh.read())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def read_card(shards_dir: str | Path) -> dict[str, Any] | None:
-    p = Path(shards_dir) / "card.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    return _read_json(join(shards_dir, "card.json"))
+
+
+def has_split(shards_dir: str | Path, split: str) -> bool:
+    """Whether a pair-shard or feature-shard location holds any of the split."""
+    features = _read_json(join(shards_dir, FEATURES_MANIFEST))
+    if features:
+        return any(e["split"] == split for e in features["entries"])
+    return bool(list_location(shards_dir, f"{split}-*.tar"))
 
 
 # ----------------------------------------------------------------------------------- decoding
@@ -145,18 +203,28 @@ def _decode_or_bad(sample: dict[str, Any], cfg: PreprocessConfig) -> dict[str, A
     except Exception as err:  # corrupt input must not stop a run; a systematic failure trips the threshold
         reason = str(err) if isinstance(err, BadSample) else f"{type(err).__name__}: {err}"
         return {"url": str(sample.get("__url__", "")),
-                "bad": {"shard": Path(str(sample.get("__url__", ""))).name, "key": str(sample.get("__key__", "")),
+                "bad": {"shard": location_name(str(sample.get("__url__", ""))), "key": str(sample.get("__key__", "")),
                         "reason": reason.strip().splitlines()[-1] if reason.strip() else type(err).__name__}}
+
+
+def _open_shards(src: Iterator[dict]) -> Iterator[dict]:
+    """WebDataset's opener stage, through open_location: local files and any fsspec URL stream alike."""
+    for sample in src:
+        with open_location(sample["url"]) as stream:  # closed once the tar has been read
+            yield {**sample, "stream": stream}
 
 
 def _pipeline(urls: list[str], cfg: PreprocessConfig, shuffle: int = 0, seed: int = 0):
     import webdataset as wds
+    from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    ds = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, nodesplitter=_no_split,
-                        workersplitter=_no_split, empty_check=False, seed=seed)
+    stages: list[Any] = [wds.SimpleShardList(urls)]
     if shuffle:
-        ds = ds.shuffle(shuffle, seed=seed)
-    return ds.compose(_sample_split_by_worker).map(lambda s: _decode_or_bad(s, cfg))
+        stages += [wds.filters.shuffle(len(urls), seed=seed)]
+    stages += [_open_shards, tar_file_expander, group_by_keys]
+    if shuffle:
+        stages += [wds.filters.shuffle(shuffle, seed=seed)]
+    return wds.DataPipeline(*stages, _sample_split_by_worker, wds.filters.map(lambda s: _decode_or_bad(s, cfg)))
 
 
 def _check_bad_share(split: str, bad: list[dict[str, Any]], total: int, max_bad_fraction: float | None) -> None:
@@ -185,7 +253,11 @@ def _default_workers() -> int:
 
 def cache_entry(shard: ShardInfo, cfg: PreprocessConfig, cache_dir: str | Path | None = None) -> Path:
     root = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    return root / f"{shard.path.stem}-{shard.sha256[:16]}-{cfg.fingerprint()}"
+    return root / entry_name(shard, cfg)
+
+
+def entry_name(shard: ShardInfo, cfg: PreprocessConfig) -> str:
+    return f"{shard.stem}-{shard.sha256[:16]}-{cfg.fingerprint()}"
 
 
 def _write_entry(entry: Path, shard: ShardInfo, items: list[dict], cfg: PreprocessConfig, build_s: float,
@@ -203,7 +275,7 @@ def _write_entry(entry: Path, shard: ShardInfo, items: list[dict], cfg: Preproce
                 tensors[f"{side}.{mod}"] = torch.stack([it[side][mod] for it in items]).to(torch.float16).contiguous()
         save_file(tensors, str(tmp / "tensors.safetensors"))
     (tmp / "metas.json").write_text(json.dumps({
-        "shard": {"file": shard.path.name, "sha256": shard.sha256, "split": shard.split, "count": len(items)},
+        "shard": {"file": shard.name, "sha256": shard.sha256, "split": shard.split, "count": len(items)},
         "fingerprint": cfg.fingerprint(), "preprocess": cfg.to_dict(), "build_s": round(build_s, 2),
         "keys": [it["key"] for it in items], "metas": [it["meta"] for it in items],
         "info": [it["info"] for it in items], "bad": sorted(bad or [], key=lambda b: b["key"]),
@@ -257,11 +329,111 @@ def build_cache(shards: list[ShardInfo], cfg: PreprocessConfig, cache_dir: str |
     return stats
 
 
-def load_entry(entry: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
+def load_entry(entry: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A cache entry or feature shard (folder or URL): its tensors (safetensors) and metas."""
+    from safetensors.torch import load, load_file
 
-    tensors = entry / "tensors.safetensors"
-    return load_file(str(tensors)) if tensors.is_file() else {}, json.loads((entry / "metas.json").read_text())
+    metas = _read_json(join(entry, "metas.json"))
+    if metas is None:
+        raise FileNotFoundError(f"no metas.json in {entry}")
+    if not metas["keys"]:  # every sample bad: no tensors file
+        return {}, metas
+    if not is_url(entry):  # a local file is mapped, not read into a buffer first
+        return load_file(str(join(entry, "tensors.safetensors"))), metas
+    with open_location(join(entry, "tensors.safetensors")) as fh:
+        return load(fh.read()), metas
+
+
+# ----------------------------------------------------------------------------------- feature shards
+
+FEATURES_MANIFEST = "features.json"
+
+
+def _feature_entries(location: str | Path, features: dict[str, Any], split: str,
+                     cfg: PreprocessConfig) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    if features["fingerprint"] != cfg.fingerprint():
+        raise ValueError(f"feature shards at {location} were made with preprocessing {features['fingerprint']} "
+                         f"({features['preprocess']}), this config gives {cfg.fingerprint()}: run "
+                         f"`python -m train.data featurize` with this config")
+    entries = [load_entry(join(location, e["entry"])) for e in features["entries"] if e["split"] == split]
+    if not entries:
+        raise FileNotFoundError(f"no {split} feature shards in {location}")
+    return entries
+
+
+def featurize_shard(shard: ShardInfo, cfg: PreprocessConfig, out: str | Path, num_workers: int = 0,
+                    max_bad_fraction: float | None = DEFAULT_MAX_BAD_FRACTION) -> dict[str, Any]:
+    """One pair shard -> one feature shard `out/<cache entry name>/` (tensors.safetensors, metas.json).
+
+    The same code as the tensor cache (build_cache into a scratch folder), then copied out: the
+    tensors first, metas.json last, so a feature shard with metas.json is complete. One already
+    there is kept (a re-run after a kill redoes only the missing ones).
+    """
+    name = entry_name(shard, cfg)
+    target = join(out, name)
+    row = {"split": shard.split, "entry": name, "shard": shard.name, "sha256": shard.sha256}
+    if location_exists(join(target, "metas.json")):
+        return {**row, "count": len(_read_json(join(target, "metas.json"))["keys"])}
+    with tempfile.TemporaryDirectory(prefix="avbench_features_") as tmp:
+        build_cache([shard], cfg, tmp, num_workers=num_workers, log=lambda *a: None,
+                    max_bad_fraction=max_bad_fraction)
+        local = Path(tmp) / name
+        for f in ("tensors.safetensors", "metas.json"):
+            if (local / f).is_file():
+                _copy_to(local / f, join(target, f))
+        return {**row, "count": len(json.loads((local / "metas.json").read_text())["keys"])}
+
+
+def _copy_to(local: Path, location: str | Path) -> None:
+    if is_url(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(str(location))
+        fs.put_file(str(local), path)
+    else:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(location).with_name(f".{Path(location).name}.tmp{os.getpid()}")
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, location)
+
+
+def featurize(shards_dir: str | Path, out: str | Path, cfg: PreprocessConfig, splits: tuple[str, ...] = ("train", "val", "test"),
+              backend: str = "local", ray_address: str | None = None, num_workers: int | None = None,
+              log=print) -> dict[str, Any]:
+    """Pair shards -> feature shards + `out/features.json` (one per pair shard; see featurize_shard).
+
+    backend "local" runs the shards one after another here (each with a DataLoader of num_workers);
+    "ray" runs one Ray task per shard (1 CPU each) on the cluster at ray_address.
+    """
+    t0 = time.time()
+    shards = [s for split in splits if has_split(shards_dir, split) for s in list_shards(shards_dir, split)]
+    if not shards:
+        raise FileNotFoundError(f"no pair shards in {shards_dir}")
+    if backend == "ray":
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=ray_address, log_to_driver=False)
+        task = ray.remote(num_cpus=1)(featurize_shard)
+        rows = ray.get([task.remote(s, cfg, out) for s in shards])
+    else:
+        rows = [featurize_shard(s, cfg, out, num_workers=num_workers if num_workers is not None else _default_workers())
+                for s in shards]
+    manifest = {"fingerprint": cfg.fingerprint(), "preprocess": cfg.to_dict(), "entries": rows,
+                "source": str(shards_dir)}
+    card = read_card(shards_dir)
+    with tempfile.TemporaryDirectory(prefix="avbench_") as scratch:
+        tmp = Path(scratch)
+        if card is not None:
+            (tmp / "card.json").write_text(json.dumps(card, indent=2))
+            _copy_to(tmp / "card.json", join(out, "card.json"))
+        (tmp / FEATURES_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        _copy_to(tmp / FEATURES_MANIFEST, join(out, FEATURES_MANIFEST))  # last: marks the set complete
+    pairs = sum(r["count"] for r in rows)
+    stats = {"shards": len(rows), "pairs": pairs, "wall_s": round(time.time() - t0, 2), "backend": backend,
+             "pairs_per_s": round(pairs / max(time.time() - t0, 1e-9), 3)}
+    log(f"[train.data] featurized {pairs} pairs from {len(rows)} shard(s) into {out} in {stats['wall_s']}s")
+    return stats
 
 
 # ----------------------------------------------------------------------------------- datasets
@@ -351,13 +523,17 @@ def load_split(shards_dir: str | Path, split: str, cfg: PreprocessConfig, cache_
     Bad samples are left out and listed in `.bad`; TooManyBadSamples when more than
     max_bad_fraction of the split is bad (None: no limit).
     """
-    shards = list_shards(shards_dir, split)
-    if not shards:
-        raise FileNotFoundError(f"no {split} shards in {shards_dir}")
-    build_cache(shards, cfg, cache_dir, num_workers=num_workers, log=log, max_bad_fraction=max_bad_fraction)
+    features = _read_json(join(shards_dir, FEATURES_MANIFEST))
+    if features:
+        entries = _feature_entries(shards_dir, features, split, cfg)
+    else:
+        shards = list_shards(shards_dir, split)
+        if not shards:
+            raise FileNotFoundError(f"no {split} shards in {shards_dir}")
+        build_cache(shards, cfg, cache_dir, num_workers=num_workers, log=log, max_bad_fraction=max_bad_fraction)
+        entries = [load_entry(cache_entry(s, cfg, cache_dir)) for s in shards]
     parts, metas, keys, info, bad = [], [], [], [], []
-    for s in shards:
-        t, m = load_entry(cache_entry(s, cfg, cache_dir))
+    for t, m in entries:
         if t:
             parts.append(t)
         metas += m["metas"]
@@ -371,7 +547,7 @@ def load_split(shards_dir: str | Path, split: str, cfg: PreprocessConfig, cache_
         log(f"[train.data] {split}: {len(bad)} bad sample(s) skipped of {len(keys) + len(bad)}")
     tensors = {k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
     return PairDataset(tensors, metas, keys, info, card=read_card(shards_dir),
-                       shards=[{"file": s.path.name, "sha256": s.sha256} for s in shards], bad=bad)
+                       shards=[{"file": m["shard"]["file"], "sha256": m["shard"]["sha256"]} for _, m in entries], bad=bad)
 
 
 @torch.no_grad()
@@ -663,6 +839,16 @@ if __name__ == "__main__":
     b.add_argument("--epochs", type=int, default=2)
     b.add_argument("--workers", type=int, default=None)
     b.add_argument("--config", default=None, help="train/configs/<dim>.yaml for the preprocessing section")
+    f = sub.add_parser("featurize", help="pair shards -> feature shards (the cached tensors, safetensors)")
+    f.add_argument("--shards", required=True, help="pair shards: folder or URL (s3://..., file://...)")
+    f.add_argument("--out", required=True, help="feature shards: folder or URL; give it to python -m train --shards")
+    f.add_argument("--splits", default="train,val,test")
+    f.add_argument("--backend", choices=("local", "ray"), default="local")
+    f.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    f.add_argument("--workers", type=int, default=None, help="local backend: DataLoader workers")
+    f.add_argument("--dim", default="lip_sync", help="the dimension whose training config sets the preprocessing")
+    f.add_argument("--config", default=None, help="training YAML (default train/configs/<dim>.yaml)")
+    f.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="as for python -m train")
     c = sub.add_parser("cache", help="build the tensor cache for splits")
     c.add_argument("--shards", required=True)
     c.add_argument("--splits", default="train,val")
@@ -670,11 +856,20 @@ if __name__ == "__main__":
     c.add_argument("--config", default=None)
     args = ap.parse_args()
     pre = PreprocessConfig()
-    if args.config:
+    if args.config and args.cmd != "featurize":
         import yaml
 
         pre = PreprocessConfig.from_dict(yaml.safe_load(Path(args.config).read_text()).get("preprocess", {}))
-    if args.cmd == "bench":
+    if args.cmd == "featurize":  # the preprocessing python -m train will ask for: same config, same fingerprint
+        from train.__main__ import load_config, resolve_preprocess
+        from train.encoders import import_plugins
+
+        conf = load_config(args.dim, args.config)
+        pre = PreprocessConfig.from_dict(resolve_preprocess(conf, import_plugins([*(conf.get("plugins") or []),
+                                                                                   *args.plugin])))
+        print(json.dumps(featurize(args.shards, args.out, pre, tuple(args.splits.split(",")), backend=args.backend,
+                                   ray_address=args.ray_address, num_workers=args.workers)))
+    elif args.cmd == "bench":
         print(json.dumps(benchmark(args.shards, args.split, pre, args.cache_dir, args.epochs, args.workers), indent=2))
     else:
         for sp in args.splits.split(","):

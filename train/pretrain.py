@@ -56,9 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def held_out_files(shards: Path) -> dict[str, str]:
-    """{file name: split} of the val / test sources of a shard build (its card.json)."""
-    card = json.loads((shards / "card.json").read_text())
+def held_out_files(shards: Path | str) -> dict[str, str]:
+    """{file name: split} of the val / test sources of a shard build (its card.json; {} without one)."""
+    from .data import read_card
+
+    card = read_card(shards) or {}
     return {Path(s.get("file") or s["source_id"]).name: s["split"] for s in card.get("sources", [])
             if s.get("split") in ("val", "test")}
 
