@@ -176,6 +176,11 @@ class Transform:
         """This transform configured for one source window (see OperatorContext); default: itself."""
         return self
 
+    def audio_context_seconds(self) -> float:
+        """Seconds of the source's soundtrack before / after the window that apply may read (Clip
+        context); the pipeline cuts at least this much. Default 0: the window alone."""
+        return max((leaf.audio_context_seconds() for leaf in self.leaves() if leaf is not self), default=0.0)
+
     def __call__(self, clip: Clip, rng: np.random.Generator, severity: int) -> tuple[Clip, list[dict]]:
         """Sample, then apply; returns the new clip and the record of what was applied."""
         ops = self.sample(rng, severity)
