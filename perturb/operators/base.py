@@ -149,7 +149,8 @@ class OperatorContext:
 
     source_id: the source's id.  split: "train" / "val" / "test" of the source.
     donor_pool: media files (video or audio) other people's material may come from: the other
-      sources of the same split plus the build's --donors files; never the source's own file.
+      sources of the same split plus the build's --donors files of that split (each file is in one split,
+      pipeline.donor_splits); never the source's own file.
     clip: the original window being perturbed (audio, lazy frames, audio context).
     source_path: the source file.
     """
