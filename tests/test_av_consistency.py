@@ -231,6 +231,17 @@ def test_mismatch_records_the_donor_and_plays_its_soundtrack(pool):
         np.testing.assert_array_equal(replay(context.clip, [{"name": cls.name, "params": params}]).audio, out.audio)
 
 
+def test_donor_segment_fits_in_the_donor_without_looping(pool):
+    from perturb.operators.voice import donor_duration
+
+    context = _context(pool)  # 2 s window, 3 s donors
+    for cls in (SoundtrackSwap, SemanticSwap):
+        op = cls().with_context(context)
+        for seed in range(20):
+            params = op.sample_params(np.random.default_rng(seed), 1 + seed % 5)
+            assert params["donor_start"] + context.clip.duration <= donor_duration(params["donor_path"])
+
+
 def test_semantic_donor_is_closer_in_voice_than_a_random_donor(pool):
     context = _context(pool, f0=140.0)
     own = voice_descriptor(context.clip.extended_audio(), SR)

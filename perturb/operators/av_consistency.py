@@ -91,6 +91,7 @@ class _DonorSoundtrack(Operator):
     def __init__(self, *, p: float = 1.0) -> None:
         super().__init__(p=p)
         self.ranked: tuple[tuple[float, str], ...] = ()  # (distance in semitones, donor path), set by with_context
+        self.window_s = 0.0  # the window's length (with_context): a donor segment should not loop
 
     def with_context(self, context: OperatorContext) -> "_DonorSoundtrack":
         """A copy holding the context's donors (never the source's own file) ranked by voice
@@ -111,6 +112,7 @@ class _DonorSoundtrack(Operator):
             dist = abs(d - own) if np.isfinite(d) and np.isfinite(own) else 24.0  # unknown: far
             ranked.append((round(float(dist), 3), str(path)))
         bound.ranked = tuple(sorted(ranked))
+        bound.window_s = context.clip.duration if context.clip is not None else 0.0
         return bound
 
     def sample_params(self, rng: np.random.Generator, severity: int) -> dict[str, Any]:
@@ -120,7 +122,8 @@ class _DonorSoundtrack(Operator):
         m = max(min(len(self.ranked), 2), int(np.ceil(len(self.ranked) * self.closer_share)))
         lo, hi = severity_slice(m, severity)
         dist, path = self.ranked[int(rng.integers(lo, hi))]
-        room = max(0.0, donor_duration(path) - 1.0)
+        # start so the window's length fits in the donor (no loop splice, itself a cue) when it can
+        room = max(0.0, donor_duration(path) - self.window_s - 0.05)
         return {"donor_path": path, "donor_id": Path(path).stem, "distance_st": dist,
                 "donor_start": round(float(rng.uniform(0.0, room)), 3), "severity": int(severity)}
 
