@@ -59,6 +59,7 @@ class Recipe:
     shard_flags: tuple[str, ...] = REAL_SHARD_FLAGS
     objective: str = "reward"
     severity_labels: dict[int, str] = field(default_factory=dict)  # column names of the severity buckets
+    operator_severity_table: bool = False     # also print pairwise accuracy / ECE per operator x severity
 
 
 RECIPES: dict[str, Recipe] = {
@@ -79,6 +80,11 @@ RECIPES: dict[str, Recipe] = {
         "audio_quality",
         config="train/configs/realvids/audio_quality.yaml",
         donors=f"{REAL}/speech"),     # babble voices besides the other sources of the split
+    # mismatch donors are the other sources of the same split (no --donors needed)
+    "av_consistency": Recipe(
+        "av_consistency",
+        config="train/configs/realvids/av_consistency.yaml",
+        operator_severity_table=True),
 }
 
 
@@ -296,7 +302,34 @@ def results_table(reports: Sequence[dict[str, Any]], recipe: Recipe, n_sources: 
     if seeds > 1:
         rows.append(row("mean +- sd", reports))
     lines += _md(header, rows)
+    if recipe.operator_severity_table:
+        lines += ["", "pairwise accuracy / ECE (default calibrator, over each group's pairs' clips) per operator "
+                  "and severity, test" + ("" if seeds == 1 else ", mean over seeds") + ":", ""]
+        lines += operator_severity_table(reports, ops, sevs)
     return "\n".join(lines)
+
+
+def operator_severity_table(reports: Sequence[dict[str, Any]], ops: Sequence[str], sevs: Sequence[int]) -> list[str]:
+    """Rows: operators, then "all"; columns: severities, then "all"; cells "accuracy / ECE (n pairs)"."""
+
+    def cell(rows_of, match) -> str:
+        found = [next((r for r in rows_of(rep) if match(r)), None) for rep in reports]
+        found = [r for r in found if r and r.get("n_pairs")]
+        if not found:
+            return "-"
+        acc = [_num(r.get("pairwise_accuracy")) for r in found]
+        ece = [_num(r.get("ece")) for r in found]
+        mean = lambda xs: sum(x for x in xs if x is not None) / max(1, sum(x is not None for x in xs))
+        return f"{mean(acc):.3f} / {mean(ece):.3f} ({found[0]['n_pairs']})"
+
+    rows = []
+    for op in ops:
+        rows.append([op, *[cell(lambda rep: rep.get("per_operator_severity", []),
+                                lambda r, op=op, s=s: r["operator"] == op and int(r["severity"]) == s) for s in sevs],
+                     cell(lambda rep: rep.get("per_operator", []), lambda r, op=op: r["operator"] == op)])
+    rows.append(["all", *[cell(lambda rep: rep.get("per_severity", []), lambda r, s=s: int(r["severity"]) == s)
+                          for s in sevs], "-"])
+    return _md(["operator", *[f"sev {s}" for s in sevs], "all"], rows)
 
 
 # ----------------------------------------------------------------------------- driver

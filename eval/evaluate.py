@@ -172,12 +172,19 @@ def _variant(meta: dict[str, Any]) -> str | None:
     return None
 
 
-def _pair_group_acc(pairs, key) -> dict[Any, dict[str, Any]]:
+def _pair_group_acc(pairs, key, cal: Calibrator | None = None) -> dict[Any, dict[str, Any]]:
+    """Pairwise accuracy per group of pairs; with `cal`, also "ece": the calibrated ECE over the
+    group's clips (its originals and its perturbed sides, so both classes are there)."""
     groups: dict[Any, list] = {}
     for p in pairs:
         groups.setdefault(key(p["meta"]), []).append(p)
-    return {g: {"n_pairs": len(ps), "pairwise_accuracy": M.pairwise_accuracy(
-        _za(ps, "z_chosen"), _za(ps, "z_rejected"))} for g, ps in groups.items()}
+    out = {}
+    for g, ps in groups.items():
+        out[g] = {"n_pairs": len(ps), "pairwise_accuracy": M.pairwise_accuracy(_za(ps, "z_chosen"), _za(ps, "z_rejected"))}
+        if cal is not None:
+            clips = clip_records(ps)
+            out[g]["ece"] = M.ece(cal.transform(_za(clips)), _labels(clips)) if clips else float("nan")
+    return out
 
 
 def build_report(val_pairs: Sequence[dict[str, Any]], test_pairs: Sequence[dict[str, Any]],
@@ -196,20 +203,23 @@ def build_report(val_pairs: Sequence[dict[str, Any]], test_pairs: Sequence[dict[
         r["score_raw"] = float(sigmoid(np.array([r["z"]]))[0])
 
     per_op = M.group_table([r for r in test_clips if r["severity"] > 0], "operator")
-    op_pairs = _pair_group_acc(test_pairs, lambda m: m.get("operator"))
+    op_pairs = _pair_group_acc(test_pairs, lambda m: m.get("operator"), cal)
     for row in per_op:
         row["operator"] = row.pop("group")
-        row.update(op_pairs.get(row["operator"], {"n_pairs": 0, "pairwise_accuracy": float("nan")}))
+        row.update(op_pairs.get(row["operator"], {"n_pairs": 0, "pairwise_accuracy": float("nan"), "ece": float("nan")}))
     per_sev = M.group_table(test_clips, "severity")
-    sev_pairs = _pair_group_acc(test_pairs, lambda m: int(m.get("severity", 0)))
+    sev_pairs = _pair_group_acc(test_pairs, lambda m: int(m.get("severity", 0)), cal)
     for row in per_sev:
         row["severity"] = row.pop("group")
-        row.update(sev_pairs.get(row["severity"], {"n_pairs": 0, "pairwise_accuracy": float("nan")}))
+        row.update(sev_pairs.get(row["severity"], {"n_pairs": 0, "pairwise_accuracy": float("nan"), "ece": float("nan")}))
     per_op_sev = M.group_table([r for r in test_clips if r["severity"] > 0],
                                lambda r: f"{r['operator']}|{r['severity']}")
+    op_sev_pairs = _pair_group_acc(test_pairs, lambda m: f"{m.get('operator')}|{int(m.get('severity', 0))}", cal)
     for row in per_op_sev:
-        op, sev = row.pop("group").rsplit("|", 1)
+        group = row.pop("group")
+        op, sev = group.rsplit("|", 1)
         row["operator"], row["severity"] = op, int(sev)
+        row.update(op_sev_pairs.get(group, {"n_pairs": 0, "pairwise_accuracy": float("nan"), "ece": float("nan")}))
     kinds = _pair_group_acc(test_pairs, lambda m: m.get("kind"))
     variants = _pair_group_acc([p for p in test_pairs if _variant(p["meta"])], lambda m: _variant(m))
 
@@ -354,16 +364,17 @@ def report_markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
               M.md_table(report["per_kind"], ["kind", "n_pairs", "pairwise_accuracy"]), ""]
     lines += ["## Per operator (perturbed test clips)", "",
               M.md_table(report["per_operator"], ["operator", "n", "mean_score", "accuracy", "n_pairs",
-                                                  "pairwise_accuracy"],
-                         ["operator", "clips", "mean score", "acc@0.5", "pairs", "pairwise acc"]), ""]
+                                                  "pairwise_accuracy", "ece"],
+                         ["operator", "clips", "mean score", "acc@0.5", "pairs", "pairwise acc",
+                          "ECE (its pairs' clips)"]), ""]
     lines += ["## Per severity (0 = originals)", "",
               M.md_table(report["per_severity"], ["severity", "n", "mean_score", "accuracy", "n_pairs",
-                                                  "pairwise_accuracy"],
+                                                  "pairwise_accuracy", "ece"],
                          ["severity", "clips", "mean score", "acc@0.5", "pairs (rejected sev)",
-                          "pairwise acc"]), ""]
+                          "pairwise acc", "ECE (its pairs' clips)"]), ""]
     lines += ["## Per operator and severity", "",
               M.md_table(report["per_operator_severity"], ["operator", "severity", "n", "mean_score",
-                                                           "accuracy"]), ""]
+                                                           "accuracy", "n_pairs", "pairwise_accuracy", "ece"]), ""]
     ladder_rows = [{"operator": op, **r} for op, r in report["ladder"].items()]
     lines += ["## Score vs defect size along each operator's ladder (originals at defect 0)", "",
               "Spearman rho between calibrated score and defect size; it should be negative "

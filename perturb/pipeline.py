@@ -40,8 +40,10 @@ from .operators import OperatorContext, Transform, get_operator, modifies_video,
 from .recipe import SPLITS, Recipe, derive_seed, load_recipe
 from .shard_format import check_shard, split_member_name
 
-PIPELINE_VERSION = "3"  # 2: timing ops read the audio context around the window; 3: grain (WSOLA) keep_pitch drift
+PIPELINE_VERSION = "4"  # 2: timing ops read the audio context around the window; 3: grain (WSOLA) keep_pitch drift
+# 4: --donors files split like sources (donor_splits), recipe-sized audio context
 # Timing operators shift up to 1 s (perturb/operators/timing.py OFFSET_BANDS_MS): the context covers it.
+# A recipe whose operators read further (Transform.audio_context_seconds) gets more.
 AUDIO_CONTEXT_SECONDS = 1.0
 CANONICAL_VERSION = "2"  # bump when canonical windows change: invalidates the canonical cache
 # 2: upright display size (rotation, SAR), frames.json (video frames per window) in each entry
@@ -246,11 +248,13 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
         donor_pool = tuple(d for d in job.donors.get(source.split, ())
                            if Path(d).resolve() != Path(source.path).resolve())
         transform = recipe.build_transform()
+        context_seconds = max(AUDIO_CONTEXT_SECONDS, transform.audio_context_seconds())
         samples = []
         with tempfile.TemporaryDirectory(prefix="avbench_") as tmp:
             for wi, (window_file, (start, end)) in enumerate(zip(window_files, windows)):
                 original = window_clip(track, start, end, str(window_file),
-                                       meta={"source_id": source.source_id, "window": [start, end]})
+                                       meta={"source_id": source.source_id, "window": [start, end]},
+                                       context_seconds=context_seconds)
                 context = OperatorContext(source_id=source.source_id, split=source.split,
                                           donor_pool=donor_pool, clip=original, source_path=source.path)
                 bound = transform.with_context(context)
@@ -436,6 +440,15 @@ def assign_splits(sources: list[Source], fractions: dict[str, float], seed: int,
         split_of[g] = split
         filled[split] += group_weight[g]
     return [Source(**{**asdict(src), "split": split_of[src.group]}) for src in sources]
+
+
+def donor_splits(paths: list[str], fractions: dict[str, float], seed: int) -> dict[str, tuple[str, ...]]:
+    """The --donors files split like sources (assign_splits, one group per file stem): each file
+    lands in one split only, so a voice heard in a test pair's rejected side was never a training
+    negative. Splits without a share get none."""
+    found = [Source(source_id=Path(p).stem, path=p, group=Path(p).stem) for p in paths]
+    assigned = assign_splits(found, fractions, seed) if found else []
+    return {split: tuple(sorted(s.path for s in assigned if s.split == split)) for split in SPLITS}
 
 
 # ----------------------------------------------------------------------------- packing
@@ -790,8 +803,9 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         # media files only: a donor folder may hold a manifest or notes (e.g. the demo's donors.json)
         external = sorted(str(p.resolve()) for p in Path(donors).rglob("*")
                           if p.is_file() and p.suffix.lower() in AUDIO_EXTS | VIDEO_EXTS) if donors else []
+        external_split = donor_splits(external, fractions, seed)
         job = replace(job, donors={split: tuple(sorted(s.path for s in split_sources if s.split == split))
-                                   + tuple(external) for split in SPLITS})
+                                   + external_split[split] for split in SPLITS})
         # pass 2: pairs
         done = _map_sources(process_source, split_sources, job, pool, f"{dim}: sources", progress)
     finally:

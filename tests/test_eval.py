@@ -172,6 +172,15 @@ def test_build_report_fits_calibration_on_val_only():
     assert t["auc"]["value"] > 0.8
     assert {r["operator"] for r in report["per_operator"]} == {"audio_shift", "voice_swap"}
     assert [r["severity"] for r in report["per_severity"]] == [0, 1, 2, 3, 4, 5]
+    # ECE per operator / operator x severity: over the clips (originals and perturbed) of its pairs
+    cal = cals[report["calibration"]["default"]]
+    for row in report["per_operator"] + report["per_operator_severity"]:
+        group = [p for p in test if p["meta"]["operator"] == row["operator"]
+                 and ("severity" not in row or p["meta"]["severity"] == row["severity"])]
+        clips = clip_records(group)
+        assert row["n_pairs"] == len(group)
+        assert row["ece"] == pytest.approx(M.ece(cal.transform(np.array([c["z"] for c in clips])),
+                                                 np.array([c["label"] for c in clips])))
     means = [r["mean_score"] for r in report["per_severity"]]
     assert means[0] > means[-1]
     for op, row in report["ladder"].items():

@@ -28,6 +28,7 @@ from .fixtures_ops import FPS, SR, natural_frames, speech_like_noise, synth_voic
 # tested with its defaults whether it is listed here or not.
 VARIANTS: dict[str, list[dict[str, Any]]] = {
     "lip_drift": [{"keep_pitch": True}],
+    "audio_shift": [{"offset_range_ms": [1000, 2000]}],
     "frame_corruption": [{"kinds": [kind]} for kind in KINDS],
 }
 CASES = [(name, kw) for name in sorted(REGISTRY) for kw in [{}, *VARIANTS.get(name, [])]]
@@ -47,10 +48,14 @@ def clip() -> Clip:
 
 @pytest.fixture(scope="module")
 def context(clip, tmp_path_factory) -> OperatorContext:
-    donor = tmp_path_factory.mktemp("pool") / "other_speaker.wav"
-    write_wav(donor, synth_voice(3.0, f0=210.0, seed=4))
-    return OperatorContext(source_id="src", split="train", donor_pool=(str(donor),), clip=clip,
-                           source_path="fake.mp4")
+    pool = tmp_path_factory.mktemp("pool")
+    donors = [pool / "other_speaker.wav", pool / "low_speaker.wav"]  # two voices: donor rankings differ
+    write_wav(donors[0], synth_voice(3.0, f0=210.0, seed=4))
+    write_wav(donors[1], synth_voice(3.0, f0=95.0, seed=5))
+    source = pool / "src.wav"  # the window is unvoiced noise: voice descriptors fall back to the source's
+    write_wav(source, synth_voice(3.0, f0=140.0, seed=6))
+    return OperatorContext(source_id="src", split="train", donor_pool=tuple(map(str, donors)), clip=clip,
+                           source_path=str(source))
 
 
 @pytest.fixture
@@ -327,4 +332,4 @@ def test_with_context_reaches_every_leaf_and_leaves_the_tree_alone(context):
     assert tree.leaves()[1].usable_donors() == []  # the unbound tree is unchanged
     draws = [rec for seed in range(10) for rec in bound.sample(np.random.default_rng(seed), 2)
              if rec["name"] == "voice_swap"]
-    assert draws and all(rec["params"]["donor_path"] == context.donor_pool[0] for rec in draws)
+    assert draws and all(rec["params"]["donor_path"] in context.donor_pool for rec in draws)

@@ -58,7 +58,7 @@ def test_node_key_typo(tmp_path):
     transform = {"one_of": [{"op": "audio_shift", "wieght": 3}, {"op": "lip_drift"}]}
     message = error_of(write_recipe(tmp_path, transform=transform))
     assert "transform.one_of[0] (op: audio_shift): unknown key 'wieght' (did you mean 'weight'?)" in message
-    assert message.endswith("valid: op, p, weight")
+    assert message.endswith("valid: offset_range_ms, op, p, weight")
     nested = {"one_of": [{"compose": [{"op": "audio_shift"}], "wieght": 3}, {"op": "lip_drift"}]}
     message = error_of(write_recipe(tmp_path, transform=nested))
     assert "transform.one_of[0] (compose): unknown key 'wieght'" in message
@@ -77,7 +77,7 @@ def test_weight_outside_one_of_is_refused(tmp_path):
     transform = {"compose": [{"op": "audio_shift", "weight": 2}]}
     message = error_of(write_recipe(tmp_path, transform=transform))
     assert "transform.compose[0] (op: audio_shift): unknown key 'weight'" in message
-    assert message.endswith("valid: op, p")
+    assert message.endswith("valid: offset_range_ms, op, p")
 
 
 @pytest.mark.parametrize("changes,expected", [

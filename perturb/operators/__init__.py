@@ -7,7 +7,7 @@ sample_params, apply and defect_size (README "Add an operator or a dimension").
 from .base import (MODIFIES, REGISTRY, SEVERITY_LEVELS, Compose, ConfigError, OneOf, Operator,
                    OperatorContext, SomeOf, Transform, check_keys, check_list, check_number, check_probability,
                    check_severity, get_operator, modifies_video, operator_keywords, register, replay)
-from . import timing, voice, frames, audio_quality  # noqa: F401  (registration side effect)
+from . import timing, voice, frames, audio_quality, av_consistency  # noqa: F401  (registration side effect)
 
 __all__ = ["MODIFIES", "REGISTRY", "SEVERITY_LEVELS", "Compose", "ConfigError", "OneOf", "Operator",
            "OperatorContext", "SomeOf", "Transform", "check_keys", "check_list", "check_number", "check_probability",

@@ -149,7 +149,8 @@ class OperatorContext:
 
     source_id: the source's id.  split: "train" / "val" / "test" of the source.
     donor_pool: media files (video or audio) other people's material may come from: the other
-      sources of the same split plus the build's --donors files; never the source's own file.
+      sources of the same split plus the build's --donors files of that split (each file is in one split,
+      pipeline.donor_splits); never the source's own file.
     clip: the original window being perturbed (audio, lazy frames, audio context).
     source_path: the source file.
     """
@@ -175,6 +176,11 @@ class Transform:
     def with_context(self, context: OperatorContext) -> "Transform":
         """This transform configured for one source window (see OperatorContext); default: itself."""
         return self
+
+    def audio_context_seconds(self) -> float:
+        """Seconds of the source's soundtrack before / after the window that apply may read (Clip
+        context); the pipeline cuts at least this much. Default 0: the window alone."""
+        return max((leaf.audio_context_seconds() for leaf in self.leaves() if leaf is not self), default=0.0)
 
     def __call__(self, clip: Clip, rng: np.random.Generator, severity: int) -> tuple[Clip, list[dict]]:
         """Sample, then apply; returns the new clip and the record of what was applied."""

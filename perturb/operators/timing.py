@@ -9,12 +9,12 @@ silence only beyond it (source edges, or clips built without context).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..clip import Clip
-from .base import ConfigError, Operator, check_severity, register
+from .base import ConfigError, Operator, check_list, check_number, check_severity, register
 
 # |offset| in milliseconds per severity level (1 = mildest). 40 ms is about one frame at 25 fps,
 # roughly where trained viewers start noticing a lag; a second is unmistakable.
@@ -27,9 +27,19 @@ OFFSET_BANDS_MS: dict[int, tuple[float, float]] = {
 }
 
 
-def _sample_offset_ms(rng: np.random.Generator, severity: int) -> float:
+def offset_bands(offset_range_ms: Sequence[float] | None) -> dict[int, tuple[float, float]]:
+    """|offset| band per severity: OFFSET_BANDS_MS, or [lo, hi] cut into five equal bands."""
+    if offset_range_ms is None:
+        return OFFSET_BANDS_MS
+    lo, hi = (float(v) for v in offset_range_ms)
+    step = (hi - lo) / 5.0
+    return {s: (lo + (s - 1) * step, lo + s * step) for s in range(1, 6)}
+
+
+def _sample_offset_ms(rng: np.random.Generator, severity: int,
+                      bands: dict[int, tuple[float, float]] = OFFSET_BANDS_MS) -> float:
     """A signed offset whose magnitude is uniform in the severity band (both signs equally likely)."""
-    lo, hi = OFFSET_BANDS_MS[check_severity(severity)]
+    lo, hi = bands[check_severity(severity)]
     magnitude = float(rng.uniform(lo, hi))
     sign = 1.0 if rng.random() < 0.5 else -1.0
     return round(sign * magnitude, 3)
@@ -56,14 +66,30 @@ class AudioShift(Operator):
     out are dropped and the gap is filled from the audio context (silence beyond it), so the duration
     never changes.
 
-    Keywords: p, probability of applying (default 1.0).
+    Keywords:
+        offset_range_ms: (lo, hi), 0 <= lo < hi: |offset| range cut into the five severity bands
+            (av_consistency's time shift is [1000, 2000], beyond lip_sync's); None (default) uses
+            OFFSET_BANDS_MS (40 ms .. 1 s).
+        p: probability of applying. Default 1.0.
     """
 
     modifies = "audio"
 
+    def __init__(self, *, offset_range_ms: Sequence[float] | None = None, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.offset_range_ms = None
+        if offset_range_ms is not None:
+            lo, hi = check_list(self.name, "offset_range_ms", offset_range_ms, length=2)
+            lo = check_number(self.name, "offset_range_ms[0]", lo, 0.0)
+            self.offset_range_ms = [lo, check_number(self.name, "offset_range_ms[1]", hi, lo, lo_open=True)]
+
+    def audio_context_seconds(self) -> float:
+        """Up to the largest |offset|: a shifted window is filled from the soundtrack around it."""
+        return offset_bands(self.offset_range_ms)[5][1] / 1000.0
+
     def sample_params(self, rng: np.random.Generator, severity: int) -> dict[str, Any]:
-        """Draw a signed offset whose magnitude lies in OFFSET_BANDS_MS[severity]."""
-        return {"offset_ms": _sample_offset_ms(rng, severity)}
+        """Draw a signed offset whose magnitude lies in the severity's band (offset_bands)."""
+        return {"offset_ms": _sample_offset_ms(rng, severity, offset_bands(self.offset_range_ms))}
 
     def apply(self, clip: Clip, params: dict[str, Any]) -> Clip:
         """Shift the soundtrack (with its context) by offset_ms (positive delays it)."""

@@ -21,8 +21,8 @@ donor     {"mode": "donor", "donor_path": str, "donor_start": float, "severity":
 
 Donor pool (sampling configuration only): VoiceSwap(donors=None, donor_mode_prob=0.5, exclude=()).
 donors None takes the pool of the context (`with_context`: in a build, the other sources of the same
-split plus --donors files). Donors listed in `exclude` or whose file stem equals the context's
-source_id are never drawn (so a source is not "swapped" with itself). Without usable donors the
+split plus the --donors files of that split). Donors listed in `exclude` or whose file stem equals
+the context's source_id are never drawn (so a source is not "swapped" with itself). Without usable donors the
 operator always uses identity.
 """
 from __future__ import annotations
