@@ -599,9 +599,12 @@ def _map_sources(fn, sources: list[Source], job: Job, pool: ProcessPoolExecutor 
         return _map_sources_ray(fn, sources, job, desc, progress)
     results: dict[str, dict[str, Any]] = {}
     with tqdm(total=len(sources), desc=desc, unit="src", disable=not progress) as bar:
-        if pool is None:
+        if pool is None:  # as in the pool: a crash in one source rejects it, the build goes on
             for s in sources:
-                results[s.source_id] = fn(s, job)
+                try:
+                    results[s.source_id] = fn(s, job)
+                except Exception as err:
+                    results[s.source_id] = _internal_error(s, err)
                 bar.update()
             return results
         futures = {pool.submit(fn, s, job): s for s in sources}

@@ -60,6 +60,23 @@ def build_small(src: Path, out: Path, dim: str = "lip_sync", **kw):
                  window_seconds=WINDOW, cards_dir=out / "cards", progress=False, **kw)
 
 
+def build_with_toy_operator(corpus: Path, tmp_path: Path, dim: str, question: str, op_name: str, op_class):
+    """build_small with a one-operator recipe for `op_class`, registered as `op_name` for the build only."""
+    import yaml
+
+    from perturb.operators import REGISTRY, register
+
+    recipe = tmp_path / f"{dim}.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "dim": dim, "question": question, "pairs_per_window": 1, "transform": {"op": op_name},
+        "splits": {"train": 0.6, "val": 0.4}}))
+    register(op_name)(op_class)
+    try:
+        return build_small(corpus, tmp_path / "out", dim=dim, recipe=recipe)
+    finally:
+        del REGISTRY[op_name]
+
+
 @pytest.fixture(scope="module")
 def lip_build(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
@@ -301,9 +318,7 @@ def test_operators_get_the_source_context_without_pipeline_edits(corpus, tmp_pat
     outside perturb/, gets source id, split, donor pool and window clip through with_context."""
     import copy
 
-    import yaml
-
-    from perturb.operators import REGISTRY, Operator, register
+    from perturb.operators import Operator
 
     class OtherSourceAudio(Operator):
         """The window's audio replaced by another source's (same split). Keywords: p."""
@@ -328,15 +343,8 @@ def test_operators_get_the_source_context_without_pipeline_edits(corpus, tmp_pat
         def defect_size(self, params):
             return float(params["severity"])
 
-    recipe = tmp_path / "toy_mismatch.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "dim": "toy_mismatch", "question": "Is this the speaker's own voice?", "pairs_per_window": 1,
-        "transform": {"op": "toy_other_source_audio"}, "splits": {"train": 0.6, "val": 0.4}}))
-    register("toy_other_source_audio")(OtherSourceAudio)
-    try:
-        result = build_small(corpus, tmp_path / "out", dim="toy_mismatch", recipe=recipe)
-    finally:
-        del REGISTRY["toy_other_source_audio"]
+    result = build_with_toy_operator(corpus, tmp_path, "toy_mismatch", "Is this the speaker's own voice?",
+                                     "toy_other_source_audio", OtherSourceAudio)
     split_of = {s.source_id: s.split for s in result["sources"]}
     path_of = {s.source_id: s.path for s in result["sources"]}
     samples = read_samples(tmp_path / "out" / "toy_mismatch")
@@ -398,6 +406,47 @@ def _one_frame_clip(path: Path, audio_seconds: float) -> Path:
                       "-f", "lavfi", "-i", f"sine=f=300:d={audio_seconds}:r=16000",
                       "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-y", str(path)])
     return path
+
+
+def test_an_operator_crash_rejects_its_source_and_the_build_goes_on(corpus, tmp_path):
+    """An operator that raises on one source (as a mismatch operator does when its split has no
+    donor) costs that source, with an 'internal error' line in rejects.jsonl, in one process as in a
+    pool of workers; the other sources give their pairs."""
+    import copy
+
+    from perturb.operators import Operator
+
+    victim = sorted(p.name for p in corpus.iterdir() if p.suffix == ".mp4")[0]
+
+    class FailsOnOneSource(Operator):
+        """Silences the window's audio; raises for the source named `victim`. Keywords: p."""
+
+        modifies = "audio"
+
+        def with_context(self, context):
+            bound = copy.copy(self)
+            bound.source_name = Path(context.source_path).name
+            return bound
+
+        def sample_params(self, rng, severity):
+            if self.source_name == victim:
+                raise ValueError("no donor in the context's pool")
+            return {"severity": severity}
+
+        def apply(self, clip, params):
+            return clip.with_audio(np.zeros_like(clip.audio))
+
+        def defect_size(self, params):
+            return float(params["severity"])
+
+    result = build_with_toy_operator(corpus, tmp_path, "toy_crash", "Is there sound?", "toy_fails_on_one_source",
+                                     FailsOnOneSource)  # build_small runs it in this process (workers=1)
+    rejected = {Path(r["path"]).name: r["reason"] for r in result["rejects"]}
+    assert list(rejected) == [victim]
+    assert rejected[victim].startswith("internal error") and "no donor in the context's pool" in rejected[victim]
+    written = [json.loads(ln) for ln in (tmp_path / "out" / "toy_crash" / "rejects.jsonl").read_text().splitlines()]
+    assert [Path(r["path"]).name for r in written] == [victim]
+    assert result["card"]["pairs"] > 0
 
 
 def test_odd_files_get_one_clear_reason_each(tmp_path):
