@@ -1,7 +1,7 @@
 """Scoring throughput of exported judges: x real time, before / after the streaming scorer, and a profile.
 
     python bench/bench_score.py --scorer EXPORT [--scorer EXPORT ...] VIDEO [VIDEO ...]
-                                [--workers 2] [--profile] [--repeat 1]
+                                [--workers 2] [--profile] [--no-before] [--out results.json]
 
 Without videos it scores the embedded demo corpus (perturb.demo_corpus), so it runs on a fresh clone.
 One process, the judges loaded once (start-up is timed on its own: it is paid once per batch), then
@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     base = results[0]
     print(f"{len(videos)} videos, {seconds:.1f} s of video; judges: {', '.join(dims)}; "
           f"{os.cpu_count()} CPUs; start-up (imports + loading the judges, once per batch) {startup:.1f} s\n")
-    print("| mode | wall s | CPU s | x real time (video s / wall s) | speed-up vs first row | max abs score diff vs first row |")
+    print("| mode | wall s | CPU s | x real time (video s / wall s) | speed-up vs first row "
+          "| max abs score diff vs first row |")
     print("|---|---|---|---|---|---|")
     for r in results:
         diff = max((abs(a["scores"].get(d, 0) - b["scores"].get(d, 0))
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['name']} | {r['wall']:.2f} | {r['cpu']:.2f} | {seconds / r['wall']:.1f} | "
               f"{base['wall'] / r['wall']:.2f} | {diff:.4f} |")
     if args.profile:
-        print("\nWhere the CPU time of one process goes (CPU seconds; cProfile with a CPU clock, ffmpeg from its rusage):\n")
+        print("\nWhere the CPU time of one process goes (CPU seconds; cProfile with a CPU clock, "
+              "ffmpeg from its rusage):\n")
         prof = [r for r in results if "stages" in r]
         print("| stage | " + " | ".join(r["name"].split(" (")[0] for r in prof) + " |")
         print("|---|" + "---|" * len(prof))

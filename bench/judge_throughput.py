@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg = load_judge(Path(args.judge), args.device)
     model.eval()
     video_shape, audio_shape = cfg.input_shapes()
-    print(f"judge {args.judge} on {describe_device(args.device)}, {args.threads} torch thread(s); window {cfg.window_seconds:g} s: "
-          f"video {video_shape}, audio {audio_shape}\n")
+    print(f"judge {args.judge} on {describe_device(args.device)}, {args.threads} torch thread(s); "
+          f"window {cfg.window_seconds:g} s: video {video_shape}, audio {audio_shape}\n")
     print("| batch size | windows/s | x real time (judge only) | ms per batch |")
     print("|---|---|---|---|")
     for bs in args.batch_sizes:

@@ -133,9 +133,9 @@ def score_videos(scorers: Sequence, paths: Sequence[str], workers: int = 1, alwa
     workers > 1: whole files are spread over that many worker processes, each decoding and running
     its own face tracker and judge. They are forked (the loaded judges are inherited), unless this
     process has already run MediaPipe, which does not survive a fork: then they are spawned and load
-    the judges from their export folders (after importing `plugins`). A file is scored the same way in any worker, so the
-    records do not depend on `workers`; a worker that dies gives its file (and the files still
-    waiting) an error record instead of stopping the batch.
+    the judges from their export folders (after importing `plugins`). A file is scored the same way
+    in any worker, so the records do not depend on `workers`; a worker that dies gives its file (and
+    the files still waiting) an error record instead of stopping the batch.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
