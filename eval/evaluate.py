@@ -162,13 +162,13 @@ def split_summary(pairs, clips, cal: Calibrator, n_boot: int = N_BOOT) -> dict[s
 VARIANT_PARAMS = ("kind", "mode")
 
 
-def _variant(meta: dict[str, Any]) -> str | None:
-    """The "operator:variant" of a pair's rejected side (e.g. frame_corruption:blur); None when it has none."""
+def _variant(meta: dict[str, Any]) -> tuple[str, str] | None:
+    """(operator, variant) of a pair's rejected side (e.g. frame_corruption, blur); None when it has none."""
     for op in meta.get("ops") or []:
         for name in VARIANT_PARAMS:
             value = (op.get("params") or {}).get(name)
             if isinstance(value, str):
-                return f"{op.get('name')}:{value}"
+                return str(op.get("name")), value
     return None
 
 
@@ -221,7 +221,8 @@ def build_report(val_pairs: Sequence[dict[str, Any]], test_pairs: Sequence[dict[
         row["operator"], row["severity"] = op, int(sev)
         row.update(op_sev_pairs.get(group, {"n_pairs": 0, "pairwise_accuracy": float("nan"), "ece": float("nan")}))
     kinds = _pair_group_acc(test_pairs, lambda m: m.get("kind"))
-    variants = _pair_group_acc([p for p in test_pairs if _variant(p["meta"])], lambda m: _variant(m))
+    variants = _pair_group_acc(test_pairs, _variant)
+    variants.pop(None, None)  # pairs whose operator has no variant
 
     report = {
         "dim": dim,
@@ -236,8 +237,7 @@ def build_report(val_pairs: Sequence[dict[str, Any]], test_pairs: Sequence[dict[
         "per_operator": per_op,
         "per_severity": per_sev,
         "per_operator_severity": per_op_sev,
-        "per_variant": [{"operator": v.split(":", 1)[0], "variant": v.split(":", 1)[1], **r}
-                        for v, r in sorted(variants.items())],
+        "per_variant": [{"operator": op, "variant": v, **r} for (op, v), r in sorted(variants.items())],
         "ladder": M.ladder_correlations(test_clips, score="score", n_boot=min(n_boot, 500)),
     }
     return report, cals
