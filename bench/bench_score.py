@@ -55,16 +55,10 @@ def legacy_scorer() -> Iterator[None]:
     import train.preprocess as pre
 
     def windows_per_window_decode(path, cfg, hop_seconds=None, min_seconds=1.0, return_info=False):
-        import math
-
         info = pre.probe(path)
         dur, win = info.duration, cfg.window_seconds
-        hop = hop_seconds or win
-        starts = [0.0] if dur <= win else [i * hop for i in range(int(math.floor((dur - win) / hop + 1e-9)) + 1)]
-        if dur > win and dur - (starts[-1] + win) >= min(min_seconds, win) - 1e-6:
-            starts.append(max(0.0, dur - win))
         out = []
-        for s in starts:
+        for s in pre.window_starts(dur, win, hop_seconds, min_seconds):
             frames, audio = pre.load_media(path, cfg, start=s, duration=win)
             inputs, crop_info = pre.make_inputs(frames, audio, cfg, return_info=True)
             out.append((round(s, 3), round(min(s + win, dur), 3), inputs,

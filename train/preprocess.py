@@ -538,6 +538,18 @@ def preprocess_clip(src: str | Path | bytes, cfg: PreprocessConfig, return_info:
     return make_inputs(frames, audio, cfg, return_info=return_info)
 
 
+def window_starts(duration: float, window: float, hop: float | None = None, min_seconds: float = 1.0) -> list[float]:
+    """Start times of windows_for's windows: every `hop` (default: `window`), then a tail window
+    ending at the end when at least min(min_seconds, window) is left; [0.0] for a short video."""
+    hop = hop or window
+    if duration <= window:
+        return [0.0]
+    starts = [i * hop for i in range(int(math.floor((duration - window) / hop + 1e-9)) + 1)]
+    if duration - (starts[-1] + window) >= min(min_seconds, window) - 1e-6:
+        starts.append(max(0.0, duration - window))
+    return starts
+
+
 def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | None = None,
                 min_seconds: float = 1.0, return_info: bool = False) -> list[tuple]:
     """Cut a video of any length into windows -> [(start_s, end_s, inputs)] (+ info with return_info).
@@ -564,13 +576,7 @@ def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | No
         audio = (decode_audio(path, cfg.sr) if info.has_audio
                  else np.zeros(int(round(dur * cfg.sr)), dtype=np.float32))  # silent: still a valid input
     win = cfg.window_seconds
-    hop = hop_seconds or win
-    if dur <= win:
-        starts = [0.0]
-    else:
-        starts = [i * hop for i in range(int(math.floor((dur - win) / hop + 1e-9)) + 1)]
-        if dur - (starts[-1] + win) >= min(min_seconds, win) - 1e-6:
-            starts.append(max(0.0, dur - win))
+    starts = window_starts(dur, win, hop_seconds, min_seconds)
     out = []
     buffered: list[np.ndarray] = []   # frames first_buffered, first_buffered + 1, ...
     first_buffered = 0
