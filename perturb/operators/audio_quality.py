@@ -15,7 +15,6 @@ Random material (noise, room responses) is drawn from a seed recorded in params,
 """
 from __future__ import annotations
 
-import copy
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,7 +24,7 @@ import numpy as np
 from ..clip import Clip
 from ..media import run_ffmpeg
 from .base import ConfigError, Operator, OperatorContext, check_list, check_number, check_severity, register
-from .voice import PEAK_LIMIT, active_rms, donor_audio, donor_duration, donor_segment, rms
+from .voice import PEAK_LIMIT, DrawsFromDonors, active_rms, donor_audio, donor_duration, donor_segment, rms
 
 # SNR (dB) per severity level for additive noise; 0 dB at level 5 is as loud as the speech
 NOISE_SNR_BANDS: dict[int, tuple[float, float]] = {1: (24.0, 30.0), 2: (18.0, 24.0), 3: (12.0, 18.0),
@@ -95,7 +94,7 @@ def pink_noise(n: int, seed: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------- noise
 @register("noise")
-class AdditiveNoise(Operator):
+class AdditiveNoise(DrawsFromDonors, Operator):
     """Background noise at a graded SNR: white, pink, or babble (a mix of other speakers).
 
     params {"kind": "white"|"pink", "snr_db", "seed"} or {"kind": "babble", "snr_db",
@@ -123,24 +122,12 @@ class AdditiveNoise(Operator):
         lo = int(check_number(self.name, "babble_talkers[0]", lo, 1, 16))
         self.babble_talkers = (lo, int(check_number(self.name, "babble_talkers[1]", hi, lo, 16)))
         self.donors = None if donors is None else tuple(map(str, check_list(self.name, "donors", donors)))
-        self.source_id: str | None = None
-
-    def with_context(self, context: OperatorContext) -> "AdditiveNoise":
-        """A copy that draws babble from the context's donor pool (never the source's own file)."""
-        bound = copy.copy(self)
-        bound.source_id = context.source_id or None
-        if self.donors is None:
-            bound.donors = tuple(str(d) for d in context.donor_pool)
-        return bound
-
-    def _usable_donors(self) -> list[str]:
-        return [d for d in self.donors or () if self.source_id is None or Path(d).stem != str(self.source_id)]
 
     def sample_params(self, rng: np.random.Generator, severity: int) -> dict[str, Any]:
         """A kind, an SNR in NOISE_SNR_BANDS[severity], and a noise seed or babble donors."""
         snr = _uniform(rng, NOISE_SNR_BANDS[check_severity(severity)])
         kind = self.kinds[int(rng.integers(len(self.kinds)))]
-        donors = self._usable_donors()
+        donors = self.usable_donors()
         if kind == "babble" and donors:
             k = int(rng.integers(self.babble_talkers[0], self.babble_talkers[1] + 1))
             picks = [donors[int(i)] for i in rng.integers(len(donors), size=k)]

@@ -190,8 +190,33 @@ def donor_segment(donor: np.ndarray, sr: int, start_s: float, n: int) -> np.ndar
 
 
 # ------------------------------------------------------------------------------------- operator
+class DrawsFromDonors:
+    """For operators with a `donors` keyword (None: the context's donor pool) and optionally `exclude`:
+    with_context binds the pool and the source; usable_donors leaves out the excluded files and those
+    named like the source (its own recording is never a donor)."""
+
+    donors: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    source_id: str | None = None  # set by with_context
+
+    def with_context(self, context: OperatorContext):
+        """A copy that draws from the context's donor pool (unless `donors` was given) and knows the
+        context's source."""
+        bound = copy.copy(self)
+        bound.source_id = context.source_id or None
+        if self.donors is None:
+            bound.donors = tuple(str(d) for d in context.donor_pool)
+        return bound
+
+    def usable_donors(self) -> list[str]:
+        """Donors minus the excluded paths and those named like the current source."""
+        exclude = set(self.exclude)
+        own = None if self.source_id is None else str(self.source_id)
+        return [d for d in self.donors or () if d not in exclude and Path(d).stem != own]
+
+
 @register("voice_swap")
-class VoiceSwap(Operator):
+class VoiceSwap(DrawsFromDonors, Operator):
     """Different voice, same picture: pitch/formant "identity" shift or a donor speaker.
 
     Keywords (sampling only):
@@ -218,26 +243,6 @@ class VoiceSwap(Operator):
         lo, hi = check_list(self.name, "formant_follow", formant_follow, length=2)
         lo = check_number(self.name, "formant_follow[0]", lo, 0.0, 1.0)
         self.formant_follow = (lo, check_number(self.name, "formant_follow[1]", hi, lo, 1.0))
-        self.source_id: str | None = None  # set by with_context
-
-    def with_context(self, context: OperatorContext) -> "VoiceSwap":
-        """A copy that draws from the context's donor pool (unless `donors` was given) and never
-        from files named like the context's source."""
-        bound = copy.copy(self)
-        bound.source_id = context.source_id or None
-        if self.donors is None:
-            bound.donors = tuple(str(d) for d in context.donor_pool)
-        return bound
-
-    def usable_donors(self) -> list[str]:
-        """Donors minus the excluded paths and those named like the current source."""
-        exclude = set(self.exclude)
-        out = []
-        for d in self.donors or ():
-            if d in exclude or (self.source_id is not None and Path(d).stem == str(self.source_id)):
-                continue
-            out.append(d)
-        return out
 
     def sample_params(self, rng: np.random.Generator, severity: int) -> dict[str, Any]:
         """Donor mode with probability donor_mode_prob when donors are usable, else identity."""
