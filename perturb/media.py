@@ -236,9 +236,10 @@ def decode_frames(path: str | Path, fps: float | None = None,
     return np.frombuffer(raw[: n * frame_bytes], dtype=np.uint8).reshape(n, h, w, 3).copy()
 
 
-def stream_frames(path: str | Path, width: int, height: int, fps: float,
-                  scale_flags: str = "area") -> Iterator[np.ndarray]:
-    """Decode the first video stream once, frame by frame: RGB uint8 (height, width, 3) at constant `fps`.
+def stream_frames(path: str | Path, width: int, height: int, fps: float, scale_flags: str = "area",
+                  start: float | None = None, duration: float | None = None) -> Iterator[np.ndarray]:
+    """Decode the first video stream (or `duration` s of it from `start`) frame by frame: RGB uint8
+    (height, width, 3) at constant `fps`.
 
     One ffmpeg process for the whole file (no per-window seek and re-decode from the previous
     keyframe), and only one frame in memory at a time; ffmpeg decodes ahead on its own core while
@@ -247,8 +248,11 @@ def stream_frames(path: str | Path, width: int, height: int, fps: float,
     """
     import tempfile
 
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-map", "0:v:0",
-           "-vf", f"fps={fps},scale={width}:{height}:flags={scale_flags}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    seek = ["-ss", f"{start:.6f}"] if start else []
+    span = ["-t", f"{duration:.6f}"] if duration is not None else []
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *seek, "-i", str(path), *span,
+           "-map", "0:v:0", "-vf", f"fps={fps},scale={width}:{height}:flags={scale_flags}",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     frame_bytes = width * height * 3
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty ffmpeg cannot block on it
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from perturb.media import MediaError, decode_audio, probe, run_ffmpeg, stream_frames
+from perturb.media import MediaError, decode_audio, probe, stream_frames
 
 # Bump whenever the meaning of a PreprocessConfig field or the computation changes: every cache
 # keyed by PreprocessConfig.fingerprint() is then rebuilt.
@@ -199,19 +199,12 @@ def _decode(path: str, cfg: PreprocessConfig, start: float | None, duration: flo
     if not info.has_video:
         raise MediaError(f"no video stream: {path}")
     w, h = _analysis_size(info, max_side)
-    seek = ["-ss", f"{start:.6f}"] if start else []
-    dur = ["-t", f"{duration:.6f}"] if duration is not None else []
-    raw = run_ffmpeg([*seek, "-i", path, *dur, "-map", "0:v:0",
-                      "-vf", f"fps={cfg.fps},scale={w}:{h}:flags=area",
-                      "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
-    n = len(raw) // (w * h * 3)
-    frames = np.frombuffer(raw[: n * w * h * 3], dtype=np.uint8).reshape(n, h, w, 3)
+    decoded = list(stream_frames(path, w, h, cfg.fps, start=start, duration=duration))
+    frames = np.stack(decoded) if decoded else np.zeros((0, h, w, 3), dtype=np.uint8)
     if info.has_audio:
-        pcm = run_ffmpeg([*seek, "-i", path, *dur, "-map", "0:a:0", "-ac", "1", "-ar", str(cfg.sr),
-                          "-f", "f32le", "-acodec", "pcm_f32le", "-"])
-        audio = np.frombuffer(pcm, dtype=np.float32).copy()
+        audio = decode_audio(path, cfg.sr, start=start or 0.0, duration=duration)
     else:  # a silent video is still a valid input (the judge should say "no" to lip sync)
-        audio = np.zeros(int(round(n / cfg.fps * cfg.sr)), dtype=np.float32)
+        audio = np.zeros(int(round(len(frames) / cfg.fps * cfg.sr)), dtype=np.float32)
     return frames, audio
 
 
