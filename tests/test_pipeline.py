@@ -478,6 +478,41 @@ def test_odd_files_get_one_clear_reason_each(tmp_path):
     assert "broken symlink" in r["dangling.mp4"]
 
 
+def test_a_warm_build_probes_no_source_and_a_changed_source_is_redone(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        make_video(src / f"spk{i}.mp4", seconds=2.4, seed=i)
+    probed: list[str] = []
+    real_probe = media.probe
+    monkeypatch.setattr(media, "probe", lambda path: probed.append(Path(path).name) or real_probe(path))
+    out = tmp_path / "out"
+    first = build_small(src, out, splits={"train": 1.0})
+    assert sorted(set(probed)) == ["spk0.mp4", "spk1.mp4"]
+
+    probed.clear()  # another seed over the same sources: every probe comes from the memo
+    second = build_small(src, out, splits={"train": 1.0}, seed=8)
+    assert probed == [] and second["card"]["pairs"] == first["card"]["pairs"]
+
+    # spk1 rewritten (new content, size and mtime), the same build again: spk1 is probed again and
+    # its pairs are remade from the new picture (the staged ones are stale), spk0's are reused
+    make_video(src / "spk1.mp4", seconds=3.2, seed=5)
+    probed.clear()
+    build_small(src, out, splits={"train": 1.0}, seed=8)
+    assert sorted(set(probed)) == ["spk1.mp4"]
+    samples = read_samples(out / "lip_sync")
+    key = next(k for k in samples if k.startswith("spk1"))
+    shard_frames, _ = decode_bytes(samples[key]["chosen.mp4"], tmp_path)
+    new_frames = media.decode_frames(src / "spk1.mp4")
+    assert abs(float(shard_frames[0].mean()) - float(new_frames[0].mean())) < 3.0
+
+    for memo in (out / ".canonical" / "probes").glob("*.json"):  # damaged memos: probed again, no error
+        memo.write_text("{not json")
+    probed.clear()
+    build_small(src, out, splits={"train": 1.0}, seed=10)
+    assert sorted(set(probed)) == ["spk0.mp4", "spk1.mp4"]
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -493,7 +528,8 @@ def test_leftovers_of_killed_builds_are_cleaned_when_their_writer_is_gone(tmp_pa
     stale = [out / "lip_sync" / f".train-000000.tar.tmp{dead}",
              out / "lip_sync" / ".staging" / "0123abcd" / f".good.tar.tmp{dead}",
              out / ".canonical" / f".{'a' * 20}.{dead}.x1y2" / "window_0000.mp4",
-             out / ".canonical" / f".{'b' * 20}.old_fmt" / "window_0000.mp4"]  # no PID: by age
+             out / ".canonical" / f".{'b' * 20}.old_fmt" / "window_0000.mp4",  # no PID: by age
+             out / ".canonical" / "probes" / f".{'d' * 20}.json.tmp{dead}"]
     running = [out / "lip_sync" / f".val-000000.tar.tmp{alive}",
                out / ".canonical" / f".{'c' * 20}.{alive}.x1y2" / "window_0000.mp4"]
     for f in stale + running:
