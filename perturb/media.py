@@ -352,34 +352,36 @@ def window_audio(track: np.ndarray, start: float, end: float, sr: int = CANONICA
     return out
 
 
-def mux_audio_tracks(video_src: str | Path, tracks: list[tuple[np.ndarray, str | Path]],
-                     sr: int = CANONICAL_SR) -> None:
-    """For each (audio, out): copy the video stream of `video_src` and encode `audio` as AAC.
+def mux_audio_tracks(tracks: list[tuple[str | Path, np.ndarray, str | Path]], sr: int = CANONICAL_SR,
+                     outputs_per_run: int = 32) -> None:
+    """For each (video_src, audio, out): copy the video stream of `video_src` and encode `audio` as AAC.
 
-    All outputs come from ONE ffmpeg process (one start-up, one demux of the video) instead of
-    one process per pair: process start-up is most of a stream-copy remux's cost.
+    The outputs come from as few ffmpeg processes as possible (each video read once per run, at
+    most `outputs_per_run` outputs each) instead of one process per pair: process start-up and
+    demuxing are most of a stream-copy remux's cost.
     """
     import tempfile
 
-    if not tracks:
-        return
-    with tempfile.TemporaryDirectory(prefix="avbench_mux_") as tmp:
-        args = ["-i", str(video_src)]
-        for k, (audio, _) in enumerate(tracks):
-            raw = Path(tmp) / f"{k}.f32"
-            np.ascontiguousarray(audio, dtype=np.float32).tofile(raw)
-            args += ["-f", "f32le", "-ar", str(sr), "-ac", "1", "-i", str(raw)]
-        for k, (_, out) in enumerate(tracks):
-            # no -shortest: it can drop the last video packets; both streams are one window long
-            args += ["-map", "0:v:0", "-map", f"{k + 1}:a:0", "-c:v", "copy", *AAC_ARGS,
-                     "-movflags", "+faststart", "-y", str(out)]
-        run_ffmpeg(args)
+    for first in range(0, len(tracks), outputs_per_run):
+        batch = tracks[first:first + outputs_per_run]
+        videos = list(dict.fromkeys(str(v) for v, _, _ in batch))  # inputs 0..len(videos)-1, in order
+        with tempfile.TemporaryDirectory(prefix="avbench_mux_") as tmp:
+            args = [a for v in videos for a in ("-i", v)]
+            for k, (_, audio, _) in enumerate(batch):
+                raw = Path(tmp) / f"{k}.f32"
+                np.ascontiguousarray(audio, dtype=np.float32).tofile(raw)
+                args += ["-f", "f32le", "-ar", str(sr), "-ac", "1", "-i", str(raw)]
+            for k, (video, _, out) in enumerate(batch):
+                # no -shortest: it can drop the last video packets; both streams are one window long
+                args += ["-map", f"{videos.index(str(video))}:v:0", "-map", f"{len(videos) + k}:a:0",
+                         "-c:v", "copy", *AAC_ARGS, "-movflags", "+faststart", "-y", str(out)]
+            run_ffmpeg(args)
 
 
 def mux_new_audio(video_src: str | Path, audio: np.ndarray, out: str | Path,
                   sr: int = CANONICAL_SR) -> None:
     """Copy the video stream of `video_src` (no re-encode) and encode `audio` (float32 mono) as AAC."""
-    mux_audio_tracks(video_src, [(audio, out)], sr=sr)
+    mux_audio_tracks([(video_src, audio, out)], sr=sr)
 
 
 def encode_clip(frames: np.ndarray, audio: np.ndarray, out: str | Path, fps: float = CANONICAL_FPS,

@@ -47,6 +47,7 @@ PIPELINE_VERSION = "4"  # 2: timing ops read the audio context around the window
 AUDIO_CONTEXT_SECONDS = 1.0
 CANONICAL_VERSION = "2"  # bump when canonical windows change: invalidates the canonical cache
 # 2: upright display size (rotation, SAR), frames.json (video frames per window) in each entry
+MUX_BATCH = 32  # audio-only sides written by one ffmpeg run (media.mux_audio_tracks)
 AUDIO_EXTS = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
 
 
@@ -290,6 +291,7 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
         transform = recipe.build_transform()
         context_seconds = max(AUDIO_CONTEXT_SECONDS, transform.audio_context_seconds())
         samples = []
+        audio_only: list[tuple[Path, np.ndarray, Path]] = []  # sides of every window, muxed together
         with tempfile.TemporaryDirectory(prefix="avbench_") as tmp:
             for wi, (window_file, (start, end)) in enumerate(zip(window_files, windows)):
                 original = window_clip(track, start, end, str(window_file),
@@ -300,7 +302,12 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
                 bound = transform.with_context(context)
                 pairs = [_plan_pair(recipe, bound, job, source, wi, pi, original)
                          for pi in range(job.pairs_per_window or recipe.pairs_per_window)]
-                samples += _render_window(window_file, pairs, Path(tmp))
+                samples += _render_window(window_file, pairs, Path(tmp) / f"w{wi}", audio_only)
+                if len(audio_only) >= MUX_BATCH or wi == len(windows) - 1:  # bounded memory on long sources
+                    media.mux_audio_tracks(audio_only, outputs_per_run=MUX_BATCH)
+                    audio_only.clear()
+            samples = [(key, [(name, data if isinstance(data, bytes) else data.read_bytes()) for name, data in files])
+                       for key, files in samples]
         shard_path = staging / f"{source.source_id}.tar"
 
         def write(fh):
@@ -319,14 +326,17 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
     return summary
 
 
-def _render_window(window_file: Path, pairs: list[dict[str, Any]], tmp: Path) -> list[tuple[str, list[tuple[str, bytes]]]]:
-    """Write every side of a window's pairs, re-encoding only what the ops changed.
+def _render_window(window_file: Path, pairs: list[dict[str, Any]], tmp: Path,
+                   audio_only: list[tuple[Path, np.ndarray, Path]]) -> list[tuple[str, list[tuple[str, Path | bytes]]]]:
+    """Every side of a window's pairs, re-encoding only what the ops changed: [(key, [(member, file
+    or bytes)])].
 
-    Untouched sides are the canonical window itself; audio-only sides share ONE ffmpeg run that
-    copies the video stream; sides whose picture changed are encoded one by one.
+    Untouched sides are the canonical window itself; sides whose picture changed are encoded here,
+    one by one; audio-only sides are appended to `audio_only` as (window_file, audio, out), for the
+    caller to write with ONE media.mux_audio_tracks run over all windows of the source (video copied).
     """
+    tmp.mkdir(parents=True, exist_ok=True)
     outputs: dict[tuple[int, str], Path] = {}
-    audio_only: list[tuple[np.ndarray, Path]] = []
     for n, pair in enumerate(pairs):
         for side in ("chosen", "rejected"):
             clip, ops = pair[side]
@@ -334,19 +344,15 @@ def _render_window(window_file: Path, pairs: list[dict[str, Any]], tmp: Path) ->
             if not ops:
                 out = window_file
             elif not modifies_video(ops):
-                audio_only.append((clip.audio, out))
+                audio_only.append((window_file, clip.audio, out))
             elif not any(get_operator(r["name"]).modifies in ("audio", "both") for r in ops):
                 media.encode_frames_copy_audio(clip.load_frames(), window_file, out, fps=clip.fps)
             else:
                 media.encode_clip(clip.load_frames(), clip.audio, out, fps=clip.fps, sr=clip.sr)
             outputs[(n, side)] = out
-    media.mux_audio_tracks(window_file, audio_only)
-    samples = []
-    for n, pair in enumerate(pairs):
-        files = [(f"{side}.mp4", outputs[(n, side)].read_bytes()) for side in ("chosen", "rejected")]
-        files.append(("json", json.dumps(pair["record"], sort_keys=True).encode()))
-        samples.append((pair["record"]["key"], files))
-    return samples
+    return [(pair["record"]["key"], [(f"{side}.mp4", outputs[(n, side)]) for side in ("chosen", "rejected")]
+             + [("json", json.dumps(pair["record"], sort_keys=True).encode())])
+            for n, pair in enumerate(pairs)]
 
 
 def _plan_pair(recipe: Recipe, transform: Transform, job: Job, source: Source, wi: int, pi: int,
