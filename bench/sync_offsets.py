@@ -8,6 +8,11 @@ For every source of the split (from SHARDS/card.json; the video files are found 
 shift, cut at the clip's ends), and prints a markdown table: estimated offset (ms) and confidence
 per clip and shift, the error against the true shift, and the share of untouched clips whose
 estimate is within +-1 frame (40 ms) of zero. Copies are made with ffmpeg (video stream copied).
+
+It also prints the clip-level pairs: for each |shift|, the share of (untouched clip, shifted copy)
+comparisons the untouched clip wins, the same beyond 160 ms, and Spearman(score, |shift|) over all
+scored versions with a 95% bootstrap CI that resamples whole clips. The default shifts are the
+middles of the lip_sync recipe's five offset bands (40-80 ... 640-1000 ms), both signs.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scorer", required=True)
     ap.add_argument("--shards", required=True)
     ap.add_argument("--split", default="test")
-    ap.add_argument("--offsets", type=float, nargs="*", default=[-400, -200, 200, 400])
+    ap.add_argument("--offsets", type=float, nargs="*", default=[-800, -480, -240, -120, -60, 60, 120, 240, 480, 800])
     ap.add_argument("--plugin", action="append", default=[])
     ap.add_argument("--out", default=None, help="also write the records as JSON lines")
     args = ap.parse_args(argv)
@@ -88,7 +93,42 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scores: untouched {np.mean([r['score'] for r in zero]):.3f}, shifted "
           f"{np.mean([r['score'] for r in shifted]):.3f}; untouched above its shifted copies in "
           f"{np.mean([z['score'] > s['score'] for z in zero for s in shifted if s['file'] == z['file']]):.2f}")
+    print("\n" + "\n".join(clip_pair_table(records)))
     return 0
+
+
+def clip_pair_table(records: list[dict], beyond_ms: float = 160.0, n_boot: int = 2000) -> list[str]:
+    """Markdown lines: untouched-beats-shifted share per |shift| and beyond `beyond_ms`, and
+    Spearman(score, |shift|) over every scored version, CI from resampling whole clips."""
+    from eval.metrics import spearman
+
+    untouched = {r["file"]: r["score"] for r in records if r["true_ms"] == 0}
+    wins: dict[float, list[bool]] = {}
+    for r in records:
+        if r["true_ms"] != 0:
+            wins.setdefault(abs(r["true_ms"]), []).append(untouched[r["file"]] > r["score"])
+    far = [w for off, ws in wins.items() if off > beyond_ms for w in ws]
+    every = [w for ws in wins.values() for w in ws]
+    by_clip: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        by_clip.setdefault(r["file"], []).append((r["score"], abs(r["true_ms"])))
+    clips = sorted(by_clip)
+
+    def rho(names) -> float:
+        rows = [row for c in names for row in by_clip[c]]
+        return spearman([s for s, _ in rows], [o for _, o in rows])
+
+    rng = np.random.default_rng(0)
+    boots = [rho(rng.choice(clips, size=len(clips))) for _ in range(n_boot)]
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+    lines = ["| clip-level pairs: abs shift | " + " | ".join(f"{o:.0f} ms" for o in sorted(wins))
+             + f" | > {beyond_ms:.0f} ms | all | Spearman(score, abs shift) [95% CI, clips resampled] |",
+             "|---|" + "---|" * (len(wins) + 3)]
+    lines.append("| untouched above its copy | " + " | ".join(
+        f"{np.mean(wins[o]):.2f} ({sum(wins[o])}/{len(wins[o])})" for o in sorted(wins))
+        + f" | {np.mean(far):.3f} ({sum(far)}/{len(far)}) | {np.mean(every):.3f} ({sum(every)}/{len(every)}) | "
+        f"{rho(clips):.2f} [{lo:.2f}, {hi:.2f}] ({len(records)} versions of {len(clips)} clips) |")
+    return lines
 
 
 if __name__ == "__main__":
