@@ -1,13 +1,16 @@
 """Clip-level offset estimates of an exported lip_sync scorer on whole held-out clips.
 
     python bench/sync_offsets.py --scorer EXPORT --shards SHARDS [--split test] [--offsets -400 -200 200 400]
+                                 [--transcode 'FFMPEG OUTPUT ARGS' [--container mkv]]
 
 For every source of the split (from SHARDS/card.json; the video files are found under the card's
 `src` folder) it scores the untouched clip and copies whose soundtrack is shifted by each offset
 (the audio delayed for positive offsets: it lags the picture; the clip's own soundtrack fills the
-shift, cut at the clip's ends), and prints a markdown table: estimated offset (ms) and confidence
+shift, cut at the clip's ends; the untouched version is re-muxed the same way, with no shift), and prints a markdown table: estimated offset (ms) and confidence
 per clip and shift, the error against the true shift, and the share of untouched clips whose
 estimate is within +-1 frame (40 ms) of zero. Copies are made with ffmpeg (video stream copied).
+With --transcode every clip is first re-encoded with those ffmpeg output arguments (another codec,
+bitrate or size: does the judge hold on footage unlike its training shards?).
 
 It also prints the clip-level pairs: for each |shift|, the share of (untouched clip, shifted copy)
 comparisons the untouched clip wins, the same beyond 160 ms, and Spearman(score, |shift|) over all
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +39,9 @@ def shifted_copy(src: Path, offset_ms: float, out: Path) -> Path:
     sr = media.CANONICAL_SR
     track = media.decode_audio(src, sr=sr)
     n = int(round(abs(offset_ms) / 1000 * sr))
-    if offset_ms > 0:   # audio later: what was heard at t is now heard at t + offset
+    if n == 0:
+        moved = track
+    elif offset_ms > 0:   # audio later: what was heard at t is now heard at t + offset
         moved = np.concatenate([track[:n][::-1], track[:len(track) - n]])  # mirrored lead-in, no silence
     else:
         moved = np.concatenate([track[n:], track[len(track) - n:][::-1]])
@@ -49,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", required=True)
     ap.add_argument("--split", default="test")
     ap.add_argument("--offsets", type=float, nargs="*", default=[-800, -480, -240, -120, -60, 60, 120, 240, 480, 800])
+    ap.add_argument("--transcode", default=None, metavar="FFMPEG_OUTPUT_ARGS",
+                    help="re-encode each clip first (codec robustness), e.g. "
+                         "'-vf scale=-2:360 -c:v libx264 -crf 38 -c:a aac -b:a 32k'")
+    ap.add_argument("--container", default="mkv", help="container of the --transcode copies")
     ap.add_argument("--plugin", action="append", default=[])
     ap.add_argument("--out", default=None, help="also write the records as JSON lines")
     args = ap.parse_args(argv)
@@ -65,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     rows, records = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
+            source = f
+            if args.transcode:  # an argument list, never a shell string
+                source = Path(tmp) / f"{f.stem}.{args.container}"
+                media.run_ffmpeg(["-i", str(f), *shlex.split(args.transcode), "-y", str(source)])
             for off in [0.0, *args.offsets]:
-                clip = f if off == 0 else shifted_copy(f, off, Path(tmp) / f"{f.stem}_{off:+.0f}.mp4")
+                # the untouched version goes through the same audio re-encode as the shifted ones,
+                # so no version differs from another by its audio codec
+                clip = shifted_copy(source, off, Path(tmp) / f"{f.stem}_{off:+.0f}.mp4")
                 r = scorer.score_file(clip)
                 records.append({"file": f.name, "true_ms": off, "offset_ms": r.get("offset_ms"),
                                 "confidence": r.get("offset_confidence"), "score": r["score"],
