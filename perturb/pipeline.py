@@ -464,7 +464,9 @@ def train_only_sources(folder: str | Path, manifest: str | Path | None, taken: s
 def voice_sources(paths: tuple[str, ...], folder: Path) -> list[Source]:
     """Audio-only recordings as train sources (build's `train_voices`): each becomes `folder/voice_<stem>.mkv`,
     its sound (FLAC, not re-coded lossily) under a still black 64x64 picture, written once (then renamed);
-    the pipeline needs a picture to copy, the audio_quality judge never looks at it."""
+    the pipeline needs a picture to copy, the audio_quality judge never looks at it. Cut at the
+    recording's probed duration (-shortest let the picture run on by a varying amount, which moved
+    babble segments drawn from it) and bit-exact, so a rebuild writes the same bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for path in paths:
@@ -472,9 +474,13 @@ def voice_sources(paths: tuple[str, ...], folder: Path) -> list[Source]:
         video = folder / f"{sid}.mkv"
         if not video.is_file():
             tmp = folder / f".{sid}.tmp{os.getpid()}.mkv"
+            seconds = media.probe(path).duration
+            if not seconds:
+                raise ValueError(f"train_voices: no duration for {path}")
             media.run_ffmpeg(["-y", "-f", "lavfi", "-i", "color=c=black:s=64x64:r=25", "-i", str(path),
-                              "-map", "0:v", "-map", "1:a", "-shortest", "-c:v", "libx264", "-preset", "ultrafast",
-                              "-pix_fmt", "yuv420p", "-c:a", "flac", str(tmp)])
+                              "-map", "0:v", "-map", "1:a", "-t", f"{seconds:.3f}", "-c:v", "libx264",
+                              "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "flac", "-fflags", "+bitexact",
+                              "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1", str(tmp)])
             tmp.rename(video)
         out.append(Source(source_id=sid, path=str(video.resolve()), group=sid,
                           licence=f"see the donors folder ({Path(path).name})", split="train"))
@@ -863,8 +869,11 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         rejects = skipped + [{"source_id": s.source_id, "path": s.path, "reason": checks[s.source_id]["reason"]}
                              for s in sources + extra_sources if checks[s.source_id]["status"] != "ok"]
         _fail_on_empty_splits(split_sources, fractions, len(sources), rejects, out_dir)
+        # a voice made a train source is in the pool once, as that source (its own pairs then never
+        # babble with the same recording)
+        wrapped = set(external_split["train"]) if voices else set()
         job = replace(job, donors={split: tuple(sorted(s.path for s in split_sources if s.split == split))
-                                   + external_split[split] for split in SPLITS})
+                                   + tuple(d for d in external_split[split] if d not in wrapped) for split in SPLITS})
         # pass 2: pairs
         done = _map_sources(process_source, split_sources, job, pool, f"{dim}: sources", progress)
     finally:

@@ -475,6 +475,10 @@ def test_train_voices_are_the_train_split_s_donor_recordings_only(corpus, tmp_pa
     a, b = media.decode_audio(first), media.decode_audio(wrapped)
     n = min(len(a), len(b))
     assert abs(len(a) - len(b)) <= 0.05 * media.CANONICAL_SR and np.abs(a[:n] - b[:n]).max() < 1e-3
+    assert media.probe(wrapped).duration == pytest.approx(media.probe(first).duration, abs=0.05)
+    again = build_small(corpus, tmp_path / "again", train_voices=True, **kw)  # another folder: same wrapper bytes
+    assert [Path(s.path).read_bytes() for s in again["sources"] if s.source_id in more["train_voices"]] == \
+        [Path(s.path).read_bytes() for s in more["sources"] if s.source_id in more["train_voices"]]
     with pytest.raises(ValueError, match="donors"):
         build_small(corpus, tmp_path / "none", dim="audio_quality", recipe=recipe, splits=fractions, train_voices=True)
 
