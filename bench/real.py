@@ -4,7 +4,8 @@
                          [--work real/video_quality] [--seeds 1] [--dry] [--config YAML] [--donors DIR]
 
 Stages (each a subprocess with an argument list, run from the repository root, writing into WORK):
-    shards        python -m perturb build ... --out WORK/shards (manifest, 2 s windows, hop 1 s, 4 pairs, 0.6/0.2/0.2)
+    shards        python -m perturb build ... --out WORK/shards (manifest, 2 s windows, hop 1 s, 4 pairs, 0.6/0.2/0.2;
+                  recipes with train_extra_manifest / train_voices: --train-extra EXTRA ... --train-voices)
     pretrain      python -m train.pretrain --src SRC --src EXTRA ... --run WORK/pretrain   (recipes with pretrain)
     train seedN   python -m train ... --seed N --run WORK/runs/seedN [--init WORK/pretrain]
     eval seedN    python -m eval evaluate ... --report WORK/reports/seedN --export WORK/export (first seed;
@@ -60,6 +61,9 @@ class Recipe:
     objective: str = "reward"
     severity_labels: dict[int, str] = field(default_factory=dict)  # column names of the severity buckets
     operator_severity_table: bool = False     # also print pairwise accuracy / ECE per operator x severity
+    # more training material (build --train-extra EXTRA --train-extra-manifest this; val / test pairs unchanged)
+    train_extra_manifest: str | None = None
+    train_voices: bool = False                # build --train-voices: the train split's donor recordings as train sources
 
 
 RECIPES: dict[str, Recipe] = {
@@ -79,7 +83,11 @@ RECIPES: dict[str, Recipe] = {
     "audio_quality": Recipe(
         "audio_quality",
         config="train/configs/realvids/audio_quality.yaml",
-        donors=f"{REAL}/speech"),     # babble voices besides the other sources of the split
+        donors=f"{REAL}/speech",      # babble voices besides the other sources of the split
+        # 19 train sources were few (BENCHMARKS.md "audio_quality"): EXTRA's LRS2 clips and the train
+        # split's donor recordings join training; val / test pairs are byte-identical to a build without
+        train_extra_manifest="data_cards/manifests/realvids_clips_extra_train.csv",
+        train_voices=True),
     # mismatch donors are the other sources of the same split (no --donors needed)
     "av_consistency": Recipe(
         "av_consistency",
@@ -155,9 +163,14 @@ def plan(recipe: Recipe, src: Path, extra: Path, work: Path, seeds: int, config:
              "--workers", str(workers), "--seed", "0", *recipe.shard_flags, "--cards", _arg(work / "cards")]
     if donors is not None:
         build += ["--donors", _arg(donors)]
+    if recipe.train_extra_manifest:
+        build += ["--train-extra", _arg(extra), "--train-extra-manifest", recipe.train_extra_manifest]
+    if recipe.train_voices:
+        build += ["--train-voices"]
     manifest = recipe.shard_flags[recipe.shard_flags.index("--manifest") + 1] if "--manifest" in recipe.shard_flags else None
+    manifests = [ROOT / m for m in (manifest, recipe.train_extra_manifest) if m]
     stages.append(Stage("shards", build, [shards / "card.json", shards / "manifest.json"],
-                        inputs=[ROOT / "perturb" / "recipes" / f"{dim}.yaml", *([ROOT / manifest] if manifest else [])]))
+                        inputs=[ROOT / "perturb" / "recipes" / f"{dim}.yaml", *manifests]))
     init: list[str] = []
     if recipe.pretrain:
         pre = work / "pretrain"
@@ -338,7 +351,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dim", required=True, choices=sorted(RECIPES))
     ap.add_argument("--src", default=None, help=f"real clips (default {DEFAULT_SRC})")
-    ap.add_argument("--extra", default=None, help=f"more clips for pretraining (default {DEFAULT_EXTRA})")
+    ap.add_argument("--extra", default=None, help=f"more clips for pretraining or training only (default {DEFAULT_EXTRA})")
     ap.add_argument("--work", default=None, help="where everything goes (default real/<dim>)")
     ap.add_argument("--seeds", type=int, default=1, help="train and evaluate seeds 0..N-1; export seed 0")
     ap.add_argument("--config", default=None, help="training config instead of the recipe's")
@@ -360,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"make real: no real footage at {src_arg} (SRC); it lives outside the repository, "
                          f"see DEVELOPERS.md \"Real data\"")
     extra = _abs(args.extra) if args.extra else ROOT / DEFAULT_EXTRA
-    if recipe.pretrain and not extra.is_dir():
-        raise SystemExit(f"make real: no pretraining clips at {args.extra or DEFAULT_EXTRA} (EXTRA)")
+    if (recipe.pretrain or recipe.train_extra_manifest) and not extra.is_dir():
+        raise SystemExit(f"make real: no {'pretraining' if recipe.pretrain else 'extra training'} clips at "
+                         f"{args.extra or DEFAULT_EXTRA} (EXTRA)")
     donors = _abs(args.donors) if args.donors else (ROOT / recipe.donors if recipe.donors else None)
     if donors is not None and not donors.is_dir():
         raise SystemExit(f"make real: no donor voices at {args.donors or recipe.donors} (DONORS)")

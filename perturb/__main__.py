@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-side", type=int, default=512, help="canonical longest side in pixels")
     b.add_argument("--donors", help="folder of speech recordings used as donor voices (voice_swap)")
     b.add_argument("--manifest", help="JSON/CSV manifest with licence / group per file")
+    b.add_argument("--train-extra", help="folder of more sources for the train split only (val / test pairs unchanged)")
+    b.add_argument("--train-voices", action="store_true",
+                   help="the --donors files of the train split are also train sources (audio-only recipes)")
+    b.add_argument("--train-extra-manifest", help="JSON/CSV manifest of --train-extra: the files to use, licence / group")
     b.add_argument("--cards", default="data_cards", help="folder for data_cards/<dim>.md and .json")
     b.add_argument("--demo-dir", default="demo_corpus", help="where --demo writes its synthetic corpus")
     b.add_argument("--max-count", type=int, default=500, help="pairs per shard at most")
@@ -72,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                        hop_seconds=args.hop, pairs_per_window=args.pairs_per_window,
                        splits=dict(zip(("train", "val", "test"), map(float, args.splits.split(",")))) if args.splits else None,
                        max_side=args.max_side, donors=donors, manifest=args.manifest,
+                       train_extra=args.train_extra, train_extra_manifest=args.train_extra_manifest,
+                       train_voices=args.train_voices,
                        cards_dir=args.cards, max_count=args.max_count, max_bytes=args.max_mb << 20,
                        backend=args.backend, ray_address=args.ray_address, work_dir=args.work,
                        command=["python", "-m", "perturb", *(argv if argv is not None else sys.argv[1:])])

@@ -64,6 +64,9 @@ def card_dict(result: dict[str, Any]) -> dict[str, Any]:
         "parameter_ranges": _param_ranges(records),
         "sources": sources, "rejected": result["rejects"], "shards": result["shards"],
         "licence_note": LICENCE_NOTE,  # no build time: a card is the same for the same data
+        # only when used, so cards of builds without it are unchanged
+        **({"train_extra": result["train_extra"]} if result.get("train_extra") else {}),
+        **({"train_voices": result["train_voices"]} if result.get("train_voices") else {}),
     }
 
 
@@ -74,6 +77,10 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"every {card['hop_seconds']} s, {card['pairs_per_window']} pairs per window, "
              f"seed {card['seed']}, canonical 25 fps / 16 kHz mono, longest side <= {card['max_side']} px",
              f"- sources from `{card['src']}`; donors: {card['donors'] or 'other sources of the same split'}",
+             *([f"- train-only sources from `{card['train_extra']}` (split train; val / test as without them)"]
+               if card.get("train_extra") else []),
+             *([f"- train-only sources: the {len(card['train_voices'])} donor recordings of the train split "
+                f"(still black picture; val / test as without them)"] if card.get("train_voices") else []),
              f"- rebuild: `{card['command']}`",
              f"- pairs: {card['pairs']} ({card['graded_pairs']} graded milder-vs-stronger; "
              f"{card['video_stream_copied']} with the video stream copied, not re-encoded)", "",

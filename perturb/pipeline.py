@@ -488,6 +488,51 @@ def assign_splits(sources: list[Source], fractions: dict[str, float], seed: int,
     return [Source(**{**asdict(src), "split": split_of[src.group]}) for src in sources]
 
 
+def train_only_sources(folder: str | Path, manifest: str | Path | None, taken: set[str]) -> list[Source]:
+    """Sources that join the train split only (build's `train_extra`): they take no part in
+    assign_splits, so the val / test sources, their pairs and their donor pools are what a build
+    without them makes. With a manifest only the files it lists are used (the way to leave out a clip
+    whose speaker may be in val or test). Their ids must differ from the main sources' ids."""
+    found = find_sources(folder, manifest)
+    if manifest:
+        import csv
+
+        path = Path(manifest)
+        rows = list(csv.DictReader(path.open())) if path.suffix == ".csv" else json.loads(path.read_text())
+        listed = {Path(r.get("file") or r.get("path") or "").name for r in rows}
+        found = [s for s in found if Path(s.path).name in listed]
+    clash = sorted({s.source_id for s in found} & taken)
+    if clash:
+        raise ValueError(f"train_extra: source ids also in the main sources: {', '.join(clash)}")
+    return [replace(s, split="train") for s in found]
+
+
+def voice_sources(paths: tuple[str, ...], folder: Path) -> list[Source]:
+    """Audio-only recordings as train sources (build's `train_voices`): each becomes `folder/voice_<stem>.mkv`,
+    its sound (FLAC, not re-coded lossily) under a still black 64x64 picture, written once (then renamed);
+    the pipeline needs a picture to copy, the audio_quality judge never looks at it. Cut at the
+    recording's probed duration (-shortest let the picture run on by a varying amount, which moved
+    babble segments drawn from it) and bit-exact, so a rebuild writes the same bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in paths:
+        sid = safe_id(f"voice_{Path(path).stem}")
+        video = folder / f"{sid}.mkv"
+        if not video.is_file():
+            tmp = folder / f".{sid}.tmp{os.getpid()}.mkv"
+            seconds = media.probe(path).duration
+            if not seconds:
+                raise ValueError(f"train_voices: no duration for {path}")
+            media.run_ffmpeg(["-y", "-f", "lavfi", "-i", "color=c=black:s=64x64:r=25", "-i", str(path),
+                              "-map", "0:v", "-map", "1:a", "-t", f"{seconds:.3f}", "-c:v", "libx264",
+                              "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "flac", "-fflags", "+bitexact",
+                              "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1", str(tmp)])
+            tmp.rename(video)
+        out.append(Source(source_id=sid, path=str(video.resolve()), group=sid,
+                          licence=f"see the donors folder ({Path(path).name})", split="train"))
+    return out
+
+
 def donor_splits(paths: list[str], fractions: dict[str, float], seed: int) -> dict[str, tuple[str, ...]]:
     """The --donors files split like sources (assign_splits, one group per file stem): each file
     lands in one split only, so a voice heard in a test pair's rejected side was never a training
@@ -784,12 +829,17 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
           hop_seconds: float | None = None, pairs_per_window: int | None = None,
           splits: dict[str, float] | None = None,
           donors: str | Path | None = None, manifest: str | Path | None = None,
-          cards_dir: str | Path | None = "data_cards", max_count: int = 500,
+          train_extra: str | Path | None = None, train_extra_manifest: str | Path | None = None,
+          train_voices: bool = False, cards_dir: str | Path | None = "data_cards", max_count: int = 500,
           max_bytes: int = 512 << 20, progress: bool = True, command: list[str] | None = None,
           backend: str = "local", ray_address: str | None = None, work_dir: str | Path | None = None) -> dict[str, Any]:
     """Build `<out>/<dim>/` shards from the videos under `src` with recipe `recipe` (default: dim).
 
     backend: "local" (a process pool of `workers`) or "ray" (Ray Data on the cluster at ray_address).
+    train_extra: a folder of more sources for the train split only (train_only_sources; optional
+    train_extra_manifest lists which of its files); val / test pairs stay those of a build without it.
+    train_voices: the --donors files that donor_splits gives the train split are also train sources
+    (voice_sources; audio-only recordings for the audio-only recipes); val / test unchanged likewise.
     out: a folder or an fsspec URL; for a URL the build happens in `work_dir` (default
     cache/build/<url as a name>, kept for resuming) and is then published there.
     """
@@ -798,7 +848,8 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         result = build(src, dim, local, seed=seed, workers=workers, recipe=recipe, window_seconds=window_seconds,
                        max_windows=max_windows, max_side=max_side, hop_seconds=hop_seconds,
                        pairs_per_window=pairs_per_window, splits=splits, donors=donors, manifest=manifest,
-                       cards_dir=cards_dir, max_count=max_count, max_bytes=max_bytes, progress=progress,
+                       train_extra=train_extra, train_extra_manifest=train_extra_manifest,
+                       train_voices=train_voices, cards_dir=cards_dir, max_count=max_count, max_bytes=max_bytes, progress=progress,
                        command=command, backend=backend, ray_address=ray_address)
         publish(result["out_dir"], f"{out.rstrip('/')}/{dim}")
         return {**result, "out_url": f"{out.rstrip('/')}/{dim}"}
@@ -810,10 +861,14 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     window = float(window_seconds or recipe_obj.window_seconds)
     out_dir = Path(out) / dim
     out_dir.mkdir(parents=True, exist_ok=True)
-    config_key = hashlib.sha256(json.dumps(
-        [PIPELINE_VERSION, recipe_obj.source_text, seed, window, max_windows, max_side, hop_seconds or 0,
-         pairs_per_window or 0, splits or recipe_obj.splits,
-         str(Path(donors).resolve()) if donors else ""]).encode()).hexdigest()[:12]
+    key_parts = [PIPELINE_VERSION, recipe_obj.source_text, seed, window, max_windows, max_side, hop_seconds or 0,
+                 pairs_per_window or 0, splits or recipe_obj.splits, str(Path(donors).resolve()) if donors else ""]
+    if train_extra:  # only then: a build without it keeps its key (and its staged pairs)
+        key_parts += [str(Path(train_extra).resolve()),
+                      Path(train_extra_manifest).read_text() if train_extra_manifest else ""]
+    if train_voices:
+        key_parts.append("train_voices")
+    config_key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:12]
     staging = out_dir.resolve() / ".staging" / config_key  # a changed config never reuses old pairs
     staging.mkdir(parents=True, exist_ok=True)
 
@@ -827,6 +882,16 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         _write_rejects(out_dir, skipped)
         raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {src}"
                          + (f" ({len(skipped)} other files skipped, see {out_dir / 'rejects.jsonl'})" if skipped else ""))
+    # media files only: a donor folder may hold a manifest or notes (e.g. the demo's donors.json)
+    external = sorted(str(p.resolve()) for p in Path(donors).rglob("*")
+                      if p.is_file() and p.suffix.lower() in AUDIO_EXTS | VIDEO_EXTS) if donors else []
+    external_split = donor_splits(external, splits or recipe_obj.splits, seed)
+    extra_sources = (train_only_sources(train_extra, train_extra_manifest, {s.source_id for s in sources})
+                     if train_extra else [])
+    if train_voices and not donors:
+        raise ValueError("train_voices needs donors: the train split's --donors files are the voices")
+    voices = voice_sources(external_split["train"], out_dir / ".train_voices") if train_voices else []
+    extra_sources += voices
     job = Job(recipe_path=str(Path(recipe_path).resolve()), seed=seed, window_seconds=window, staging_dir=str(staging),
               max_side=max_side, max_windows=max_windows,
               hop_seconds=float(hop_seconds or 0), pairs_per_window=int(pairs_per_window or 0),
@@ -844,19 +909,19 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     try:
         # pass 1: probe + canonicalise every source, so only usable ones take a split and a rejected
         # file never moves a good source to another split
-        checks = _map_sources(check_source, sources, job, pool, f"{dim}: checking sources", progress)
+        checks = _map_sources(check_source, sources + extra_sources, job, pool, f"{dim}: checking sources", progress)
         usable = [s for s in sources if checks[s.source_id]["status"] == "ok"]
         split_sources = assign_splits(usable, fractions, seed,
                                       weights={s.source_id: checks[s.source_id]["duration"] or 0.0 for s in usable})
+        split_sources += [s for s in extra_sources if checks[s.source_id]["status"] == "ok"]
         rejects = skipped + [{"source_id": s.source_id, "path": s.path, "reason": checks[s.source_id]["reason"]}
-                             for s in sources if checks[s.source_id]["status"] != "ok"]
+                             for s in sources + extra_sources if checks[s.source_id]["status"] != "ok"]
         _fail_on_empty_splits(split_sources, fractions, len(sources), rejects, out_dir)
-        # media files only: a donor folder may hold a manifest or notes (e.g. the demo's donors.json)
-        external = sorted(str(p.resolve()) for p in Path(donors).rglob("*")
-                          if p.is_file() and p.suffix.lower() in AUDIO_EXTS | VIDEO_EXTS) if donors else []
-        external_split = donor_splits(external, fractions, seed)
+        # a voice made a train source is in the pool once, as that source (its own pairs then never
+        # babble with the same recording)
+        wrapped = set(external_split["train"]) if voices else set()
         job = replace(job, donors={split: tuple(sorted(s.path for s in split_sources if s.split == split))
-                                   + external_split[split] for split in SPLITS})
+                                   + tuple(d for d in external_split[split] if d not in wrapped) for split in SPLITS})
         # pass 2: pairs
         done = _map_sources(process_source, split_sources, job, pool, f"{dim}: sources", progress)
     finally:
@@ -871,7 +936,7 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     _fail_on_empty_splits([s for s in split_sources if done[s.source_id]["status"] == "ok"], fractions,
                           len(sources), rejects, out_dir)
     split_of = {s.source_id: s.split for s in split_sources}
-    sources = [replace(s, split=split_of.get(s.source_id, "")) for s in sources]
+    sources = [replace(s, split=split_of.get(s.source_id, "")) for s in sources + extra_sources]
 
     t_sources = time.time() - t0
     shards = pack_shards(summaries, staging, out_dir, max_count=max_count, max_bytes=max_bytes)
@@ -884,6 +949,8 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         "hop_seconds": hop_seconds or window, "pairs_per_window": pairs_per_window or recipe_obj.pairs_per_window,
         "command": command or sys.argv, "wall_s": time.time() - t0, "src": str(src),
         "max_side": max_side, "donors": str(donors) if donors else None,
+        "train_extra": str(train_extra) if train_extra else None,
+        "train_voices": [v.source_id for v in voices],
     }
     t_pack = time.time() - t0 - t_sources
     card = write_card(result, cards_dir=Path(cards_dir) if cards_dir else None)

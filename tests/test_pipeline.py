@@ -383,6 +383,106 @@ def test_a_broken_file_beside_good_ones_changes_no_split(corpus, lip_build, tmp_
     assert all(s.split == "" for s in result["sources"] if s.source_id in {"aa_no_audio", "zz_no_audio"})
 
 
+def test_train_extra_sources_join_train_only_and_leave_val_and_test_byte_identical(corpus, tmp_path):
+    """build(train_extra=...): the extra clips (those its manifest lists) make train pairs only; the
+    val and test shards are the same bytes as a build without them, and no val / test pair's babble
+    voice is a train source (issue 11: more training data without moving the goalpost)."""
+    import hashlib
+
+    import yaml
+
+    from .fixtures_ops import synth_voice, write_wav
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i in range(2):
+        make_video(extra / f"more{i}.mp4", seconds=4.4, seed=30 + i)
+    listed = tmp_path / "extra.csv"
+    listed.write_text("file,group,licence\nmore0.mp4,prog,test licence\n")  # more1.mp4 is left out
+    donors = tmp_path / "voices"  # babble voices for every split (one source each in val and test)
+    donors.mkdir()
+    for i in range(8):
+        write_wav(donors / f"voice{i}.wav", synth_voice(3.0, f0=110.0 + 15 * i, seed=40 + i))
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    recipe = tmp_path / "babble.yaml"  # every pair draws voices
+    recipe.write_text(yaml.safe_dump({"dim": "audio_quality", "question": "Is this speech recorded cleanly?",
+                                      "pairs_per_window": 2, "transform": {"op": "noise", "kinds": ["babble"]},
+                                      "splits": fractions}))
+    kw = {"dim": "audio_quality", "recipe": recipe, "splits": fractions, "donors": donors}
+    plain = build_small(corpus, tmp_path / "plain", **kw)
+    more = build_small(corpus, tmp_path / "more", train_extra=extra, train_extra_manifest=listed, **kw)
+
+    def sha(result, split: str) -> str:
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(result["out_dir"]).glob(f"{split}-*.tar")))).hexdigest()
+
+    for split in ("val", "test"):
+        assert sha(plain, split) == sha(more, split)
+    assert sha(plain, "train") != sha(more, "train")
+    assert _split_of(more) == {**_split_of(plain), "more0": "train"}
+    records = [json.loads(f["json"]) for f in read_samples(Path(more["out_dir"])).values()]
+    assert {r["split"] for r in records if r["source_id"] == "more0"} == {"train"}
+    per_source = {s["source_id"]: s["pairs"] for s in more["summaries"]}
+    assert per_source["more0"] == per_source["spk0"] > 0  # as many pairs as a main clip of its length
+    assert sum(r["source_id"] == "more0" for r in records) == per_source["more0"]
+    train_files = {s.path for s in more["sources"] if s.split == "train"}
+    voices = [(r["split"], d["path"]) for r in records for op in r["ops"] for d in op["params"].get("donors", [])]
+    assert any(split == "train" for split, _ in voices) and any(split != "train" for split, _ in voices)
+    assert not [v for split, v in voices if split != "train" and v in train_files]
+    card = json.loads((tmp_path / "more" / "cards" / "audio_quality.json").read_text())
+    assert card["train_extra"] == str(extra) and "train_extra" not in json.loads(
+        (tmp_path / "plain" / "cards" / "audio_quality.json").read_text())
+    (extra / "spk0.mp4").symlink_to(corpus / "spk0.mp4")  # an id of the main sources: refused
+    with pytest.raises(ValueError, match="spk0"):
+        build_small(corpus, tmp_path / "clash", train_extra=extra, **kw)
+
+
+def test_train_voices_are_the_train_split_s_donor_recordings_only(corpus, tmp_path):
+    """build(train_voices=True): the --donors files donor_splits gives train (and only those) become
+    train sources under a still picture, their sound kept; val and test shards unchanged."""
+    import hashlib
+
+    import yaml
+
+    from perturb.pipeline import donor_splits
+
+    from .fixtures_ops import synth_voice, write_wav
+
+    donors = tmp_path / "voices"
+    donors.mkdir()
+    for i in range(6):
+        write_wav(donors / f"voice{i}.wav", synth_voice(2.5, f0=110.0 + 15 * i, seed=50 + i))
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    recipe = tmp_path / "hum.yaml"  # no donors drawn: the pairs depend on the sources alone
+    recipe.write_text(yaml.safe_dump({"dim": "audio_quality", "question": "Is this speech recorded cleanly?",
+                                      "pairs_per_window": 1, "transform": {"op": "hum"}, "splits": fractions}))
+    kw = {"dim": "audio_quality", "recipe": recipe, "splits": fractions, "donors": donors}
+    plain = build_small(corpus, tmp_path / "plain", **kw)
+    more = build_small(corpus, tmp_path / "more", train_voices=True, **kw)
+
+    def sha(result, split: str) -> str:
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(result["out_dir"]).glob(f"{split}-*.tar")))).hexdigest()
+
+    for split in ("val", "test"):
+        assert sha(plain, split) == sha(more, split)
+    train_voices = donor_splits(sorted(str(p.resolve()) for p in donors.glob("*.wav")), fractions, seed=7)["train"]
+    assert 0 < len(train_voices) < 6
+    assert sorted(more["train_voices"]) == sorted(f"voice_{Path(p).stem}" for p in train_voices)
+    assert _split_of(more) == {**_split_of(plain), **{v: "train" for v in more["train_voices"]}}
+    assert all(s["pairs"] > 0 for s in more["summaries"] if s["source_id"] in more["train_voices"])
+    # the sound is the recording's (FLAC under the picture): same samples at 16 kHz
+    first = Path(train_voices[0])
+    wrapped = next(s.path for s in more["sources"] if s.source_id == f"voice_{first.stem}")
+    a, b = media.decode_audio(first), media.decode_audio(wrapped)
+    n = min(len(a), len(b))
+    assert abs(len(a) - len(b)) <= 0.05 * media.CANONICAL_SR and np.abs(a[:n] - b[:n]).max() < 1e-3
+    assert media.probe(wrapped).duration == pytest.approx(media.probe(first).duration, abs=0.05)
+    again = build_small(corpus, tmp_path / "again", train_voices=True, **kw)  # another folder: same wrapper bytes
+    assert [Path(s.path).read_bytes() for s in again["sources"] if s.source_id in more["train_voices"]] == \
+        [Path(s.path).read_bytes() for s in more["sources"] if s.source_id in more["train_voices"]]
+    with pytest.raises(ValueError, match="donors"):
+        build_small(corpus, tmp_path / "none", dim="audio_quality", recipe=recipe, splits=fractions, train_voices=True)
+
+
 def test_an_empty_split_fails_the_build_with_a_clear_line(tmp_path):
     src = tmp_path / "two_good"
     src.mkdir()

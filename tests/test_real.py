@@ -54,6 +54,16 @@ def test_dry_lists_the_documented_commands_and_runs_nothing(tmp_path, capsys, mo
     assert _flag(cmds[3], "--export") == [str(work / "export")]      # the first seed is the export
     assert all(_flag(c, "--cache-dir") == [str(work / "cache")] for c in cmds[1:])
     assert not work.exists()
+    assert not _flag(build, "--train-extra") and "--train-voices" not in build  # only where a recipe asks
+
+    # audio_quality trains on more material: EXTRA's listed clips and the train split's donor voices
+    real.main(["--dim", "audio_quality", "--src", str(src), "--extra", str(extra), "--donors", str(donors),
+               "--work", str(work), "--dry"])
+    build = shlex.split(capsys.readouterr().out.strip().splitlines()[0])
+    assert _flag(build, "--train-extra") == [str(extra)] and "--train-voices" in build
+    assert _flag(build, "--train-extra-manifest") == ["data_cards/manifests/realvids_clips_extra_train.csv"]
+    with pytest.raises(SystemExit, match="no extra training clips"):
+        real.main(["--dim", "audio_quality", "--src", str(src), "--extra", str(tmp_path / "none"), "--dry"])
 
     # a recipe with sync pretraining: SRC and EXTRA, then every seed starts from it; lip_sync adds the offsets
     monkeypatch.setitem(real.RECIPES, "lip_sync", replace(real.RECIPES["lip_sync"], pretrain=True))
