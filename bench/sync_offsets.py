@@ -1,7 +1,7 @@
 """Clip-level offset estimates of an exported lip_sync scorer on whole held-out clips.
 
     python bench/sync_offsets.py --scorer EXPORT --shards SHARDS [--split test] [--offsets -400 -200 200 400]
-                                 [--transcode 'FFMPEG OUTPUT ARGS' [--container mkv]]
+                                 [--transcode 'FFMPEG OUTPUT ARGS' [--container mkv]] [--swaps]
 
 For every source of the split (from SHARDS/card.json; the video files are found under the card's
 `src` folder) it scores the untouched clip and copies whose soundtrack is shifted by each offset
@@ -10,7 +10,9 @@ shift, cut at the clip's ends; the untouched version is re-muxed the same way, w
 per clip and shift, the error against the true shift, and the share of untouched clips whose
 estimate is within +-1 frame (40 ms) of zero. Copies are made with ffmpeg (video stream copied).
 With --transcode every clip is first re-encoded with those ffmpeg output arguments (another codec,
-bitrate or size: does the judge hold on footage unlike its training shards?).
+bitrate or size: does the judge hold on footage unlike its training shards?). With --swaps each clip
+is also scored with every other clip's soundtrack (a random mismatch, as av_consistency's), against
+its untouched version.
 
 It also prints the clip-level pairs: for each |shift|, the share of (untouched clip, shifted copy)
 comparisons the untouched clip wins, the same beyond 160 ms, and Spearman(score, |shift|) over all
@@ -49,6 +51,14 @@ def shifted_copy(src: Path, offset_ms: float, out: Path) -> Path:
     return out
 
 
+def swapped_copy(src: Path, donor: Path, out: Path) -> Path:
+    """The clip with the soundtrack of `donor` (looped or cut to the clip's length), video copied."""
+    length = len(media.decode_audio(src, sr=media.CANONICAL_SR))
+    track = np.resize(media.decode_audio(donor, sr=media.CANONICAL_SR), length)
+    media.mux_new_audio(src, track.astype(np.float32), out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scorer", required=True)
@@ -60,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                          "'-vf scale=-2:360 -c:v libx264 -crf 38 -c:a aac -b:a 32k'")
     ap.add_argument("--container", default="mkv", help="container of the --transcode copies")
     ap.add_argument("--plugin", action="append", default=[])
+    ap.add_argument("--swaps", action="store_true",
+                    help="also score each clip with the soundtrack of every other clip of the split "
+                         "(av_consistency's random mismatch) against its untouched version")
     ap.add_argument("--out", default=None, help="also write the records as JSON lines")
     args = ap.parse_args(argv)
 
@@ -72,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         src_dir = (ROOT / src_dir).resolve()
     files = [src_dir / s["file"] for s in card["sources"] if s.get("split") == args.split]
     frame_ms = 1000.0 / scorer.cfg.fps
-    rows, records = [], []
+    rows, records, swaps = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
             source = f
@@ -88,8 +101,13 @@ def main(argv: list[str] | None = None) -> int:
                                 "confidence": r.get("offset_confidence"), "score": r["score"],
                                 "status": r["status"], "windows": len(r["windows"])})
                 print(json.dumps(records[-1]), file=sys.stderr, flush=True)
+            for donor in files if args.swaps else []:
+                if donor != f:
+                    r = scorer.score_file(swapped_copy(source, donor, Path(tmp) / f"{f.stem}_swap.mp4"))
+                    swaps.append({"file": f.name, "soundtrack_of": donor.name, "score": r["score"]})
+                    print(json.dumps(swaps[-1]), file=sys.stderr, flush=True)
     if args.out:
-        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in records))
+        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in records + swaps))
     offs = [0.0, *args.offsets]
     rows.append("| clip | windows | " + " | ".join(f"{o:+.0f} ms: est (conf), score" for o in offs) + " |")
     rows.append("|---|---|" + "---|" * len(offs))
@@ -110,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{np.mean([r['score'] for r in shifted]):.3f}; untouched above its shifted copies in "
           f"{np.mean([z['score'] > s['score'] for z in zero for s in shifted if s['file'] == z['file']]):.2f}")
     print("\n" + "\n".join(clip_pair_table(records)))
+    if swaps:
+        untouched = {r["file"]: r["score"] for r in zero}
+        wins = [untouched[w["file"]] > w["score"] for w in swaps]
+        print(f"\nsoundtrack swaps: the untouched clip scores above the clip with another clip's soundtrack in "
+              f"{np.mean(wins):.3f} ({sum(wins)}/{len(wins)})")
     return 0
 
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -46,3 +47,25 @@ def test_spearman_is_over_every_version_and_its_ci_contains_it():
     lo, hi = (float(v) for v in ci.split("]")[0].split(", "))
     assert float(value) == round(expected, 2)
     assert lo <= float(value) <= hi
+
+
+def test_a_swapped_copy_carries_the_donor_soundtrack_looped_to_the_clip_length(tmp_path):
+    from perturb import media
+    from tests.media_fixtures import make_video
+
+    clip = make_video(tmp_path / "clip.mp4", seconds=3.0, seed=1)
+    donor = make_video(tmp_path / "donor.mp4", seconds=1.2, seed=2)
+    out = sync_offsets.swapped_copy(clip, donor, tmp_path / "swap.mp4")
+    sr = media.CANONICAL_SR
+    got, own, theirs = (media.decode_audio(p, sr=sr) for p in (out, clip, donor))
+    assert abs(len(got) - len(own)) <= sr // 50                      # the clip's length (+- AAC padding)
+    assert media.probe(out).duration == pytest.approx(media.probe(clip).duration, abs=0.1)
+
+    def corr(a, b):
+        n = min(len(a), len(b))
+        return float(np.corrcoef(a[:n], b[:n])[0, 1])
+
+    # the second pass of the loop (from 1.2 s on) is the donor again, and nothing of the clip's own sound
+    loop = int(round(1.2 * sr))
+    assert corr(got[loop:], theirs) > 0.9
+    assert abs(corr(got, own)) < 0.3
