@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perturb.media import canonical_size, probe, stream_frames  # noqa: E402
-from train.landmarks import face_landmarks  # noqa: E402
+from train.landmarks import EYE_CORNERS, face_landmarks  # noqa: E402
+
+UPPER_LIP, LOWER_LIP = 13, 14  # FaceMesh's inner-lip midpoints (in train.landmarks.LIPS_INNER)
 
 
 def mouth_opening(video: str, side: int, seconds: float) -> tuple[np.ndarray, float]:
@@ -30,9 +32,8 @@ def mouth_opening(video: str, side: int, seconds: float) -> tuple[np.ndarray, fl
     lm, _ = face_landmarks(frames)
     if lm is None:
         raise SystemExit(f"no face found at {w}x{h}")
-    scale = np.array([w, h]) if lm[..., :2].max() <= 1.5 else np.ones(2)  # normalised -> pixels
-    eye = np.linalg.norm((lm[:, 33, :2] - lm[:, 263, :2]) * scale, axis=1)
-    gap = np.linalg.norm((lm[:, 13, :2] - lm[:, 14, :2]) * scale, axis=1)
+    eye = np.linalg.norm(lm[:, EYE_CORNERS[0]] - lm[:, EYE_CORNERS[1]], axis=1)  # face_landmarks gives pixels
+    gap = np.linalg.norm(lm[:, UPPER_LIP] - lm[:, LOWER_LIP], axis=1)
     return gap / eye, float(eye.mean())
 
 
