@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scores: untouched {np.mean([r['score'] for r in zero]):.3f}, shifted "
           f"{np.mean([r['score'] for r in shifted]):.3f}; untouched above its shifted copies in "
           f"{np.mean([z['score'] > s['score'] for z in zero for s in shifted if s['file'] == z['file']]):.2f}")
-    print("\n" + "\n".join(clip_pair_table(records)))
+    if shifted:
+        print("\n" + "\n".join(clip_pair_table(records)))
     if swaps:
         untouched = {r["file"]: r["score"] for r in zero}
         wins = [untouched[w["file"]] > w["score"] for w in swaps]
