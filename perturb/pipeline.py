@@ -191,16 +191,16 @@ def probe_source(source: Source, cache_root: Path) -> tuple[media.StreamInfo, st
 
 
 def canonical_windows(source: Source, windows: list[tuple[float, float]], size: tuple[int, int],
-                      cache_root: Path, source_sha256: str | None = None) -> tuple[list[Path], np.ndarray, list[int]]:
+                      cache_root: Path, source_sha256: str) -> tuple[list[Path], np.ndarray, list[int]]:
     """The source's canonical window files, 16 kHz soundtrack and video frames per window, cached by content.
 
     Canonicalising (decode + h264 encode) is the expensive step; every recipe built from the same
     source, window and size reuses it, so an audio-only recipe built after another one only pays
     its per-pair remux. The cache entry is a folder made under a temporary name (with the writer's
-    PID, so a later build can tell a dead writer's leftovers), then renamed.
+    PID, so a later build can tell a dead writer's leftovers), then renamed. source_sha256: the
+    source file's content hash (probe_source), part of the cache key.
     """
-    digest = source_sha256 or sha256_file(Path(source.path))
-    key = hashlib.sha256(json.dumps([CANONICAL_VERSION, digest, windows, size]).encode()).hexdigest()[:20]
+    key = hashlib.sha256(json.dumps([CANONICAL_VERSION, source_sha256, windows, size]).encode()).hexdigest()[:20]
     entry = cache_root / key
     files = [entry / f"window_{i:04d}.mp4" for i in range(len(windows))]
     if not (entry / "frames.json").is_file():
@@ -407,6 +407,20 @@ def _plan_pair(recipe: Recipe, transform: Transform, job: Job, source: Source, w
 
 # ----------------------------------------------------------------------------- planning
 
+def read_manifest(manifest: str | Path) -> dict[str, dict[str, str]]:
+    """A source manifest (JSON list, or CSV with a header) as {file name: row}; rows name their
+    file by `file` or `path` and may carry licence, group / speaker and source_id."""
+    manifest = Path(manifest)
+    if manifest.suffix == ".csv":
+        import csv
+
+        with manifest.open() as fh:
+            entries = list(csv.DictReader(fh))
+    else:
+        entries = json.loads(manifest.read_text())
+    return {Path(row.get("file") or row.get("path") or "").name: row for row in entries}
+
+
 def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[Source]:
     """Video files under `src` (recursive), with licence / group from an optional manifest.
 
@@ -415,18 +429,8 @@ def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[So
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(f"source folder not found: {src}")
-    rows: dict[str, dict[str, str]] = {}
     manifest = Path(manifest) if manifest else (src / "manifest.json" if (src / "manifest.json").is_file() else None)
-    if manifest:
-        if manifest.suffix == ".csv":
-            import csv
-
-            entries = list(csv.DictReader(manifest.open()))
-        else:
-            entries = json.loads(manifest.read_text())
-        for row in entries:
-            name = Path(row.get("file") or row.get("path") or "").name
-            rows[name] = row
+    rows = read_manifest(manifest) if manifest else {}
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
     sources, seen = [], set()
     for path in files:
@@ -495,11 +499,7 @@ def train_only_sources(folder: str | Path, manifest: str | Path | None, taken: s
     whose speaker may be in val or test). Their ids must differ from the main sources' ids."""
     found = find_sources(folder, manifest)
     if manifest:
-        import csv
-
-        path = Path(manifest)
-        rows = list(csv.DictReader(path.open())) if path.suffix == ".csv" else json.loads(path.read_text())
-        listed = {Path(r.get("file") or r.get("path") or "").name for r in rows}
+        listed = read_manifest(manifest)
         found = [s for s in found if Path(s.path).name in listed]
     clash = sorted({s.source_id for s in found} & taken)
     if clash:
@@ -519,14 +519,16 @@ def voice_sources(paths: tuple[str, ...], folder: Path) -> list[Source]:
         sid = safe_id(f"voice_{Path(path).stem}")
         video = folder / f"{sid}.mkv"
         if not video.is_file():
-            tmp = folder / f".{sid}.tmp{os.getpid()}.mkv"
+            # named like _write_atomically's temporaries, so clean_stale_temporaries finds a killed writer's
+            tmp = folder / f".{video.name}.tmp{os.getpid()}"
             seconds = media.probe(path).duration
             if not seconds:
                 raise ValueError(f"train_voices: no duration for {path}")
             media.run_ffmpeg(["-y", "-f", "lavfi", "-i", "color=c=black:s=64x64:r=25", "-i", str(path),
                               "-map", "0:v", "-map", "1:a", "-t", f"{seconds:.3f}", "-c:v", "libx264",
                               "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "flac", "-fflags", "+bitexact",
-                              "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1", str(tmp)])
+                              "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1",
+                              "-f", "matroska", str(tmp)])
             tmp.rename(video)
         out.append(Source(source_id=sid, path=str(video.resolve()), group=sid,
                           licence=f"see the donors folder ({Path(path).name})", split="train"))
@@ -861,8 +863,9 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     window = float(window_seconds or recipe_obj.window_seconds)
     out_dir = Path(out) / dim
     out_dir.mkdir(parents=True, exist_ok=True)
+    fractions = splits or recipe_obj.splits
     key_parts = [PIPELINE_VERSION, recipe_obj.source_text, seed, window, max_windows, max_side, hop_seconds or 0,
-                 pairs_per_window or 0, splits or recipe_obj.splits, str(Path(donors).resolve()) if donors else ""]
+                 pairs_per_window or 0, fractions, str(Path(donors).resolve()) if donors else ""]
     if train_extra:  # only then: a build without it keeps its key (and its staged pairs)
         key_parts += [str(Path(train_extra).resolve()),
                       Path(train_extra_manifest).read_text() if train_extra_manifest else ""]
@@ -885,7 +888,7 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     # media files only: a donor folder may hold a manifest or notes (e.g. the demo's donors.json)
     external = sorted(str(p.resolve()) for p in Path(donors).rglob("*")
                       if p.is_file() and p.suffix.lower() in AUDIO_EXTS | VIDEO_EXTS) if donors else []
-    external_split = donor_splits(external, splits or recipe_obj.splits, seed)
+    external_split = donor_splits(external, fractions, seed)
     extra_sources = (train_only_sources(train_extra, train_extra_manifest, {s.source_id for s in sources})
                      if train_extra else [])
     if train_voices and not donors:
@@ -896,7 +899,6 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
               max_side=max_side, max_windows=max_windows,
               hop_seconds=float(hop_seconds or 0), pairs_per_window=int(pairs_per_window or 0),
               canonical_dir=str(canonical_dir))
-    fractions = splits or recipe_obj.splits
 
     pool: ProcessPoolExecutor | str | None = None
     if backend == "ray":
