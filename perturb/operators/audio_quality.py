@@ -24,7 +24,7 @@ import numpy as np
 from ..clip import Clip
 from ..media import run_ffmpeg
 from .base import ConfigError, Operator, OperatorContext, check_list, check_number, check_severity, register
-from .voice import PEAK_LIMIT, DrawsFromDonors, active_rms, donor_audio, donor_duration, donor_segment, rms
+from .voice import DrawsFromDonors, active_rms, donor_audio, donor_duration, donor_segment, peak_limit, rms
 
 # SNR (dB) per severity level for additive noise; 0 dB at level 5 is as loud as the speech
 NOISE_SNR_BANDS: dict[int, tuple[float, float]] = {1: (24.0, 30.0), 2: (18.0, 24.0), 3: (12.0, 18.0),
@@ -59,15 +59,15 @@ def _uniform(rng: np.random.Generator, band: tuple[float, float], digits: int = 
     return round(float(rng.uniform(*band)), digits)
 
 
-def _peak_limit(y: np.ndarray) -> np.ndarray:
-    """Scale down only when the peak would clip (the writer's AAC would clip it otherwise)."""
-    peak = float(np.max(np.abs(y))) if len(y) else 0.0
-    return (y * (PEAK_LIMIT / peak) if peak > PEAK_LIMIT else y).astype(np.float32)
-
-
 def speech_level(x: np.ndarray, sr: int) -> float:
     """Active speech level (RMS of the active 20 ms frames), the reference of every SNR here."""
     return active_rms(np.asarray(x, dtype=np.float32), sr)
+
+
+def _at_speech_level_of(y: np.ndarray, x: np.ndarray, sr: int) -> np.ndarray:
+    """y scaled to x's speech level (y as it is when it has no active level), peak-limited."""
+    level_x, level_y = speech_level(x, sr), speech_level(y, sr)
+    return peak_limit(y * (level_x / level_y) if level_y > 0 else y)
 
 
 def mix_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float, sr: int) -> np.ndarray:
@@ -76,7 +76,7 @@ def mix_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float, sr: int) -> np.n
     if level <= 0 or n_rms <= 0:  # silent window: noise at its own level relative to full scale 0.1
         level, n_rms = 0.1, max(n_rms, 1e-12)
     gain = level / n_rms * 10.0 ** (-float(snr_db) / 20.0)
-    return _peak_limit(np.asarray(x, dtype=np.float64) + gain * noise)
+    return peak_limit(np.asarray(x, dtype=np.float64) + gain * noise)
 
 
 def white_noise(n: int, seed: int) -> np.ndarray:
@@ -214,7 +214,7 @@ def codec_roundtrip(x: np.ndarray, sr: int, codec: str, kbps: int) -> tuple[np.n
         out = run_ffmpeg(["-i", enc, "-f", "f32le", "-ar", str(sr), "-ac", "1", "pipe:1"])
     y = np.frombuffer(out, dtype="<f4").astype(np.float32)
     y = y[:len(x)] if len(y) >= len(x) else np.concatenate([y, np.zeros(len(x) - len(y), np.float32)])
-    return _peak_limit(y), size
+    return peak_limit(y), size
 
 
 @register("codec")
@@ -282,8 +282,7 @@ class BandLimit(Operator):
     def apply(self, clip: Clip, params: dict[str, Any]) -> Clip:
         x = np.asarray(clip.audio, dtype=np.float32)
         y = band_pass(x, clip.sr, params["low_hz"], params["high_hz"])
-        level_x, level_y = speech_level(x, clip.sr), speech_level(y, clip.sr)
-        return clip.with_audio(_peak_limit(y * (level_x / level_y) if level_y > 0 else y))
+        return clip.with_audio(_at_speech_level_of(y, x, clip.sr))
 
     def defect_size(self, params: dict[str, Any]) -> float:
         """Octaves cut from the full 50-8000 Hz band."""
@@ -328,8 +327,7 @@ class Reverb(Operator):
         x = np.asarray(clip.audio, dtype=np.float64)
         rir = room_impulse_response(clip.sr, float(params["rt60"]), float(params["drr_db"]), int(params["seed"]))
         y = fftconvolve(x, rir)[: len(x)].astype(np.float32)
-        level_x, level_y = speech_level(x, clip.sr), speech_level(y, clip.sr)
-        return clip.with_audio(_peak_limit(y * (level_x / level_y) if level_y > 0 else y))
+        return clip.with_audio(_at_speech_level_of(y, x, clip.sr))
 
     def defect_size(self, params: dict[str, Any]) -> float:
         """RT60 in seconds plus the reverberant share (1 / (1 + DRR as a power ratio))."""

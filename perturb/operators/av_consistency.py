@@ -22,7 +22,6 @@ Donors come from the OperatorContext's pool (the other sources of the same split
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ from ..clip import Clip
 from ..media import MediaError
 from .base import Operator, OperatorContext, check_severity, register
 from .timing import drift_audio_keep_pitch
-from .voice import (_match_level, active_rms, donor_audio, donor_duration, donor_segment, pitch_shift,
-                    rms)
+from .voice import (DrawsFromDonors, _match_level, active_rms, donor_audio, donor_duration, donor_segment,
+                    pitch_shift, rms)
 
 DESCRIPTOR_SECONDS = 30.0  # of a donor file: enough voiced frames for a stable median F0
 _DESCRIPTORS: dict[tuple[str, int], float] = {}
@@ -82,7 +81,7 @@ def severity_slice(n: int, severity: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- mismatch
-class _DonorSoundtrack(Operator):
+class _DonorSoundtrack(DrawsFromDonors, Operator):
     """Shared by the two mismatch operators: the pool, the ranking and apply (not registered)."""
 
     modifies = "audio"
@@ -96,7 +95,7 @@ class _DonorSoundtrack(Operator):
     def with_context(self, context: OperatorContext) -> "_DonorSoundtrack":
         """A copy holding the context's donors (never the source's own file) ranked by voice
         descriptor distance to the window."""
-        bound = copy.copy(self)
+        bound = super().with_context(context)  # DrawsFromDonors: the pool and the source
         sr = context.clip.sr if context.clip is not None else 16000
         own = voice_descriptor(context.clip.extended_audio(), sr) if context.clip is not None else float("nan")
         if not np.isfinite(own) and context.source_path and Path(context.source_path).is_file():
@@ -105,9 +104,7 @@ class _DonorSoundtrack(Operator):
             except (MediaError, ValueError):
                 pass
         ranked = []
-        for path in context.donor_pool:
-            if context.source_id and Path(path).stem == context.source_id:
-                continue
+        for path in bound.usable_donors():
             d = donor_descriptor(path, sr)
             dist = abs(d - own) if np.isfinite(d) and np.isfinite(own) else 24.0  # unknown: far
             ranked.append((round(float(dist), 3), str(path)))

@@ -143,16 +143,20 @@ def active_rms(x: np.ndarray, sr: int, frame_ms: float = 20.0, floor_db: float =
     return float(np.sqrt(act.mean())) if len(act) else 0.0
 
 
+def peak_limit(y: np.ndarray) -> np.ndarray:
+    """y as float32, scaled down only when its peak would clip (above PEAK_LIMIT): the writer's AAC
+    would clip it otherwise."""
+    peak = float(np.max(np.abs(y))) if len(y) else 0.0
+    return (y * (PEAK_LIMIT / peak) if peak > PEAK_LIMIT else y).astype(np.float32)
+
+
 def _match_level(y: np.ndarray, target_level: float,
                  level_fn: Callable[[np.ndarray], float]) -> np.ndarray:
     """Scale y so level_fn(y) == target_level, then scale down only if the peak would clip."""
     cur = level_fn(y)
     if cur > 0 and target_level > 0:
         y = y * (target_level / cur)
-    peak = float(np.max(np.abs(y))) if len(y) else 0.0
-    if peak > PEAK_LIMIT:
-        y = y * (PEAK_LIMIT / peak)
-    return y.astype(np.float32)
+    return peak_limit(y)
 
 
 # --------------------------------------------------------------------------------------- donors
