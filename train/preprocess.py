@@ -35,7 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from perturb.media import MediaError, decode_audio, probe, stream_frames
+from perturb.media import MediaError, canonical_size, decode_audio, probe, stream_frames
 
 # Bump whenever the meaning of a PreprocessConfig field or the computation changes: every cache
 # keyed by PreprocessConfig.fingerprint() is then rebuilt.
@@ -185,12 +185,10 @@ def _tmp_dir() -> str | None:
 
 
 def _analysis_size(info, max_side: int | None = ANALYSIS_MAX_SIDE) -> tuple[int, int]:
-    """(width, height) frames are decoded at: the display size, longest side capped (eval may get 4K)."""
+    """(width, height) frames are decoded at: the display size, longest side capped (eval may get 4K)
+    the way the shards' canonical size is; a picture within the cap keeps its size as it is."""
     w, h = info.width, info.height
-    if max_side and max(w, h) > max_side:
-        s = max_side / max(w, h)
-        w, h = max(2, int(round(w * s / 2)) * 2), max(2, int(round(h * s / 2)) * 2)
-    return w, h
+    return canonical_size(w, h, max_side) if max_side and max(w, h) > max_side else (w, h)
 
 
 def _decode(path: str, cfg: PreprocessConfig, start: float | None, duration: float | None,
