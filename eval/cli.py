@@ -101,9 +101,9 @@ def score_video(scorers: Sequence, path: str, always_windows: bool = False) -> d
 
 def default_workers() -> int:
     """Worker processes for score / filter: one per CPU core this process may use."""
-    import os
+    from train.device import usable_cores
 
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 _WORKER_JOB: dict[str, Any] = {}  # the judges of this worker process (inherited through fork, or loaded)
@@ -185,9 +185,13 @@ def _write_out(records: list[dict[str, Any]], out: str, dims: list[str]) -> None
         out_p.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def _on_gpu(args) -> bool:
+    return str(args.device or "cpu").startswith("cuda")
+
+
 def _workers(args) -> int:
     """--workers, or one per core; 1 on a GPU (the judge batches there; CUDA does not survive a fork)."""
-    if str(args.device or "cpu").startswith("cuda"):
+    if _on_gpu(args):
         return 1
     return args.workers if args.workers else default_workers()
 
@@ -201,7 +205,7 @@ def _one_torch_thread_on_cpu(args) -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
-    if not str(args.device or "cpu").startswith("cuda"):
+    if not _on_gpu(args):
         torch.set_num_threads(1)
     try:
         yield

@@ -5,6 +5,11 @@ import os
 from pathlib import Path
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def describe_device(device: object) -> str:
     """"NVIDIA H100 80GB HBM3 (cuda:0)" for a GPU; the CPU model and the cores this process may use
     for a CPU. Never fails: "unknown" parts are said so."""
@@ -25,5 +30,4 @@ def describe_device(device: object) -> str:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores (cpu)"
+    return f"{model}, {usable_cores()} cores (cpu)"
