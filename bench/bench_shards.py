@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_score import children_cpu  # noqa: E402  (ffmpeg CPU: the finished children's rusage)
 from perturb import media  # noqa: E402
 from perturb.pipeline import build, find_sources, plan_windows  # noqa: E402
 from perturb.recipe import load_recipe  # noqa: E402
@@ -65,20 +65,15 @@ def run_floor(windows, pairs_per_window: int, video: bool, tmp: Path) -> float:
     return time.perf_counter() - t0
 
 
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def canonical_cpu(windows, tmp: Path) -> float:
     """CPU seconds of canonicalising every window, one ffmpeg run per source (what a cold build does)."""
     by_source: dict[str, list] = {}
     for path, a, b, size in windows:
         by_source.setdefault(path, []).append(((a, b), size))
-    t0 = _children_cpu()
+    t0 = children_cpu()
     for k, (path, spans) in enumerate(by_source.items()):
         media.canonicalise_windows(path, tmp / f"canon_{k}", [w for w, _ in spans], spans[0][1])
-    return _children_cpu() - t0
+    return children_cpu() - t0
 
 
 def aac_cpu_per_side(canonical_dir: Path, tmp: Path, repeats: int = 3) -> float:
@@ -94,10 +89,10 @@ def aac_cpu_per_side(canonical_dir: Path, tmp: Path, repeats: int = 3) -> float:
         seconds = media.probe(window_file).duration or 5.0
         track = np.fromfile(entry / "audio.f32", dtype=np.float32)[: int(seconds * media.CANONICAL_SR)]
         for n in cost:
-            t0 = _children_cpu()
+            t0 = children_cpu()
             for _ in range(repeats):
                 media.mux_audio_tracks([(window_file, track, tmp / f"aac_{i}.mp4") for i in range(n)])
-            cost[n] += (_children_cpu() - t0) / repeats / len(entries)
+            cost[n] += (children_cpu() - t0) / repeats / len(entries)
     return (cost[3] - cost[1]) / 2
 
 
