@@ -10,13 +10,16 @@ the same videos are scored by:
               and decodes from the keyframe before it) and a new FaceMesh graph per window, in
               one process (`eval score` before 2026-11-27);
   after, 1    eval.cli.score_videos with one process: the picture decoded once and streamed
-              (ffmpeg decodes ahead on its own core), one FaceMesh graph reset per window;
+              (ffmpeg decodes ahead on its own core), FaceMesh reset per window; once with
+              MediaPipe's own graph, once with the default runtime (LiteRT, train/facemesh_litert.py);
   after, N    the same over N forked worker processes (whole files per worker), as `eval score`
-              runs by default (one worker per core).
+              runs by default (one worker per core): MediaPipe's graph with the workers free to
+              move between cores (eval score before 2026-11-28), the graph with each worker pinned
+              to a core, and the default (LiteRT, pinned).
 For each: wall seconds, CPU seconds (this process, its workers and every ffmpeg child), x real time
-(seconds of video / wall seconds) and the speed-up over `before` in the same run. The scores of
+(seconds of video / wall seconds) and the speed-up over the first row in the same run. The scores of
 every mode are compared (max |difference|). --profile adds a cProfile table of where the time of
-`before` and `after, 1` goes (decode, face landmarks, audio features, judge, other).
+the one-process modes goes (decode, face landmarks, audio features, judge, other).
 """
 from __future__ import annotations
 
@@ -77,6 +80,21 @@ def legacy_scorer() -> Iterator[None]:
         yield
     finally:
         pre.windows_for, lm._mesh_for_new_clip = saved
+
+
+@contextlib.contextmanager
+def facemesh_runtime(name: str | None) -> Iterator[None]:
+    """Run FaceMesh on `name` (train.landmarks.RUNTIMES; None: the default) in this process and in
+    the workers it starts."""
+    saved = os.environ.pop("AVBENCH_FACEMESH", None)
+    if name:
+        os.environ["AVBENCH_FACEMESH"] = name
+    try:
+        yield
+    finally:
+        os.environ.pop("AVBENCH_FACEMESH", None)
+        if saved is not None:
+            os.environ["AVBENCH_FACEMESH"] = saved
 
 
 def children_cpu() -> float:
@@ -140,18 +158,30 @@ def main(argv: list[str] | None = None) -> int:
         seconds = sum(probe(v).duration or 0.0 for v in videos)
         workers = args.workers or default_workers()
         modes: list[tuple[str, Callable[[], list]]] = []
+        def scored(n: int, runtime: str | None = None, pin: bool = True, paths: list | None = None
+                   ) -> Callable[[], list]:
+            def run() -> list:
+                with facemesh_runtime(runtime):
+                    return list(score_videos(scorers, paths or videos, workers=n, pin_cores=pin))
+            return run
+
         if workers > 1:  # first: its workers are forked, which MediaPipe allows only before its first use here
-            modes.append((f"after, {workers} worker processes (eval score's default here)",
-                          lambda: list(score_videos(scorers, videos, workers=workers))))
+            modes.append((f"after, {workers} worker processes, MediaPipe graph, not pinned",
+                          scored(workers, "mediapipe", pin=False)))
+            modes.append((f"after, {workers} worker processes, MediaPipe graph, pinned to cores",
+                          scored(workers, "mediapipe")))
+            modes.append((f"after, {workers} worker processes (eval score's default here: LiteRT FaceMesh, "
+                          "pinned to cores)", scored(workers)))
         # warm-up of this process: its first FaceMesh graph and torch's first forward are paid once
-        modes.append(("warm-up", lambda: list(score_videos(scorers, videos[:1], workers=1))))
+        modes.append(("warm-up", lambda: [*scored(1, "mediapipe", paths=videos[:1])(), *scored(1, paths=videos[:1])()]))
         if not args.no_before:
             def before() -> list:
-                with legacy_scorer():
+                with legacy_scorer(), facemesh_runtime("mediapipe"):
                     return list(score_videos(scorers, videos, workers=1))
             modes.append(("before (per-window decode, new FaceMesh graph per window)", before))
-        modes.append(("after, 1 process (streamed decode, FaceMesh reset per window)",
-                      lambda: list(score_videos(scorers, videos, workers=1))))
+        modes.append(("after, 1 process, MediaPipe graph (streamed decode, FaceMesh reset per window)",
+                      scored(1, "mediapipe")))
+        modes.append(("after, 1 process, LiteRT FaceMesh", scored(1)))
         results = []
         for name, run in modes:
             res = timed(run, profile=args.profile and "worker processes" not in name)

@@ -26,6 +26,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -109,10 +110,18 @@ def default_workers() -> int:
 _WORKER_JOB: dict[str, Any] = {}  # the judges of this worker process (inherited through fork, or loaded)
 
 
-def _worker_start(dirs: list[str], batch_size: int, always_windows: bool, plugins: Sequence[str]) -> None:
+def _worker_start(dirs: list[str], batch_size: int, always_windows: bool, plugins: Sequence[str],
+                  next_core: Any = None) -> None:
     import torch
 
     torch.set_num_threads(1)  # the workers are the parallelism; torch's own threads would only compete
+    # (not cv2.setNumThreads: in a process forked after OpenCV's thread pool ran, it never returns)
+    if next_core is not None:  # one worker per core: this one takes the next core (its ffmpeg children too)
+        with next_core.get_lock():
+            slot = next_core.value
+            next_core.value += 1
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[slot % len(cores)]})
     if not _WORKER_JOB.get("scorers"):  # spawned: load the judges again (a forked worker has them)
         if plugins:
             from train.encoders import import_plugins
@@ -127,7 +136,7 @@ def _score_in_worker(path: str) -> dict[str, Any]:
 
 
 def score_videos(scorers: Sequence, paths: Sequence[str], workers: int = 1, always_windows: bool = False,
-                 plugins: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+                 plugins: Sequence[str] = (), pin_cores: bool = True) -> Iterator[dict[str, Any]]:
     """score_video for each path, yielded in the order of `paths`.
 
     workers > 1: whole files are spread over that many worker processes, each decoding and running
@@ -136,6 +145,11 @@ def score_videos(scorers: Sequence, paths: Sequence[str], workers: int = 1, alwa
     the judges from their export folders (after importing `plugins`). A file is scored the same way
     in any worker, so the records do not depend on `workers`; a worker that dies gives its file (and
     the files still waiting) an error record instead of stopping the batch.
+
+    pin_cores: when there are at least as many workers as usable cores, each worker (and the ffmpeg
+    it starts) stays on one core. MediaPipe hands every frame between its graph threads; on one core
+    that hand-over is cheaper than across cores, and a worker no longer competes with the other
+    workers' threads (see BENCHMARKS.md, scoring throughput).
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -155,9 +169,13 @@ def score_videos(scorers: Sequence, paths: Sequence[str], workers: int = 1, alwa
     context = multiprocessing.get_context("spawn" if used_in_this_process() else "fork")
     _WORKER_JOB["scorers"] = scorers if context.get_start_method() == "fork" else None
     batch_size = scorers[0].batch_size if scorers else 8
+    from train.device import usable_cores
+
+    next_core = context.Value("i", 0) if pin_cores and hasattr(os, "sched_setaffinity") and \
+        workers >= usable_cores() else None
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
-                                 initargs=(dirs, batch_size, always_windows, tuple(plugins))) as pool:
+                                 initargs=(dirs, batch_size, always_windows, tuple(plugins), next_core)) as pool:
             futures = [pool.submit(_score_in_worker, p) for p in paths]
             for p, fut in zip(paths, futures):
                 try:

