@@ -69,17 +69,20 @@ def legacy_scorer() -> Iterator[None]:
                              has_audio=bool(info.has_audio))))
         return out
 
-    saved = pre.windows_for, lm._mesh_for_new_clip
+    def per_config(path, cfgs, hop_seconds=None, min_seconds=1.0, return_info=False):
+        return [windows_per_window_decode(path, c, hop_seconds, min_seconds, return_info) for c in cfgs]
+
+    saved = pre.windows_for_configs, lm._mesh_for_new_clip
 
     def fresh_graph():
         lm._close_mesh()
         return saved[1]()
 
-    pre.windows_for, lm._mesh_for_new_clip = windows_per_window_decode, fresh_graph
+    pre.windows_for_configs, lm._mesh_for_new_clip = per_config, fresh_graph
     try:
         yield
     finally:
-        pre.windows_for, lm._mesh_for_new_clip = saved
+        pre.windows_for_configs, lm._mesh_for_new_clip = saved
 
 
 @contextlib.contextmanager

@@ -68,19 +68,46 @@ def _cfg_key(cfg) -> str:
             return str(id(cfg))
 
 
+def _windows_of_all(scorers: Sequence, path: str) -> dict[str, Any]:
+    """{config key: the video's windows for that config, or the exception that stopped them}.
+
+    One decode (and one face search per window, where the configs agree on it) serves every config
+    that cuts the same windows (train.preprocess.same_windows_key); judges with another frame rate or
+    window length get a decode of their own."""
+    from train.preprocess import same_windows_key, windows_for_configs
+
+    configs: dict[str, Any] = {}
+    for s in scorers:
+        configs.setdefault(_cfg_key(s.cfg), s.cfg)
+    groups: dict[Any, list[str]] = {}
+    for key, cfg in configs.items():
+        try:
+            groups.setdefault(same_windows_key(cfg), []).append(key)
+        except Exception:  # a config without that geometry (a plugin's): a decode of its own
+            groups[key] = [key]
+    out: dict[str, Any] = {}
+    for keys in groups.values():
+        try:
+            for key, wins in zip(keys, windows_for_configs(path, [configs[k] for k in keys], return_info=True)):
+                out[key] = wins if wins else ValueError(f"no window could be cut from {path}")
+        except Exception as exc:  # a bad file must not stop the batch: every judge of the group says so
+            out.update({k: exc for k in keys})
+    return out
+
+
 def score_video(scorers: Sequence, path: str, always_windows: bool = False) -> dict[str, Any]:
-    """One output record for one video; decodes once per distinct preprocessing config."""
+    """One output record for one video; decodes once per distinct window geometry (_windows_of_all)."""
     rec: dict[str, Any] = {"path": path, "scores": {}, "status": {}}
     windows_out: dict[str, list] = {}
     offsets: dict[str, dict[str, float]] = {}
-    cache: dict[str, Any] = {}
+    windows = _windows_of_all(scorers, path)
     errors = []
     for s in scorers:
         try:
-            key = _cfg_key(s.cfg)
-            if key not in cache:
-                cache[key] = s.windows(path)
-            r = s.score_file(path, windows=cache[key])
+            wins = windows[_cfg_key(s.cfg)]
+            if isinstance(wins, Exception):
+                raise wins
+            r = s.score_file(path, windows=wins)
             rec["scores"][s.dim] = r["score"]
             rec["status"][s.dim] = r.get("status", "ok")
             if "offset_ms" in r:

@@ -529,7 +529,7 @@ def test_windows_from_one_streamed_decode_equal_per_window_decodes(media, monkey
     cfg = pre.PreprocessConfig(window_seconds=2.0, crop="full", crop_size=(16, 16))
     seen = []
 
-    def keep(frames, audio, cfg, return_info=False):
+    def keep(frames, audio, cfg, return_info=False, faces=None):
         seen.append((frames.copy(), np.asarray(audio).copy()))
         return {"video": None, "audio": None}, {}
 
@@ -547,6 +547,74 @@ def test_windows_from_one_streamed_decode_equal_per_window_decodes(media, monkey
             assert abs(len(audio) - len(alone_a)) <= 16   # within 1 ms at 16 kHz
             # a decode that starts mid-stream re-primes the AAC decoder: compare beyond its first frame
             assert np.abs(audio[2048:n] - alone_a[2048:n]).max() < 1e-3
+
+
+@needs_model
+def test_several_configs_share_one_decode_and_one_face_search_per_window(media, monkeypatch):
+    """windows_for_configs gives each config the windows windows_for gives it alone, from one decode
+    of the picture and of the sound; configs that find the face the same way search it once per window."""
+    import train.preprocess as pre
+
+    haar = pre.PreprocessConfig(window_seconds=2.0, crop="face", crop_size=(16, 16), face_detector="haar")
+    haar_sound = pre.PreprocessConfig(window_seconds=2.0, crop="mouth", crop_size=(8, 12), face_detector="haar",
+                                      audio_norm="global", n_mels=32)     # same face search, other inputs
+    haar_strict = pre.PreprocessConfig(window_seconds=2.0, crop="face", crop_size=(16, 16), face_detector="haar",
+                                       detect_min_neighbors=6)            # another face search
+    cfgs = [haar, haar_sound, haar_strict]
+    path = str(media["long"])
+    alone = [pre.windows_for(path, c, return_info=True) for c in cfgs]
+    calls = {"stream_frames": 0, "decode_audio": 0, "_find_face": 0}
+    for name in calls:
+        real = getattr(pre, name)
+
+        def counted(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+        monkeypatch.setattr(pre, name, counted)
+    together = pre.windows_for_configs(path, cfgs, return_info=True)
+    n_windows = len(alone[0])
+    assert n_windows == 4 and calls["stream_frames"] == 1 and calls["decode_audio"] == 1
+    assert calls["_find_face"] == 2 * n_windows
+    for mine, ref in zip(together, alone):
+        assert [w[:2] for w in mine] == [w[:2] for w in ref]
+        for (_, _, x, info), (_, _, y, ref_info) in zip(mine, ref):
+            assert info == ref_info
+            assert all(torch_equal(x[k], y[k]) for k in ("video", "audio"))
+    assert together[1][0][2]["audio"].shape[0] == 32 and together[1][0][2]["video"].shape[-2:] == (8, 12)
+    with pytest.raises(ValueError, match="same fps"):
+        pre.windows_for_configs(path, [haar, pre.PreprocessConfig(window_seconds=2.0, fps=10)])
+
+
+def torch_equal(a, b) -> bool:
+    return tuple(a.shape) == tuple(b.shape) and bool((a == b).all())
+
+
+@needs_model
+def test_judges_scoring_one_file_together_score_it_as_alone(media, monkeypatch):
+    """score_video with several judges (same windows, other configs; another frame rate) gives each the
+    record it gets alone, with one decode per window geometry."""
+    import copy
+
+    import train.preprocess as pre
+    from eval.cli import load_scorers, score_video
+
+    base = load_scorers([str(media["export"])])[0]
+    other_sound = copy.copy(base)
+    other_sound.cfg = pre.PreprocessConfig.from_dict({**base.cfg.to_dict(), "audio_norm": "global"})
+    other_sound.dim = "lip_sync_2"
+    other_rate = copy.copy(base)
+    other_rate.cfg = pre.PreprocessConfig.from_dict({**base.cfg.to_dict(), "fps": 20})
+    other_rate.dim = "lip_sync_3"
+    path = str(media["long"])
+    alone = {s.dim: score_video([s], path) for s in (base, other_sound, other_rate)}
+    decodes = []
+    real = pre.stream_frames
+    monkeypatch.setattr(pre, "stream_frames", lambda *a, **k: decodes.append(a[3]) or real(*a, **k))
+    together = score_video([base, other_sound, other_rate], path, always_windows=True)
+    assert sorted(decodes) == [20, 25]                     # one decode per frame rate
+    for dim, rec in alone.items():
+        assert together["scores"][dim] == pytest.approx(rec["scores"][dim], abs=1e-6)
+        assert together["status"][dim] == rec["status"][dim]
 
 
 @needs_model

@@ -30,7 +30,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -485,28 +485,55 @@ def normalise_video(crops: np.ndarray, mode: str = "clip") -> torch.Tensor:
     return v if mode == "unit" else (v - v.mean()) / v.std().clamp_min(1e-3)
 
 
-def make_inputs(frames: np.ndarray, audio: np.ndarray, cfg: PreprocessConfig,
-                return_info: bool = False):
-    """One window -> {"video": (T, C, H, W) float32, "audio": (n_mels, R*T) float32}.
+# PreprocessConfig fields that make_inputs reads only after the face is found (crop geometry, pixels,
+# sound): configs that differ in nothing else find the same face in the same window.
+AFTER_FACE_FIELDS = ("crop", "crop_size", "grayscale", "n_mels", "n_fft", "win_length", "hop", "f_min", "f_max",
+                     "audio_norm", "audio_features", "n_mfcc", "video_norm", "video_input", "mouth_center_y",
+                     "mouth_width", "face_scale")
 
-    frames: uint8 (T', H, W, 3) at cfg.fps; audio: float32 mono at cfg.sr; both padded / cut to
-    exactly cfg.window_seconds. With return_info, also returns how the crop was found.
-    """
-    frames, audio = fit_window(frames, audio, cfg)
-    landmarks = None
+
+def _face_step_key(cfg: PreprocessConfig) -> str:
+    no_face = cfg.crop == "full" and cfg.video_input == "crop"
+    rest = {k: v for k, v in cfg.to_dict().items() if k not in AFTER_FACE_FIELDS}
+    return json.dumps({"no_face": no_face, **rest}, sort_keys=True, default=str)
+
+
+def _find_face(frames: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None]:
+    """(face boxes (T, 4), info, FaceMesh landmarks or None) of a window fitted to cfg."""
     if cfg.crop == "full" and cfg.video_input == "crop":
-        face, info = np.zeros((len(frames), 4)), {"face_source": "none", "detected": 0, "sampled": 0}
-    elif cfg.face_detector == "mediapipe":
+        return np.zeros((len(frames), 4)), {"face_source": "none", "detected": 0, "sampled": 0}, None
+    if cfg.face_detector == "mediapipe":
         from .landmarks import boxes_from_landmarks, face_landmarks
 
         landmarks, info = face_landmarks(frames)
         if landmarks is not None:
-            face = boxes_from_landmarks(landmarks)
-        else:  # no face for FaceMesh: the cascades (and their documented fallback) find the crop
-            face, info = find_face_boxes(frames, cfg)
-            info["face_source"] = f"{info['face_source']} (no mediapipe face)"
-    else:
+            return boxes_from_landmarks(landmarks), info, landmarks
+        # no face for FaceMesh: the cascades (and their documented fallback) find the crop
         face, info = find_face_boxes(frames, cfg)
+        info["face_source"] = f"{info['face_source']} (no mediapipe face)"
+        return face, info, None
+    face, info = find_face_boxes(frames, cfg)
+    return face, info, None
+
+
+def make_inputs(frames: np.ndarray, audio: np.ndarray, cfg: PreprocessConfig,
+                return_info: bool = False, faces: dict[str, tuple] | None = None):
+    """One window -> {"video": (T, C, H, W) float32, "audio": (n_mels, R*T) float32}.
+
+    frames: uint8 (T', H, W, 3) at cfg.fps; audio: float32 mono at cfg.sr; both padded / cut to
+    exactly cfg.window_seconds. With return_info, also returns how the crop was found. faces: a dict
+    shared by the calls for several configs on the same window (windows_for_configs): the face is
+    found once for the configs that would find the same one.
+    """
+    frames, audio = fit_window(frames, audio, cfg)
+    if faces is None:
+        face, info, landmarks = _find_face(frames, cfg)
+    else:
+        key = _face_step_key(cfg)
+        if key not in faces:
+            faces[key] = _find_face(frames, cfg)
+        face, info, landmarks = faces[key]
+        info = dict(info)
     boxes = crop_boxes(face, frames.shape[1:3], cfg)
     if cfg.video_input == "landmarks":
         from .landmarks import N_FEATURES, landmark_features
@@ -554,6 +581,25 @@ def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | No
     soundtrack (16 kHz float32, 64 kB per second) is decoded once, whole.
     info: make_inputs' crop info plus `frames` / `audio_s` decoded before padding and `has_audio`.
     """
+    return windows_for_configs(path, [cfg], hop_seconds, min_seconds, return_info)[0]
+
+
+def same_windows_key(cfg: PreprocessConfig) -> tuple[int, int, float]:
+    """Configs with the same key cut the same windows from the same decode (windows_for_configs)."""
+    return cfg.fps, cfg.sr, float(cfg.window_seconds)
+
+
+def windows_for_configs(path: str | Path, cfgs: Sequence[PreprocessConfig], hop_seconds: float | None = None,
+                        min_seconds: float = 1.0, return_info: bool = False) -> list[list[tuple]]:
+    """windows_for for several configs at once, one list of windows per config: the video and its
+    soundtrack are decoded once for all, and the face is found once per window for the configs that
+    find the same one (several judges scoring one file). The configs must share fps, sr and window
+    length (same_windows_key)."""
+    if not cfgs:
+        return []
+    cfg = cfgs[0]
+    if len({same_windows_key(c) for c in cfgs}) > 1:
+        raise ValueError("windows_for_configs needs configs with the same fps, sr and window_seconds")
     info = probe(path)
     if not info.has_video:
         raise MediaError(f"no video stream: {path}")
@@ -568,7 +614,7 @@ def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | No
                  else np.zeros(int(round(dur * cfg.sr)), dtype=np.float32))  # silent: still a valid input
     win = cfg.window_seconds
     starts = window_starts(dur, win, hop_seconds, min_seconds)
-    out = []
+    out: list[list[tuple]] = [[] for _ in cfgs]
     buffered: list[np.ndarray] = []   # frames first_buffered, first_buffered + 1, ...
     first_buffered = 0
     try:
@@ -586,12 +632,14 @@ def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | No
                 raise MediaError(f"no frames decoded at {s:.2f} s of {path}")
             frames = np.stack(buffered[: b - a])
             wav = audio[int(round(s * cfg.sr)): int(round((s + win) * cfg.sr))]
-            inputs, crop_info = make_inputs(frames, wav, cfg, return_info=True)
-            window = (round(s, 3), round(min(s + win, dur), 3), inputs)
-            if return_info:
-                window += (dict(crop_info, frames=len(frames), audio_s=round(len(wav) / cfg.sr, 3),
-                                has_audio=bool(info.has_audio)),)
-            out.append(window)
+            faces: dict[str, tuple] = {}
+            for c, windows in zip(cfgs, out):
+                inputs, crop_info = make_inputs(frames, wav, c, return_info=True, faces=faces)
+                window = (round(s, 3), round(min(s + win, dur), 3), inputs)
+                if return_info:
+                    window += (dict(crop_info, frames=len(frames), audio_s=round(len(wav) / cfg.sr, 3),
+                                    has_audio=bool(info.has_audio)),)
+                windows.append(window)
     finally:
         close = getattr(frames_in, "close", None)
         if close is not None:  # stops ffmpeg when a window fails half way
