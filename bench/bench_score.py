@@ -14,8 +14,8 @@ the same videos are scored by:
               MediaPipe's own graph, once with the default runtime (LiteRT, train/facemesh_litert.py);
   after, N    the same over N forked worker processes (whole files per worker), as `eval score`
               runs by default (one worker per core): MediaPipe's graph with the workers free to
-              move between cores (eval score before 2026-11-28), the graph with each worker pinned
-              to a core, and the default (LiteRT, pinned).
+              move between cores (eval score before this change), the graph with each worker pinned
+              to a core, LiteRT not pinned, and the default (LiteRT, pinned).
 For each: wall seconds, CPU seconds (this process, its workers and every ffmpeg child), x real time
 (seconds of video / wall seconds) and the speed-up over the first row in the same run. The scores of
 every mode are compared (max |difference|). --profile adds a cProfile table of where the time of
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                           scored(workers, "mediapipe", pin=False)))
             modes.append((f"after, {workers} worker processes, MediaPipe graph, pinned to cores",
                           scored(workers, "mediapipe")))
+            modes.append((f"after, {workers} worker processes, LiteRT FaceMesh, not pinned", scored(workers, pin=False)))
             modes.append((f"after, {workers} worker processes (eval score's default here: LiteRT FaceMesh, "
                           "pinned to cores)", scored(workers)))
         # warm-up of this process: its first FaceMesh graph and torch's first forward are paid once

@@ -81,10 +81,7 @@ def _windows_of_all(scorers: Sequence, path: str) -> dict[str, Any]:
         configs.setdefault(_cfg_key(s.cfg), s.cfg)
     groups: dict[Any, list[str]] = {}
     for key, cfg in configs.items():
-        try:
-            groups.setdefault(same_windows_key(cfg), []).append(key)
-        except Exception:  # a config without that geometry (a plugin's): a decode of its own
-            groups[key] = [key]
+        groups.setdefault(same_windows_key(cfg), []).append(key)
     out: dict[str, Any] = {}
     for keys in groups.values():
         try:
@@ -174,9 +171,9 @@ def score_videos(scorers: Sequence, paths: Sequence[str], workers: int = 1, alwa
     the files still waiting) an error record instead of stopping the batch.
 
     pin_cores: when there are at least as many workers as usable cores, each worker (and the ffmpeg
-    it starts) stays on one core. MediaPipe hands every frame between its graph threads; on one core
-    that hand-over is cheaper than across cores, and a worker no longer competes with the other
-    workers' threads (see BENCHMARKS.md, scoring throughput).
+    it starts) stays on one core: a frame handed between threads (ffmpeg's, MediaPipe's graph's) stays
+    in that core's cache, and a worker no longer competes with the other workers' threads
+    (BENCHMARKS.md, scoring throughput).
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
