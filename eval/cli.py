@@ -68,6 +68,16 @@ def _cfg_key(cfg) -> str:
             return str(id(cfg))
 
 
+def _landmark_note(scorers: Sequence) -> str:
+    """", FaceMesh on litert" (or "mediapipe") when a judge reads FaceMesh landmarks: the two engines
+    give landmarks a fraction of a pixel apart (train/facemesh_litert.py), so a score says which ran."""
+    if not any(getattr(s.cfg, "face_detector", None) == "mediapipe" for s in scorers):
+        return ""
+    from train.landmarks import landmark_runtime
+
+    return f", FaceMesh on {landmark_runtime()}"
+
+
 def _windows_of_all(scorers: Sequence, path: str) -> dict[str, Any]:
     """{config key: the video's windows for that config, or the exception that stopped them}.
 
@@ -270,7 +280,8 @@ def _cmd_score(args) -> int:
     workers = max(1, min(_workers(args), len(args.videos)))
     # the header and the summary go to stderr: stdout stays one JSON line per video
     print(f"# eval score: {', '.join(dims)} on {describe_device(args.device or 'cpu')}, {len(args.videos)} videos, "
-          f"{workers} worker process{'es' if workers > 1 else ''}, batch size {args.batch_size}", file=sys.stderr)
+          f"{workers} worker process{'es' if workers > 1 else ''}, batch size {args.batch_size}"
+          f"{_landmark_note(scorers)}", file=sys.stderr)
     records, seconds, t0 = [], 0.0, time.perf_counter()
     for rec in score_videos(scorers, args.videos, workers=workers, always_windows=True, plugins=args.plugin):
         wins = rec.get("windows", {})

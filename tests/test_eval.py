@@ -585,6 +585,21 @@ def test_several_configs_share_one_decode_and_one_face_search_per_window(media, 
         pre.windows_for_configs(path, [haar, pre.PreprocessConfig(window_seconds=2.0, fps=10)])
 
 
+def test_score_header_says_which_engine_ran_facemesh(monkeypatch):
+    from types import SimpleNamespace
+
+    from eval.cli import _landmark_note
+
+    haar, mesh = (SimpleNamespace(cfg=SimpleNamespace(face_detector=d)) for d in ("haar", "mediapipe"))
+    assert _landmark_note([haar]) == ""
+    for runtime in ("litert", "mediapipe"):
+        monkeypatch.setenv("AVBENCH_FACEMESH", runtime)
+        assert _landmark_note([haar, mesh]) == f", FaceMesh on {runtime}"
+    monkeypatch.setenv("AVBENCH_FACEMESH", "dlib")
+    with pytest.raises(ValueError, match="AVBENCH_FACEMESH"):
+        _landmark_note([mesh])
+
+
 def torch_equal(a, b) -> bool:
     return tuple(a.shape) == tuple(b.shape) and bool((a == b).all())
 
