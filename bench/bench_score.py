@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = sum(probe(v).duration or 0.0 for v in videos)
         workers = args.workers or default_workers()
         modes: list[tuple[str, Callable[[], list]]] = []
+
         def scored(n: int, runtime: str | None = None, pin: bool = True, paths: list | None = None
                    ) -> Callable[[], list]:
             def run() -> list:
