@@ -175,7 +175,8 @@ class FaceMeshTracker:
         self._mesh.set_tensor(self._mesh_in, self._mesh_input)
         self._mesh.invoke()
         flag = float(self._mesh.get_tensor(self._mesh_flag).reshape(-1)[0])
-        if 1.0 / (1.0 + math.exp(-flag)) < _MIN_PRESENCE_SCORE:
+        # sigmoid(flag) >= the presence score, compared as logits (no overflow; NaN is no face)
+        if not flag >= math.log(_MIN_PRESENCE_SCORE / (1 - _MIN_PRESENCE_SCORE)):
             return None
         raw = self._mesh.get_tensor(self._mesh_points).reshape(-1, 3)[:, :2].astype(np.float64)
         local = raw / _LANDMARK_SIZE - 0.5           # the crop's centre as origin
@@ -214,12 +215,15 @@ class FaceMeshTracker:
         return _roi((lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1]), eyes, width, height)
 
 
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     lo = np.maximum(box[:2], boxes[:, :2])
     hi = np.minimum(box[2:], boxes[:, 2:])
     inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    union = area(box) + area(boxes) - inter
+    union = _area(box) + _area(boxes) - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
