@@ -158,9 +158,14 @@ def _file_state(path: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+def _done_marker(source: Source, job: Job) -> Path:
+    """Where process_source stages a source's summary once its pairs are written."""
+    return Path(job.staging_dir) / f"{source.source_id}.json"
+
+
 def _done_summary(source: Source, job: Job) -> dict[str, Any] | None:
     """The summary an earlier run of this build staged for `source`, unless the file changed since."""
-    marker = Path(job.staging_dir) / f"{source.source_id}.json"
+    marker = _done_marker(source, job)
     if not marker.is_file():
         return None
     done = json.loads(marker.read_text())
@@ -277,7 +282,6 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
     Returns the summary: {"source_id", "status": "ok" | "rejected", "reason", "pairs", ...}.
     """
     staging = Path(job.staging_dir)
-    done_marker = staging / f"{source.source_id}.json"
     done = _done_summary(source, job)  # finished in an earlier (possibly killed) run
     if done and done.get("split") == source.split:  # else the usable sources changed since: redo
         return done
@@ -322,7 +326,7 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
     except (Rejected, media.MediaError) as err:
         summary.update(status="rejected", reason=str(err), pairs=0)
         return summary  # not marked done: a rejected source is re-checked (cheaply) on re-runs
-    _write_json_atomically(done_marker, summary)
+    _write_json_atomically(_done_marker(source, job), summary)
     return summary
 
 
