@@ -12,7 +12,6 @@ per frame (pixels): its median and maximum over frames; the CPU milliseconds per
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -26,16 +25,17 @@ sys.path.insert(0, str(ROOT))
 
 def track(frames: np.ndarray, runtime: str, window: int) -> tuple[list[tuple], float]:
     """[(landmarks in pixels or None, frames with a face, frames)] per window, and the CPU s, with `runtime`."""
+    from bench.bench_score import facemesh_runtime
     from train.landmarks import face_landmarks
 
-    os.environ["AVBENCH_FACEMESH"] = runtime
-    face_landmarks(frames[:2])  # start-up (model load) is not per frame
-    out = []
-    cpu = time.process_time()
-    for s in range(0, len(frames), window):
-        pts, info = face_landmarks(frames[s:s + window])
-        out.append((pts, info["detected"], info["sampled"]))
-    return out, time.process_time() - cpu
+    with facemesh_runtime(runtime):
+        face_landmarks(frames[:2])  # start-up (model load) is not per frame
+        out = []
+        cpu = time.process_time()
+        for s in range(0, len(frames), window):
+            pts, info = face_landmarks(frames[s:s + window])
+            out.append((pts, info["detected"], info["sampled"]))
+        return out, time.process_time() - cpu
 
 
 def compare(video: str, n_frames: int, window: int) -> dict:

@@ -131,19 +131,15 @@ class FaceMeshTracker:
         self._mesh = _interpreter(base / LANDMARK_MODEL)
         self._detector = _interpreter(base / DETECTOR_MODEL)
         self._mesh_in = self._mesh.get_input_details()[0]["index"]
-        outs = {d["name"]: d["index"] for d in self._mesh.get_output_details()}
         # the landmark tensor has 1404 values, the face flag 1
-        self._mesh_points, self._mesh_flag = (sorted(outs.values(), key=lambda i: -self._size(self._mesh, i)))
+        outs = sorted(self._mesh.get_output_details(), key=lambda d: -int(np.prod(d["shape"])))
+        self._mesh_points, self._mesh_flag = (d["index"] for d in outs)
         self._det_in = self._detector.get_input_details()[0]["index"]
         det_outs = {d["name"]: d["index"] for d in self._detector.get_output_details()}
         self._det_boxes, self._det_scores = det_outs["regressors"], det_outs["classificators"]
         self._anchors = _ssd_anchors()
         self._mesh_input = np.zeros((1, _LANDMARK_SIZE, _LANDMARK_SIZE, 3), np.float32)  # reused per frame
         self._prev_roi: tuple[float, float, float, float, float] | None = None
-
-    @staticmethod
-    def _size(it, index: int) -> int:
-        return int(np.prod(it.get_tensor(index).shape))
 
     def reset(self) -> None:
         """Forget the tracked face: the next frame starts with a detection (a new clip)."""
