@@ -236,43 +236,79 @@ def decode_frames(path: str | Path, fps: float | None = None,
     return np.frombuffer(raw[: n * frame_bytes], dtype=np.uint8).reshape(n, h, w, 3).copy()
 
 
+class FrameStream:
+    """The first video stream (or `duration` s of it from `start`) decoded by one ffmpeg process into
+    RGB uint8 frames (height, width, 3) at constant `fps`, read straight into the caller's arrays.
+
+    One process for the whole file (no per-window seek and re-decode from the previous keyframe);
+    ffmpeg decodes ahead on its own while the caller works. read_into fills an array the caller
+    keeps (a window buffer reused window after window), so a frame is copied once, by the pipe.
+    Raises MediaError when ffmpeg fails; close() (or leaving the `with`) stops ffmpeg early.
+    """
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float, scale_flags: str = "area",
+                 start: float | None = None, duration: float | None = None) -> None:
+        import tempfile
+
+        seek = ["-ss", f"{start:.6f}"] if start else []
+        span = ["-t", f"{duration:.6f}"] if duration is not None else []
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *seek, "-i", str(path), *span,
+               "-map", "0:v:0", "-vf", f"fps={fps},scale={width}:{height}:flags={scale_flags}",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+        self.frame_shape = (height, width, 3)
+        self._frame_bytes = height * width * 3
+        self._err = tempfile.TemporaryFile()  # a file, not a pipe: a chatty ffmpeg cannot block on it
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err)
+        self._ended = False
+
+    def read_into(self, out: np.ndarray) -> int:
+        """Fill out[0], out[1], ... (uint8, C-contiguous, shape (n, *frame_shape)) with the next frames;
+        returns how many were filled: fewer than n only at the end of the stream."""
+        if out.shape[1:] != self.frame_shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"read_into needs a C-contiguous uint8 array of shape (n, {self.frame_shape})")
+        view, filled = memoryview(out).cast("B"), 0
+        while filled < len(view) and not self._ended:
+            got = self._proc.stdout.readinto(view[filled:])
+            if not got:
+                self._end()
+            filled += got or 0
+        return filled // self._frame_bytes
+
+    def _end(self) -> None:
+        self._ended = True
+        self._proc.stdout.close()
+        if self._proc.wait() != 0:
+            self._err.seek(0)
+            lines = [ln for ln in self._err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+            raise MediaError(lines[-1] if lines else f"ffmpeg exited with {self._proc.returncode}")
+
+    def close(self) -> None:
+        """Stop ffmpeg if it is still decoding (the caller needs no more frames)."""
+        if not self._proc.stdout.closed:
+            self._proc.stdout.close()
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._err.close()
+
+    def __enter__(self) -> "FrameStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def stream_frames(path: str | Path, width: int, height: int, fps: float, scale_flags: str = "area",
                   start: float | None = None, duration: float | None = None) -> Iterator[np.ndarray]:
-    """Decode the first video stream (or `duration` s of it from `start`) frame by frame: RGB uint8
-    (height, width, 3) at constant `fps`.
-
-    One ffmpeg process for the whole file (no per-window seek and re-decode from the previous
-    keyframe), and only one frame in memory at a time; ffmpeg decodes ahead on its own core while
-    the caller works on the last frame. Raises MediaError when ffmpeg fails (after the frames it
-    gave); stopping early (closing the generator) stops ffmpeg.
-    """
-    import tempfile
-
-    seek = ["-ss", f"{start:.6f}"] if start else []
-    span = ["-t", f"{duration:.6f}"] if duration is not None else []
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *seek, "-i", str(path), *span,
-           "-map", "0:v:0", "-vf", f"fps={fps},scale={width}:{height}:flags={scale_flags}",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    frame_bytes = width * height * 3
-    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty ffmpeg cannot block on it
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
-        finished = False
-        try:
-            while True:
-                buf = proc.stdout.read(frame_bytes)
-                if len(buf) < frame_bytes:
-                    break
-                yield np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3)
-            finished = True
-        finally:
-            proc.stdout.close()
-            if not finished and proc.poll() is None:
-                proc.kill()
-            code = proc.wait()
-        if finished and code != 0:
-            err.seek(0)
-            lines = [ln for ln in err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-            raise MediaError(lines[-1] if lines else f"ffmpeg exited with {code}")
+    """FrameStream's frames one at a time: RGB uint8 (height, width, 3), only one in memory at a time.
+    Raises MediaError when ffmpeg fails (after the frames it gave); stopping early (closing the
+    generator) stops ffmpeg."""
+    with FrameStream(path, width, height, fps, scale_flags, start, duration) as stream:
+        while True:
+            frame = np.empty((1, height, width, 3), np.uint8)
+            if not stream.read_into(frame):
+                return
+            yield frame[0]
 
 
 def canonical_size(width: int, height: int, max_side: int = CANONICAL_MAX_SIDE) -> tuple[int, int]:

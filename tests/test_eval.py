@@ -534,8 +534,9 @@ def test_windows_from_one_streamed_decode_equal_per_window_decodes(media, monkey
         return {"video": None, "audio": None}, {}
 
     monkeypatch.setattr(pre, "make_inputs", keep)
-    # 7 s: overlapping windows every 1.6 s (40 frames); windows every 2 s then a tail window ending at the end
-    for hop, expected in ((1.6, [0.0, 1.6, 3.2, 4.8]), (2.0, [0.0, 2.0, 4.0, 5.0])):
+    # 7 s: overlapping windows every 1.6 s (40 frames); windows every 2 s then a tail window ending at
+    # the end; windows every 2.4 s (the frames between them are read past)
+    for hop, expected in ((1.6, [0.0, 1.6, 3.2, 4.8]), (2.0, [0.0, 2.0, 4.0, 5.0]), (2.4, [0.0, 2.4, 4.8])):
         seen.clear()
         wins = pre.windows_for(str(media["long"]), cfg, hop_seconds=hop, return_info=True)
         assert [w[0] for w in wins] == expected
@@ -547,6 +548,39 @@ def test_windows_from_one_streamed_decode_equal_per_window_decodes(media, monkey
             assert abs(len(audio) - len(alone_a)) <= 16   # within 1 ms at 16 kHz
             # a decode that starts mid-stream re-primes the AAC decoder: compare beyond its first frame
             assert np.abs(audio[2048:n] - alone_a[2048:n]).max() < 1e-3
+
+
+def test_frame_stream_reads_the_frames_of_one_decode_into_the_callers_arrays(media, tmp_path):
+    """FrameStream.read_into, in chunks of any size, gives the frames of a whole-file decode (one
+    frame per 1/fps, a short count only at the end); a file ffmpeg cannot read raises MediaError;
+    closing early stops ffmpeg."""
+    from perturb.media import FrameStream, MediaError, probe, run_ffmpeg, stream_frames
+
+    path = str(media["long"])
+    info = probe(path)
+    w, h = info.width // 2, info.height // 2
+    raw = run_ffmpeg(["-i", path, "-map", "0:v:0", "-vf", f"fps=25,scale={w}:{h}:flags=area",
+                      "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+    whole = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
+    assert len(whole) == 175                                   # 7 s at 25 fps
+    with FrameStream(path, w, h, 25) as stream:
+        got, chunks = [], [1, 7, 50, 200, 3]
+        for n in chunks:
+            block = np.zeros((n, h, w, 3), np.uint8)
+            k = stream.read_into(block)
+            got.append(block[:k])
+        assert [len(g) for g in got] == [1, 7, 50, 117, 0]
+    assert np.array_equal(np.concatenate(got), whole)
+    assert np.array_equal(np.stack(list(stream_frames(path, w, h, 25))), whole)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        FrameStream(path, w, h, 25).read_into(np.zeros((2, h, w + 1, 3), np.uint8))
+    with pytest.raises(MediaError):
+        with FrameStream(str(media["bad"]), w, h, 25) as stream:
+            stream.read_into(np.zeros((4, h, w, 3), np.uint8))
+    stream = FrameStream(path, w, h, 25)
+    stream.read_into(np.zeros((2, h, w, 3), np.uint8))
+    stream.close()
+    assert stream._proc.returncode is not None                 # ffmpeg is gone, not left decoding
 
 
 @needs_model
@@ -563,7 +597,7 @@ def test_several_configs_share_one_decode_and_one_face_search_per_window(media, 
     cfgs = [haar, haar_sound, haar_strict]
     path = str(media["long"])
     alone = [pre.windows_for(path, c, return_info=True) for c in cfgs]
-    calls = {"stream_frames": 0, "decode_audio": 0, "_find_face": 0}
+    calls = {"FrameStream": 0, "decode_audio": 0, "_find_face": 0}
     for name in calls:
         real = getattr(pre, name)
 
@@ -573,7 +607,7 @@ def test_several_configs_share_one_decode_and_one_face_search_per_window(media, 
         monkeypatch.setattr(pre, name, counted)
     together = pre.windows_for_configs(path, cfgs, return_info=True)
     n_windows = len(alone[0])
-    assert n_windows == 4 and calls["stream_frames"] == 1 and calls["decode_audio"] == 1
+    assert n_windows == 4 and calls["FrameStream"] == 1 and calls["decode_audio"] == 1
     assert calls["_find_face"] == 2 * n_windows
     for mine, ref in zip(together, alone):
         assert [w[:2] for w in mine] == [w[:2] for w in ref]
@@ -623,8 +657,8 @@ def test_judges_scoring_one_file_together_score_it_as_alone(media, monkeypatch):
     path = str(media["long"])
     alone = {s.dim: score_video([s], path) for s in (base, other_sound, other_rate)}
     decodes = []
-    real = pre.stream_frames
-    monkeypatch.setattr(pre, "stream_frames", lambda *a, **k: decodes.append(a[3]) or real(*a, **k))
+    real = pre.FrameStream
+    monkeypatch.setattr(pre, "FrameStream", lambda *a, **k: decodes.append(a[3]) or real(*a, **k))
     together = score_video([base, other_sound, other_rate], path, always_windows=True)
     assert sorted(decodes) == [20, 25]                     # one decode per frame rate
     for dim, rec in alone.items():

@@ -30,12 +30,12 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from perturb.media import MediaError, canonical_size, decode_audio, probe, stream_frames
+from perturb.media import FrameStream, MediaError, canonical_size, decode_audio, probe
 
 # Bump whenever the meaning of a PreprocessConfig field or the computation changes: every cache
 # keyed by PreprocessConfig.fingerprint() is then rebuilt.
@@ -197,13 +197,26 @@ def _decode(path: str, cfg: PreprocessConfig, start: float | None, duration: flo
     if not info.has_video:
         raise MediaError(f"no video stream: {path}")
     w, h = _analysis_size(info, max_side)
-    decoded = list(stream_frames(path, w, h, cfg.fps, start=start, duration=duration))
-    frames = np.stack(decoded) if decoded else np.zeros((0, h, w, 3), dtype=np.uint8)
+    span = duration if duration is not None else max(0.0, (info.duration or 0.0) - (start or 0.0))
+    with FrameStream(path, w, h, cfg.fps, start=start, duration=duration) as stream:
+        frames = _read_all(stream, int(math.ceil(span * cfg.fps)) + 2)
     if info.has_audio:
         audio = decode_audio(path, cfg.sr, start=start or 0.0, duration=duration)
     else:  # a silent video is still a valid input (the judge should say "no" to lip sync)
         audio = np.zeros(int(round(len(frames) / cfg.fps * cfg.sr)), dtype=np.float32)
     return frames, audio
+
+
+def _read_all(stream: FrameStream, expected: int) -> np.ndarray:
+    """Every frame left in `stream`, read into an array sized for the `expected` count (grown if more come)."""
+    blocks, size = [], max(1, expected)
+    while True:
+        block = np.empty((size, *stream.frame_shape), np.uint8)
+        n = stream.read_into(block)
+        blocks.append(block[:n])
+        if n < size:
+            return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        size *= 2
 
 
 def load_media(src: str | Path | bytes, cfg: PreprocessConfig | None = None,
@@ -584,6 +597,31 @@ def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | No
     return windows_for_configs(path, [cfg], hop_seconds, min_seconds, return_info)[0]
 
 
+class _DecodedFrames:
+    """Frames decoded beforehand, read like a FrameStream (windows_for_configs)."""
+
+    def __init__(self, frames: np.ndarray) -> None:
+        self.frame_shape, self._frames, self._next = frames.shape[1:], frames, 0
+
+    def read_into(self, out: np.ndarray) -> int:
+        n = min(len(out), len(self._frames) - self._next)
+        out[:n] = self._frames[self._next: self._next + n]
+        self._next += n
+        return n
+
+    def close(self) -> None:
+        pass
+
+
+def _skip_frames(stream: FrameStream | _DecodedFrames, n: int, scratch: np.ndarray) -> None:
+    """Read past the next n frames (into scratch, whose contents are then spent)."""
+    while n > 0:
+        got = stream.read_into(scratch[:n])
+        if not got:
+            return
+        n -= got
+
+
 def same_windows_key(cfg: PreprocessConfig) -> tuple[int, int, float]:
     """Configs with the same key cut the same windows from the same decode (windows_for_configs)."""
     return cfg.fps, cfg.sr, float(cfg.window_seconds)
@@ -604,33 +642,36 @@ def windows_for_configs(path: str | Path, cfgs: Sequence[PreprocessConfig], hop_
     if not info.has_video:
         raise MediaError(f"no video stream: {path}")
     dur = info.duration
-    frames_in: Iterator[np.ndarray]
+    frames_in: FrameStream | _DecodedFrames
     if dur is None:  # rare (raw streams): decode everything once to learn the length
         all_frames, audio = load_media(path, cfg)
-        dur, frames_in = len(all_frames) / cfg.fps, iter(all_frames)
+        dur, frames_in = len(all_frames) / cfg.fps, _DecodedFrames(all_frames)
     else:
-        frames_in = stream_frames(path, *_analysis_size(info), cfg.fps)
+        frames_in = FrameStream(path, *_analysis_size(info), cfg.fps)
         audio = (decode_audio(path, cfg.sr) if info.has_audio
                  else np.zeros(int(round(dur * cfg.sr)), dtype=np.float32))  # silent: still a valid input
     win = cfg.window_seconds
     starts = window_starts(dur, win, hop_seconds, min_seconds)
     out: list[list[tuple]] = [[] for _ in cfgs]
-    buffered: list[np.ndarray] = []   # frames first_buffered, first_buffered + 1, ...
-    first_buffered = 0
+    # one window's frames, reused for every window (make_inputs keeps no view of them): ffmpeg's pipe
+    # writes each frame where the judge reads it, with no copy in between
+    buf = np.empty((cfg.n_frames, *frames_in.frame_shape), np.uint8)
+    held_from, held = 0, 0   # buf[:held] holds frames held_from, held_from + 1, ...
     try:
         for s in starts:
             a = int(round(s * cfg.fps))  # the window's first frame (a start between two frames: the nearer one)
-            b = a + cfg.n_frames
-            while first_buffered + len(buffered) < b:
-                frame = next(frames_in, None)
-                if frame is None:       # the picture ends inside this window: it is padded (fit_window)
-                    break
-                buffered.append(frame)
-            del buffered[: max(0, a - first_buffered)]  # frames before this window are not needed again
-            first_buffered = max(first_buffered, a)
-            if not buffered:
+            drop = max(0, a - held_from)    # frames before this window are not needed again
+            if drop >= held:
+                _skip_frames(frames_in, drop - held, buf)   # windows further apart than their length
+                held = 0
+            elif drop:
+                buf[: held - drop] = buf[drop:held]        # overlapping windows: shared frames move up
+                held -= drop
+            held_from = max(held_from, a)
+            held += frames_in.read_into(buf[held:])    # fewer: the picture ends here; fit_window pads
+            if not held:
                 raise MediaError(f"no frames decoded at {s:.2f} s of {path}")
-            frames = np.stack(buffered[: b - a])
+            frames = buf[:held]
             wav = audio[int(round(s * cfg.sr)): int(round((s + win) * cfg.sr))]
             faces: dict[str, tuple] = {}
             for c, windows in zip(cfgs, out):
@@ -641,7 +682,5 @@ def windows_for_configs(path: str | Path, cfgs: Sequence[PreprocessConfig], hop_
                                     has_audio=bool(info.has_audio)),)
                 windows.append(window)
     finally:
-        close = getattr(frames_in, "close", None)
-        if close is not None:  # stops ffmpeg when a window fails half way
-            close()
+        frames_in.close()  # stops ffmpeg when a window fails half way
     return out
