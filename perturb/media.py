@@ -134,17 +134,42 @@ def probe(path: str | Path) -> StreamInfo:
     as landscape frames plus a rotation) and the sample aspect ratio are applied; the stored size
     is coded_width / coded_height.
     """
-    import re
+    path = _existing(path)
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], capture_output=True)
+    return _parse_input_dump(path, proc.stderr.decode("utf-8", "replace"))
 
+
+def probe_and_decode_audio(path: str | Path, sr: int = CANONICAL_SR) -> tuple[StreamInfo, np.ndarray | None]:
+    """(probe(path), decode_audio(path, sr), or None without an audio stream) from ONE ffmpeg run: the
+    decode prints the same input dump a probe parses, which saves a process and a demux per file
+    (scoring many short clips)."""
+    path = _existing(path)
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-i", path,
+                           "-map", "0:a:0?", "-ac", "1", "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-"],
+                          capture_output=True)
+    text = proc.stderr.decode("utf-8", "replace")
+    info = _parse_input_dump(path, text.split("\nStream mapping:")[0].split("\nOutput #0")[0])
+    if not info.has_audio:
+        return info, None
+    if proc.returncode != 0:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        raise MediaError(lines[-1] if lines else f"ffmpeg exited with {proc.returncode}")
+    return info, np.frombuffer(proc.stdout, dtype=np.float32).copy()
+
+
+def _existing(path: str | Path) -> str:
     path = str(path)
     if not Path(path).is_file():
         raise MediaError(f"no such file: {path}")
     if Path(path).stat().st_size == 0:
         raise MediaError("empty file (0 bytes)")
-    proc = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], capture_output=True
-    )
-    text = proc.stderr.decode("utf-8", "replace")
+    return path
+
+
+def _parse_input_dump(path: str, text: str) -> StreamInfo:
+    """StreamInfo from the input dump ffmpeg prints to stderr (`ffmpeg -i FILE`)."""
+    import re
+
     if "Invalid data found" in text or "Stream #" not in text:
         last = [ln for ln in text.splitlines() if ln.strip()]
         raise MediaError(f"unreadable media: {last[-1].strip() if last else 'no streams'}")

@@ -583,6 +583,23 @@ def test_frame_stream_reads_the_frames_of_one_decode_into_the_callers_arrays(med
     assert stream._proc.returncode is not None                 # ffmpeg is gone, not left decoding
 
 
+def test_probe_and_decode_audio_in_one_run_equal_probe_and_decode_audio(media, tmp_path):
+    """One ffmpeg run gives what probe() and decode_audio() give apart; no audio stream -> None;
+    a file ffmpeg cannot read -> MediaError."""
+    from perturb.media import MediaError, decode_audio, probe, probe_and_decode_audio, run_ffmpeg
+
+    path = str(media["long"])
+    info, audio = probe_and_decode_audio(path, 16000)
+    assert info == probe(path) and info.has_audio and info.duration == pytest.approx(7.0, abs=0.1)
+    assert np.array_equal(audio, decode_audio(path, 16000))
+    silent = tmp_path / "silent.mp4"
+    run_ffmpeg(["-i", path, "-an", "-c:v", "copy", str(silent)])
+    info, audio = probe_and_decode_audio(silent, 16000)
+    assert audio is None and info == probe(silent) and info.has_video and not info.has_audio
+    with pytest.raises(MediaError):
+        probe_and_decode_audio(media["bad"], 16000)
+
+
 @needs_model
 def test_several_configs_share_one_decode_and_one_face_search_per_window(media, monkeypatch):
     """windows_for_configs gives each config the windows windows_for gives it alone, from one decode
@@ -597,7 +614,7 @@ def test_several_configs_share_one_decode_and_one_face_search_per_window(media, 
     cfgs = [haar, haar_sound, haar_strict]
     path = str(media["long"])
     alone = [pre.windows_for(path, c, return_info=True) for c in cfgs]
-    calls = {"FrameStream": 0, "decode_audio": 0, "_find_face": 0}
+    calls = {"FrameStream": 0, "probe_and_decode_audio": 0, "_find_face": 0}
     for name in calls:
         real = getattr(pre, name)
 
@@ -607,7 +624,7 @@ def test_several_configs_share_one_decode_and_one_face_search_per_window(media, 
         monkeypatch.setattr(pre, name, counted)
     together = pre.windows_for_configs(path, cfgs, return_info=True)
     n_windows = len(alone[0])
-    assert n_windows == 4 and calls["FrameStream"] == 1 and calls["decode_audio"] == 1
+    assert n_windows == 4 and calls["FrameStream"] == 1 and calls["probe_and_decode_audio"] == 1
     assert calls["_find_face"] == 2 * n_windows
     for mine, ref in zip(together, alone):
         assert [w[:2] for w in mine] == [w[:2] for w in ref]

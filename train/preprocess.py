@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from perturb.media import FrameStream, MediaError, canonical_size, decode_audio, probe
+from perturb.media import FrameStream, MediaError, canonical_size, decode_audio, probe, probe_and_decode_audio
 
 # Bump whenever the meaning of a PreprocessConfig field or the computation changes: every cache
 # keyed by PreprocessConfig.fingerprint() is then rebuilt.
@@ -638,7 +638,7 @@ def windows_for_configs(path: str | Path, cfgs: Sequence[PreprocessConfig], hop_
     cfg = cfgs[0]
     if len({same_windows_key(c) for c in cfgs}) > 1:
         raise ValueError("windows_for_configs needs configs with the same fps, sr and window_seconds")
-    info = probe(path)
+    info, audio = probe_and_decode_audio(path, cfg.sr)
     if not info.has_video:
         raise MediaError(f"no video stream: {path}")
     dur = info.duration
@@ -648,8 +648,8 @@ def windows_for_configs(path: str | Path, cfgs: Sequence[PreprocessConfig], hop_
         dur, frames_in = len(all_frames) / cfg.fps, _DecodedFrames(all_frames)
     else:
         frames_in = FrameStream(path, *_analysis_size(info), cfg.fps)
-        audio = (decode_audio(path, cfg.sr) if info.has_audio
-                 else np.zeros(int(round(dur * cfg.sr)), dtype=np.float32))  # silent: still a valid input
+        if audio is None:  # silent: still a valid input
+            audio = np.zeros(int(round(dur * cfg.sr)), dtype=np.float32)
     win = cfg.window_seconds
     starts = window_starts(dur, win, hop_seconds, min_seconds)
     out: list[list[tuple]] = [[] for _ in cfgs]
