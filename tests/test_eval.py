@@ -601,6 +601,26 @@ def test_probe_and_decode_audio_in_one_run_equal_probe_and_decode_audio(media, t
 
 
 @needs_model
+def test_ab_score_compares_a_revision_with_this_checkout(media, capsys):
+    """bench/ab_score.py scores the same videos from a git worktree of a revision and from this
+    checkout and says whether the records agree (HEAD against the tree: the same code path)."""
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    sys.path.insert(0, str(root / "bench"))
+    try:
+        import ab_score
+    finally:
+        sys.path.remove(str(root / "bench"))
+    assert ab_score.main(["--rev", "HEAD", "--scorer", str(media["export"]), "--rounds", "1",
+                          str(media["good"]), str(media["long"])]) == 0
+    out = capsys.readouterr().out
+    assert "| HEAD |" in out and "| this checkout |" in out and "records identical: True" in out
+    worktrees = subprocess.run(["git", "-C", str(root), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "avbench_ab_" not in worktrees                     # the temporary worktree is removed
+
+
+@needs_model
 def test_several_configs_share_one_decode_and_one_face_search_per_window(media, monkeypatch):
     """windows_for_configs gives each config the windows windows_for gives it alone, from one decode
     of the picture and of the sound; configs that find the face the same way search it once per window."""
