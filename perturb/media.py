@@ -291,6 +291,8 @@ class FrameStream:
         returns how many were filled: fewer than n only at the end of the stream."""
         if out.shape[1:] != self.frame_shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
             raise ValueError(f"read_into needs a C-contiguous uint8 array of shape (n, {self.frame_shape})")
+        if not len(out):  # a full window buffer (memoryview cannot cast an empty array)
+            return 0
         view, filled = memoryview(out).cast("B"), 0
         while filled < len(view) and not self._ended:
             got = self._proc.stdout.readinto(view[filled:])

@@ -564,12 +564,12 @@ def test_frame_stream_reads_the_frames_of_one_decode_into_the_callers_arrays(med
     whole = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
     assert len(whole) == 175                                   # 7 s at 25 fps
     with FrameStream(path, w, h, 25) as stream:
-        got, chunks = [], [1, 7, 50, 200, 3]
+        got, chunks = [], [1, 7, 0, 50, 200, 3]
         for n in chunks:
             block = np.zeros((n, h, w, 3), np.uint8)
             k = stream.read_into(block)
             got.append(block[:k])
-        assert [len(g) for g in got] == [1, 7, 50, 117, 0]
+        assert [len(g) for g in got] == [1, 7, 0, 50, 117, 0]
     assert np.array_equal(np.concatenate(got), whole)
     assert np.array_equal(np.stack(list(stream_frames(path, w, h, 25))), whole)
     with pytest.raises(ValueError, match="C-contiguous"):

@@ -138,7 +138,7 @@ class FaceMeshTracker:
         det_outs = {d["name"]: d["index"] for d in self._detector.get_output_details()}
         self._det_boxes, self._det_scores = det_outs["regressors"], det_outs["classificators"]
         self._anchors = _ssd_anchors()
-        self._mesh_input = self._mesh.tensor(self._mesh_in)  # the input buffer itself: written in place, no copy
+        self._mesh_input_buffer = self._mesh.tensor(self._mesh_in)  # -> a view of the input: written in place
         self._prev_roi: tuple[float, float, float, float, float] | None = None
 
     def reset(self) -> None:
@@ -168,7 +168,7 @@ class FaceMeshTracker:
         cx, cy, w, h, rotation = roi
         crop = _warp(image, (cx * width, cy * height, w * width, h * height, rotation), _LANDMARK_SIZE,
                      cv2.BORDER_REPLICATE)
-        np.multiply(crop, np.float32(1 / 255), out=self._mesh_input()[0])  # no view is held across invoke
+        np.multiply(crop, np.float32(1 / 255), out=self._mesh_input_buffer()[0])  # no view held across invoke
         self._mesh.invoke()
         flag = float(self._mesh.get_tensor(self._mesh_flag).reshape(-1)[0])
         # sigmoid(flag) >= the presence score, compared as logits (no overflow; NaN is no face)
