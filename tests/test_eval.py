@@ -550,7 +550,7 @@ def test_windows_from_one_streamed_decode_equal_per_window_decodes(media, monkey
             assert np.abs(audio[2048:n] - alone_a[2048:n]).max() < 1e-3
 
 
-def test_frame_stream_reads_the_frames_of_one_decode_into_the_callers_arrays(media, tmp_path):
+def test_frame_stream_reads_the_frames_of_one_decode_into_the_callers_arrays(media):
     """FrameStream.read_into, in chunks of any size, gives the frames of a whole-file decode (one
     frame per 1/fps, a short count only at the end); a file ffmpeg cannot read raises MediaError;
     closing early stops ffmpeg."""
@@ -572,8 +572,8 @@ def test_frame_stream_reads_the_frames_of_one_decode_into_the_callers_arrays(med
         assert [len(g) for g in got] == [1, 7, 0, 50, 117, 0]
     assert np.array_equal(np.concatenate(got), whole)
     assert np.array_equal(np.stack(list(stream_frames(path, w, h, 25))), whole)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        FrameStream(path, w, h, 25).read_into(np.zeros((2, h, w + 1, 3), np.uint8))
+    with FrameStream(path, w, h, 25) as stream, pytest.raises(ValueError, match="C-contiguous"):
+        stream.read_into(np.zeros((2, h, w + 1, 3), np.uint8))
     with pytest.raises(MediaError):
         with FrameStream(str(media["bad"]), w, h, 25) as stream:
             stream.read_into(np.zeros((4, h, w, 3), np.uint8))
