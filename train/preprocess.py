@@ -588,10 +588,11 @@ def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | No
     Windows are cfg.window_seconds long, every hop_seconds (default: window_seconds, no overlap).
     A tail shorter than a window but at least min_seconds long gets one more window ending at the
     end of the video; a video shorter than one window gives a single window, padded (end_s is then
-    the video's duration). The picture is decoded ONCE, streamed frame by frame (perturb.media.
-    stream_frames), and each window is processed as soon as its frames have arrived, so memory
+    the video's duration). The picture is decoded ONCE, streamed into one window buffer (perturb.
+    media.FrameStream), and each window is processed as soon as its frames have arrived, so memory
     holds one window of frames and ffmpeg decodes the next window while this one is processed; the
-    soundtrack (16 kHz float32, 64 kB per second) is decoded once, whole.
+    soundtrack (16 kHz float32, 64 kB per second) is decoded once, whole, by the run that probes
+    the file (perturb.media.probe_and_decode_audio).
     info: make_inputs' crop info plus `frames` / `audio_s` decoded before padding and `has_audio`.
     """
     return windows_for_configs(path, [cfg], hop_seconds, min_seconds, return_info)[0]
