@@ -56,9 +56,10 @@ def legacy_scorer() -> Iterator[None]:
     """The scorer before the streaming rewrite: per-window decode, a fresh FaceMesh graph per window."""
     import train.landmarks as lm
     import train.preprocess as pre
+    from perturb.media import probe
 
     def windows_per_window_decode(path, cfg, hop_seconds=None, min_seconds=1.0, return_info=False):
-        info = pre.probe(path)
+        info = probe(path)
         dur, win = info.duration, cfg.window_seconds
         out = []
         for s in pre.window_starts(dur, win, hop_seconds, min_seconds):

@@ -139,14 +139,14 @@ def probe(path: str | Path) -> StreamInfo:
     return _parse_input_dump(path, proc.stderr.decode("utf-8", "replace"))
 
 
-def probe_and_decode_audio(path: str | Path, sr: int = CANONICAL_SR) -> tuple[StreamInfo, np.ndarray | None]:
-    """(probe(path), decode_audio(path, sr), or None without an audio stream) from ONE ffmpeg run: the
-    decode prints the same input dump a probe parses, which saves a process and a demux per file
-    (scoring many short clips)."""
+def probe_and_decode_audio(path: str | Path, sr: int = CANONICAL_SR, start: float = 0.0,
+                           duration: float | None = None) -> tuple[StreamInfo, np.ndarray | None]:
+    """(probe(path), decode_audio(path, sr, start, duration), or None without an audio stream) from
+    ONE ffmpeg run: the decode prints the same input dump a probe parses, which saves a process and a
+    demux per file (scoring many short clips, caching many shard sides)."""
     path = _existing(path)
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-i", path,
-                           "-map", "0:a:0?", "-ac", "1", "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-"],
-                          capture_output=True)
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats",
+                           *_audio_decode_args(path, sr, start, duration, optional=True)], capture_output=True)
     text = proc.stderr.decode("utf-8", "replace")
     info = _parse_input_dump(path, text.split("\nStream mapping:")[0].split("\nOutput #0")[0])
     if not info.has_audio:
@@ -225,14 +225,17 @@ def _parse_input_dump(path: str, text: str) -> StreamInfo:
 def decode_audio(path: str | Path, sr: int = CANONICAL_SR, start: float = 0.0,
                  duration: float | None = None) -> np.ndarray:
     """Decode (a span of) the first audio stream to float32 mono at `sr` (downmixed)."""
-    args = []
-    if start:
-        args += ["-ss", f"{start:.6f}"]
-    args += ["-i", str(path)]
-    if duration is not None:
-        args += ["-t", f"{duration:.6f}"]
-    args += ["-map", "0:a:0", "-ac", "1", "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-"]
-    return np.frombuffer(run_ffmpeg(args), dtype=np.float32).copy()
+    return np.frombuffer(run_ffmpeg(_audio_decode_args(path, sr, start, duration)), dtype=np.float32).copy()
+
+
+def _audio_decode_args(path: str | Path, sr: int, start: float, duration: float | None,
+                       optional: bool = False) -> list[str]:
+    """ffmpeg arguments that write (a span of) the first audio stream to stdout as float32 mono at sr;
+    optional: a file without one is no error (ffmpeg then writes nothing)."""
+    seek = ["-ss", f"{start:.6f}"] if start else []
+    span = ["-t", f"{duration:.6f}"] if duration is not None else []
+    return [*seek, "-i", str(path), *span, "-map", "0:a:0?" if optional else "0:a:0", "-ac", "1", "-ar", str(sr),
+            "-f", "f32le", "-acodec", "pcm_f32le", "-"]
 
 
 def decode_frames(path: str | Path, fps: float | None = None,

@@ -592,6 +592,9 @@ def test_probe_and_decode_audio_in_one_run_equal_probe_and_decode_audio(media, t
     info, audio = probe_and_decode_audio(path, 16000)
     assert info == probe(path) and info.has_audio and info.duration == pytest.approx(7.0, abs=0.1)
     assert np.array_equal(audio, decode_audio(path, 16000))
+    info, span = probe_and_decode_audio(path, 16000, start=2.5, duration=2.0)   # a window's span
+    assert info == probe(path) and np.array_equal(span, decode_audio(path, 16000, start=2.5, duration=2.0))
+    assert len(span) == pytest.approx(2.0 * 16000, abs=16)
     silent = tmp_path / "silent.mp4"
     run_ffmpeg(["-i", path, "-an", "-c:v", "copy", str(silent)])
     info, audio = probe_and_decode_audio(silent, 16000)

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from perturb.media import FrameStream, MediaError, canonical_size, decode_audio, probe, probe_and_decode_audio
+from perturb.media import FrameStream, MediaError, canonical_size, probe_and_decode_audio
 
 # Bump whenever the meaning of a PreprocessConfig field or the computation changes: every cache
 # keyed by PreprocessConfig.fingerprint() is then rebuilt.
@@ -193,16 +193,14 @@ def _analysis_size(info, max_side: int | None = ANALYSIS_MAX_SIDE) -> tuple[int,
 
 def _decode(path: str, cfg: PreprocessConfig, start: float | None, duration: float | None,
             max_side: int | None = ANALYSIS_MAX_SIDE) -> tuple[np.ndarray, np.ndarray]:
-    info = probe(path)
+    info, audio = probe_and_decode_audio(path, cfg.sr, start=start or 0.0, duration=duration)
     if not info.has_video:
         raise MediaError(f"no video stream: {path}")
     w, h = _analysis_size(info, max_side)
     span = duration if duration is not None else max(0.0, (info.duration or 0.0) - (start or 0.0))
     with FrameStream(path, w, h, cfg.fps, start=start, duration=duration) as stream:
         frames = _read_all(stream, int(math.ceil(span * cfg.fps)) + 2)
-    if info.has_audio:
-        audio = decode_audio(path, cfg.sr, start=start or 0.0, duration=duration)
-    else:  # a silent video is still a valid input (the judge should say "no" to lip sync)
+    if audio is None:  # a silent video is still a valid input (the judge should say "no" to lip sync)
         audio = np.zeros(int(round(len(frames) / cfg.fps * cfg.sr)), dtype=np.float32)
     return frames, audio
 
