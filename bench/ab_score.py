@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,10 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+from bench.bench_score import children_cpu  # noqa: E402  (the finished children's rusage: eval score's run)
 
 
 def score_once(tree: Path, scorers: list[str], videos: list[str], out: Path) -> dict[str, float]:

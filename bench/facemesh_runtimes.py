@@ -39,16 +39,13 @@ def track(frames: np.ndarray, runtime: str, window: int) -> tuple[list[tuple], f
 
 
 def compare(video: str, n_frames: int, window: int) -> dict:
-    from perturb.media import probe, stream_frames
+    from perturb.media import FrameStream, probe
     from train.preprocess import _analysis_size
 
-    info = probe(video)
-    frames = []
-    for f in stream_frames(video, *_analysis_size(info), 25):
-        frames.append(f)
-        if len(frames) == n_frames:
-            break
-    frames = np.stack(frames)
+    w, h = _analysis_size(probe(video))
+    frames = np.empty((n_frames, h, w, 3), np.uint8)
+    with FrameStream(video, w, h, 25) as stream:
+        frames = frames[:stream.read_into(frames)]
     graph, graph_cpu = track(frames, "mediapipe", window)
     lite, lite_cpu = track(frames, "litert", window)
     # frames of windows where both found the face in every frame (elsewhere landmarks are interpolated)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .landmarks import EYE_CORNERS  # the eye corners turn the tracked ROI
+
 LANDMARK_MODEL = "modules/face_landmark/face_landmark.tflite"
 DETECTOR_MODEL = "modules/face_detection/face_detection_short_range.tflite"
 INSTALL_HINT = "pip install ai-edge-litert (the Makefile does this)"
@@ -38,7 +40,6 @@ _MIN_DETECTION_SCORE = 0.5
 _MIN_PRESENCE_SCORE = 0.5
 _NMS_IOU = 0.3
 _ROI_SCALE = 1.5
-_EYE_CORNERS = (33, 263)   # the rotation of the tracked ROI
 _DETECTION_EYES = (0, 1)   # BlazeFace keypoints: the two eyes
 
 
@@ -158,7 +159,7 @@ class FaceMeshTracker:
         columns = points.T.copy()  # x and y rows: a reduction along rows is ~8x faster than along axis 0
         xmin, ymin = columns.min(axis=1)
         xmax, ymax = columns.max(axis=1)
-        self._prev_roi = _roi((xmin, ymin, xmax - xmin, ymax - ymin), points[list(_EYE_CORNERS)], width, height)
+        self._prev_roi = _roi((xmin, ymin, xmax - xmin, ymax - ymin), points[list(EYE_CORNERS)], width, height)
         return points
 
     def _landmarks(self, image: np.ndarray, roi: tuple[float, float, float, float, float]) -> np.ndarray | None:
