@@ -262,23 +262,33 @@ def entry_name(shard: ShardInfo, cfg: PreprocessConfig) -> str:
 
 def _write_entry(entry: Path, shard: ShardInfo, items: list[dict], cfg: PreprocessConfig, build_s: float,
                  bad: list[dict[str, Any]] | None = None) -> None:
+    items = sorted(items, key=lambda it: it["key"])
+    tensors = {f"{side}.{mod}": torch.stack([it[side][mod] for it in items])
+               for side in SIDES for mod in ("video", "audio")} if items else {}
+    write_entry(entry, tensors, {"file": shard.name, "sha256": shard.sha256, "split": shard.split},
+                [it["key"] for it in items], [it["meta"] for it in items], [it["info"] for it in items], cfg,
+                build_s, bad)
+
+
+def write_entry(entry: Path, tensors: dict[str, torch.Tensor], shard: dict[str, str], keys: list[str],
+                metas: list[dict], info: list[dict], cfg: PreprocessConfig, build_s: float = 0.0,
+                bad: list[dict[str, Any]] | None = None) -> None:
+    """One cache entry / feature shard folder: tensors.safetensors (float16) and metas.json.
+
+    shard: {"file", "sha256", "split"} of the pair shard the pairs came from. Written to a scratch
+    folder and renamed, so a half-written entry is never seen as valid.
+    """
     from safetensors.torch import save_file
 
-    items = sorted(items, key=lambda it: it["key"])
     tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if items:  # a shard whose every sample is bad has no tensors, only its list of bad samples
-        tensors = {}
-        for side in SIDES:
-            for mod in ("video", "audio"):
-                tensors[f"{side}.{mod}"] = torch.stack([it[side][mod] for it in items]).to(torch.float16).contiguous()
-        save_file(tensors, str(tmp / "tensors.safetensors"))
+    if keys:  # a shard whose every sample is bad has no tensors, only its list of bad samples
+        save_file({k: t.to(torch.float16).contiguous() for k, t in tensors.items()}, str(tmp / "tensors.safetensors"))
     (tmp / "metas.json").write_text(json.dumps({
-        "shard": {"file": shard.name, "sha256": shard.sha256, "split": shard.split, "count": len(items)},
+        "shard": {**shard, "count": len(keys)},
         "fingerprint": cfg.fingerprint(), "preprocess": cfg.to_dict(), "build_s": round(build_s, 2),
-        "keys": [it["key"] for it in items], "metas": [it["meta"] for it in items],
-        "info": [it["info"] for it in items], "bad": sorted(bad or [], key=lambda b: b["key"]),
+        "keys": keys, "metas": metas, "info": info, "bad": sorted(bad or [], key=lambda b: b["key"]),
     }))
     shutil.rmtree(entry, ignore_errors=True)
     os.replace(tmp, entry)  # atomic: a half-written entry is never seen as valid
@@ -361,6 +371,12 @@ def _feature_entries(location: str | Path, features: dict[str, Any], split: str,
     return entries
 
 
+def features_manifest(cfg: PreprocessConfig, rows: list[dict[str, Any]], source: str | Path) -> dict[str, Any]:
+    """What `features.json` holds: the preprocessing and one row {split, entry, shard, sha256, count}
+    per feature shard (load_split reads a folder with it as feature shards)."""
+    return {"fingerprint": cfg.fingerprint(), "preprocess": cfg.to_dict(), "entries": rows, "source": str(source)}
+
+
 def featurize_shard(shard: ShardInfo, cfg: PreprocessConfig, out: str | Path, num_workers: int = 0,
                     max_bad_fraction: float | None = DEFAULT_MAX_BAD_FRACTION) -> dict[str, Any]:
     """One pair shard -> one feature shard `out/<cache entry name>/` (tensors.safetensors, metas.json).
@@ -419,8 +435,7 @@ def featurize(shards_dir: str | Path, out: str | Path, cfg: PreprocessConfig, sp
     else:
         rows = [featurize_shard(s, cfg, out, num_workers=num_workers if num_workers is not None else _default_workers())
                 for s in shards]
-    manifest = {"fingerprint": cfg.fingerprint(), "preprocess": cfg.to_dict(), "entries": rows,
-                "source": str(shards_dir)}
+    manifest = features_manifest(cfg, rows, shards_dir)
     card = read_card(shards_dir)
     with tempfile.TemporaryDirectory(prefix="avbench_") as scratch:
         tmp = Path(scratch)

@@ -1,0 +1,220 @@
+"""Cross-validation of a judge config over the sources of the train and val splits (test untouched).
+
+    python bench/cv_judge.py --dim lip_sync --shards shards_real/lip_sync --config CONFIG --work DIR
+                             [--folds 5] [--seeds 0 1 2] [--cache-dir DIR] [--add-train SHARDS]
+                             [-- ARGS FOR python -m train]
+
+Why: the real-footage val split is 128 pairs of 7 sources, so two configs' val accuracies differ by
+up to ~0.05 by the sources alone, and a config chosen as the best of many on val is flattered by the
+choice. Here the train and val pairs are pooled and re-split by source group (the groups of the
+shards' card: a speaker's clips stay together) into K folds; each fold is held out once while
+`python -m train` trains on the others, so every train / val pair is judged once by a judge that
+never saw its speaker (~4x the pairs of val). The test split is never read.
+
+The tensors come from the tensor cache (the same preprocessing as training); each fold is written as
+feature shards (`features.json`) under WORK/folds/<k>/ and trained on with the config and seed given.
+--add-train adds the train pairs of other shards (e.g. extra speakers) to every fold's training set.
+--pretrain-src DIR (repeatable) measures sync pretraining the same way: for each fold,
+`python -m train.pretrain` runs on the untouched source videos of the other folds (the card's `src`
+folder, linked under WORK/pretrain/<k>/src) plus every video under each DIR, and the fold's judges
+start from it (`--init`); so no held-out speaker is seen by pretraining either (unless a DIR holds it).
+Prints, per seed, each fold's held-out pairwise accuracy and the pooled accuracy over all folds, then
+the mean and sd of the pooled accuracy over seeds, and the held-out accuracy per source group and per
+severity over all seeds (which speakers and offsets the judge fails on); WORK/cv.json keeps them, and
+WORK/held_out_scores.jsonl every held-out pair's two logits per seed (for fusions and ensembles).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from train.__main__ import load_config, resolve_preprocess  # noqa: E402
+from train.data import (PairDataset, features_manifest, load_split, read_card,  # noqa: E402
+                        write_entry)
+from train.model import load_judge  # noqa: E402
+from train.trainers import pair_decisions  # noqa: E402
+from train.preprocess import PreprocessConfig  # noqa: E402
+
+
+def source_groups(shards: str | Path) -> dict[str, str]:
+    """source_id -> group, from the shards' card (a source without one is its own group)."""
+    sources = (read_card(shards) or {}).get("sources")
+    return {s["source_id"]: str(s.get("group") or s["source_id"]) for s in sources if isinstance(s, dict)} \
+        if isinstance(sources, list) else {}
+
+
+def assign_folds(pairs_per_group: dict[str, int], k: int) -> dict[str, int]:
+    """group -> fold in 0..k-1, balancing the pairs: largest groups first, each into the fold that has
+    the fewest pairs so far (ties: the lower fold). Deterministic, so every config sees the same folds."""
+    if len(pairs_per_group) < k:
+        raise SystemExit(f"{len(pairs_per_group)} source groups cannot make {k} folds")
+    load = [0] * k
+    fold = {}
+    for group, n in sorted(pairs_per_group.items(), key=lambda gn: (-gn[1], gn[0])):
+        fold[group] = int(np.argmin(load))
+        load[fold[group]] += n
+    return fold
+
+
+def pooled(datasets: list[PairDataset]) -> tuple[dict[str, torch.Tensor], list[dict], list[str], list[dict]]:
+    tensors = {k: torch.cat([d.tensors[k] for d in datasets]) for k in datasets[0].tensors}
+    return (tensors, [m for d in datasets for m in d.metas], [k for d in datasets for k in d.keys],
+            [i for d in datasets for i in d.info])
+
+
+def subset(pairs: tuple, index: np.ndarray) -> tuple:
+    tensors, metas, keys, info = pairs
+    return ({k: t[torch.from_numpy(index)] for k, t in tensors.items()}, [metas[i] for i in index],
+            [keys[i] for i in index], [info[i] for i in index])
+
+
+def write_fold(out: Path, pairs: tuple, held_out: np.ndarray, extra: tuple | None, pre: PreprocessConfig,
+               source: str) -> dict[str, int]:
+    """Feature shards of one fold: `train` = the pairs not held out (+ extra), `val` = the held-out ones."""
+    rows, counts = [], {}
+    for split, index in (("train", np.flatnonzero(~held_out)), ("val", np.flatnonzero(held_out))):
+        parts = [subset(pairs, index)]
+        if split == "train" and extra is not None:
+            parts.append(extra)
+        for j, (t, m, ks, inf) in enumerate(parts):
+            name = f"{split}-{j:06d}"
+            write_entry(out / name, t, {"file": name, "sha256": "cv", "split": split}, ks, m, inf, pre)
+            rows.append({"split": split, "entry": name, "shard": name, "sha256": "cv", "count": len(ks)})
+        counts[split] = sum(len(p[2]) for p in parts)
+    (out / "features.json").write_text(json.dumps(features_manifest(pre, rows, source), indent=1))
+    return counts
+
+
+def pretrain_fold(args: argparse.Namespace, out: Path, groups: list[str]) -> Path:
+    """python -m train.pretrain on the card's sources of `groups` (train / val splits only) and the
+    --pretrain-src folders; returns its run folder."""
+    card = read_card(args.shards) or {}
+    if not isinstance(card.get("sources"), list) or not card.get("src"):
+        raise SystemExit(f"--pretrain-src needs the shards' card with its sources and src folder ({args.shards})")
+    src = out / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    for s in card["sources"]:
+        if s.get("split") in ("train", "val") and str(s.get("group") or s["source_id"]) in groups:
+            video = Path(card["src"], s["file"]).resolve()
+            if not video.is_file():
+                raise SystemExit(f"source video {video} not found (the card's src is relative to the folder "
+                                 f"the shards were built from: run there)")
+            (src / s["file"]).symlink_to(video)
+    run = out / "run"
+    cmd = [sys.executable, "-m", "train.pretrain", "--dim", args.dim, "--src", str(src),
+           *[a for d in args.pretrain_src for a in ("--src", d)], "--no-split-check", "--run", str(run),
+           "--no-resume", *(["--config", args.config] if args.config else []),
+           *(["--cache-dir", args.cache_dir] if args.cache_dir else [])]
+    with open(out / "pretrain.log", "w") as fh:
+        if subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode:
+            raise SystemExit(f"sync pretraining for {out.name} failed; see {out / 'pretrain.log'}")
+    print(f"[cv] pretrained {run} on {len(list(src.iterdir()))} sources + {args.pretrain_src}", flush=True)
+    return run
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dim", required=True)
+    ap.add_argument("--shards", required=True, help="pair shards with train and val splits and a card")
+    ap.add_argument("--config", help="training YAML (default train/configs/<dim>.yaml)")
+    ap.add_argument("--work", required=True, help="folder for the folds' feature shards and runs")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--cache-dir", help="tensor cache (as python -m train --cache-dir)")
+    ap.add_argument("--add-train", help="shards whose train pairs join every fold's training set")
+    ap.add_argument("--pretrain-src", action="append", default=[], metavar="DIR",
+                    help="sync-pretrain each fold on the other folds' sources + the videos under DIR (repeatable)")
+    args = ap.parse_args(argv)
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per fold and seed otherwise
+    conf = load_config(args.dim, args.config)
+    plugins = list(conf.get("plugins") or [])
+    for i, a in enumerate(train_args[:-1]):
+        if a == "--plugin":
+            plugins.append(train_args[i + 1])
+    for module in plugins:
+        __import__(module)
+    pre = PreprocessConfig.from_dict(resolve_preprocess(conf, plugins))
+    pairs = pooled([load_split(args.shards, split, pre, args.cache_dir) for split in ("train", "val")])
+    extra = pooled([load_split(args.add_train, "train", pre, args.cache_dir)]) if args.add_train else None
+    groups = source_groups(args.shards)
+    group_of = [groups.get(m["source_id"], m["source_id"]) for m in pairs[1]]
+    fold_of_group = assign_folds({g: group_of.count(g) for g in set(group_of)}, args.folds)
+    fold_of_pair = np.array([fold_of_group[g] for g in group_of])
+
+    work = Path(args.work)
+    results: dict = {"dim": args.dim, "shards": str(args.shards), "config": conf["_path"], "folds": args.folds,
+                     "add_train": args.add_train, "train_args": train_args, "fold_groups": {}, "seeds": {}}
+    for k in range(args.folds):
+        results["fold_groups"][k] = sorted(g for g, f in fold_of_group.items() if f == k)
+        counts = write_fold(work / "folds" / str(k), pairs, fold_of_pair == k, extra, pre, str(args.shards))
+        print(f"[cv] fold {k}: {counts['val']} held-out pairs of {len(results['fold_groups'][k])} source group(s), "
+              f"{counts['train']} train pairs", flush=True)
+    init = {k: pretrain_fold(args, work / "pretrain" / str(k), [g for g, f in fold_of_group.items() if f != k])
+            for k in range(args.folds)} if args.pretrain_src else {}
+    results["pretrain_src"] = args.pretrain_src
+    wins_by: dict[str, dict[str, list[float]]] = {"group": {}, "severity": {}}
+    scores: list[dict] = []
+    for seed in args.seeds:
+        accs, ns = [], []
+        for k in range(args.folds):
+            run = work / "runs" / f"fold{k}_s{seed}"
+            cmd = [sys.executable, "-m", "train", "--dim", args.dim, "--shards", str(work / "folds" / str(k)),
+                   "--run", str(run), "--seed", str(seed), "--no-resume", *(["--config", args.config] if args.config else []),
+                   *(["--init", str(init[k])] if k in init else []), *train_args]
+            log = run.with_suffix(".log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "w") as fh:
+                if subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode:
+                    raise SystemExit(f"training fold {k} seed {seed} failed; see {log}")
+            metrics = json.loads((run / "metrics.json").read_text())
+            accs.append(metrics["val_pairwise_accuracy"])
+            ns.append(metrics["n_val_pairs"])
+            index = np.flatnonzero(fold_of_pair == k)
+            held = PairDataset(*subset(pairs, index))
+            model, _ = load_judge(run / "model", plugins=plugins)
+            dc, dr = pair_decisions(model, held)
+            for i, win, zc, zr in zip(index, (dc > dr) + 0.5 * (dc == dr), dc, dr):
+                meta = pairs[1][i]
+                wins_by["group"].setdefault(group_of[i], []).append(float(win))
+                wins_by["severity"].setdefault(str(meta.get("severity")), []).append(float(win))
+                scores.append({"seed": seed, "fold": k, "key": pairs[2][i], "group": group_of[i],
+                               "source_id": meta["source_id"], "severity": meta.get("severity"),
+                               "operator": meta.get("operator"), "z_chosen": float(zc), "z_rejected": float(zr)})
+        pool = float(np.dot(accs, ns) / sum(ns))
+        results["seeds"][seed] = {"fold_accuracy": accs, "fold_pairs": ns, "pooled": pool}
+        print(f"[cv] seed {seed}: folds {' '.join(f'{a:.3f}' for a in accs)}; pooled {pool:.3f} ({sum(ns)} pairs)",
+              flush=True)
+    pools = [r["pooled"] for r in results["seeds"].values()]
+    results["pooled_mean"], results["pooled_sd"] = float(np.mean(pools)), float(np.std(pools, ddof=1) if len(pools) > 1 else 0)
+    print(f"[cv] pooled pairwise accuracy over {len(pools)} seed(s): {results['pooled_mean']:.3f} "
+          f"(sd {results['pooled_sd']:.3f})")
+    for by, wins in wins_by.items():
+        results[f"by_{by}"] = {key: {"accuracy": float(np.mean(w)), "pair_judgements": len(w)}
+                               for key, w in sorted(wins.items())}
+        print(f"[cv] held-out accuracy by {by} (all seeds): " + ", ".join(
+            f"{key} {r['accuracy']:.2f} ({r['pair_judgements']})" for key, r in results[f"by_{by}"].items()))
+    (work / "cv.json").write_text(json.dumps(results, indent=1))
+    (work / "held_out_scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scores))
+    return results
+
+
+if __name__ == "__main__":
+    main()
