@@ -124,6 +124,26 @@ def test_cache_reused_then_invalidated_by_fingerprint(shards, cache_dir, pairs, 
 
 # ------------------------------------------------------------------------------ model
 
+def test_time_warp_stretches_picture_and_sound_together():
+    """Augment(time_warp): each clip is stretched by its own factor in [1, 1 + w] from its own start,
+    and picture and sound sample the same instants, so an in-sync clip stays in sync."""
+    torch.manual_seed(0)
+    b, t, r = 64, 50, 4
+    aug = tdata.Augment(jitter=0, flip=0, flicker=0, video_noise=0, freq_mask=0, audio_noise=0, time_warp=0.3)
+    # every value is its own time stamp, in video frames
+    video = torch.arange(t, dtype=torch.float32).view(1, t, 1).repeat(b, 1, 3)
+    audio = (torch.arange(t * r, dtype=torch.float32) / r).view(1, 1, -1).repeat(b, 2, 1)
+    v, a = aug.time(video, audio)
+    assert v.shape == video.shape and a.shape == audio.shape
+    torch.testing.assert_close(a[:, 0, ::r], v[:, :, 0])                  # same instants
+    rate = v[:, 1:, 0] - v[:, :-1, 0]                                     # source frames per output frame
+    stretch = 1 / rate.median(dim=1).values
+    assert bool(((stretch >= 1 - 1e-4) & (stretch <= 1.3 + 1e-4)).all()) and float(stretch.std()) > 0.03
+    assert float(v.min()) >= 0 and float(v.max()) <= t - 1                # inside the window
+    same = tdata.Augment(jitter=0, flip=0, flicker=0, video_noise=0, freq_mask=0, audio_noise=0).time(video, audio)
+    assert same[0] is video and same[1] is audio                          # off by default
+
+
 def test_gradient_flows_to_inputs_and_shapes(pairs):
     train, _ = pairs
     m = _model().eval()

@@ -728,7 +728,9 @@ class Augment:
     """Training-time augmentation, per clip. Video is per-clip normalised, so global brightness /
     contrast changes are no-ops for the model: what is simulated is what differs between cameras
     and faces -- framing (translation jitter, mirror), flicker (per-frame gain), sensor noise --
-    and, for audio, channel colouring (frequency masks) and noise."""
+    and, for audio, channel colouring (frequency masks) and noise. time_warp (off by default)
+    stretches picture and sound together by a factor in [1, 1 + time_warp] and crops the window
+    back: another speaking rate, the same sync."""
 
     jitter: int = 3
     flip: float = 0.5
@@ -736,6 +738,22 @@ class Augment:
     video_noise: float = 0.1
     freq_mask: int = 6
     audio_noise: float = 0.1
+    time_warp: float = 0.0
+
+    def time(self, v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of video (B, T, ...) and audio (B, n_mels, R*T), each clip stretched by its own
+        factor from a random start; the two streams sample the same instants, so sync is kept
+        (video linearly interpolated between frames, audio between mel frames)."""
+        if not self.time_warp:
+            return v, a
+        b, t = v.shape[:2]
+        r = a.shape[-1] // t
+        stretch = 1 + self.time_warp * torch.rand(b)
+        start = torch.rand(b) * (t - 1) * (1 - 1 / stretch)         # in video frames; the last one stays inside
+        steps = torch.arange(t * r, dtype=torch.float32)
+        pos_a = (start[:, None] * r + steps[None] / stretch[:, None]).clamp(max=t * r - 1)
+        pos_v = (start[:, None] + torch.arange(t)[None] / stretch[:, None]).clamp(max=t - 1)
+        return _resample_time(v, pos_v, 1), _resample_time(a, pos_a, 2)
 
     def video(self, v: torch.Tensor) -> torch.Tensor:
         """A batch (B, T, C, H, W), each clip with its own draw. Other ranks -- landmarks (B, T, F),
@@ -771,10 +789,28 @@ class Augment:
         return a
 
 
+def _resample_time(x: torch.Tensor, pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """x sampled at fractional positions pos (B, N) along `dim` (1 or 2), linearly interpolated."""
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=x.shape[dim] - 1)
+    w = (pos - lo).to(x.dtype)
+    shape = [x.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = pos.shape[1]
+
+    def take(idx: torch.Tensor) -> torch.Tensor:
+        expand = list(x.shape)
+        expand[dim] = idx.shape[1]
+        return x.gather(dim, idx.view(shape).expand(expand))
+    return take(lo) * (1 - w.view(shape)) + take(hi) * w.view(shape)
+
+
 def _stack(items: list[dict[str, torch.Tensor]], aug: Augment | None) -> tuple[torch.Tensor, torch.Tensor]:
     v = torch.stack([it["video"] for it in items])
     a = torch.stack([it["audio"] for it in items])
-    return (aug.video(v), aug.audio(a)) if aug else (v, a)
+    if not aug:
+        return v, a
+    v, a = aug.time(v, a)
+    return aug.video(v), aug.audio(a)
 
 
 def make_augment(spec: bool | dict | Augment | None) -> Augment | None:
