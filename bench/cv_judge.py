@@ -2,7 +2,7 @@
 
     python bench/cv_judge.py --dim lip_sync --shards shards_real/lip_sync --config CONFIG --work DIR
                              [--folds 5] [--seeds 0 1 2] [--cache-dir DIR] [--add-train SHARDS]
-                             [-- ARGS FOR python -m train]
+                             [--pretrain-src DIR ...] [-- ARGS FOR python -m train]
 
 Why: the real-footage val split is 128 pairs of 7 sources, so two configs' val accuracies differ by
 up to ~0.05 by the sources alone, and a config chosen as the best of many on val is flattered by the
@@ -118,7 +118,7 @@ def pretrain_fold(args: argparse.Namespace, out: Path, groups: list[str]) -> Pat
            "--no-resume", *(["--config", args.config] if args.config else []),
            *(["--cache-dir", args.cache_dir] if args.cache_dir else [])]
     with open(out / "pretrain.log", "w") as fh:
-        if subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode:
+        if subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode:
             raise SystemExit(f"sync pretraining for {out.name} failed; see {out / 'pretrain.log'}")
     print(f"[cv] pretrained {run} on {len(list(src.iterdir()))} sources + {args.pretrain_src}", flush=True)
     return run
@@ -182,11 +182,13 @@ def main(argv: list[str] | None = None) -> dict:
             log = run.with_suffix(".log")
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "w") as fh:
-                if subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode:
+                if subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode:
                     raise SystemExit(f"training fold {k} seed {seed} failed; see {log}")
             metrics = json.loads((run / "metrics.json").read_text())
             accs.append(metrics["val_pairwise_accuracy"])
             ns.append(metrics["n_val_pairs"])
+            print(f"[cv] seed {seed}, fold {k + 1}/{args.folds}: held-out pairwise {accs[-1]:.3f} "
+                  f"({metrics['wall_time_s']:.0f} s)", flush=True)
             index = np.flatnonzero(fold_of_pair == k)
             held = PairDataset(*subset(pairs, index))
             model, _ = load_judge(run / "model", plugins=plugins)

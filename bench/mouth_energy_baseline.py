@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ if str(ROOT) not in sys.path:
 
 from train.landmarks import POINTS  # noqa: E402
 from train.preprocess import PreprocessConfig  # noqa: E402
+
+if TYPE_CHECKING:
+    from train.data import PairDataset
 
 UPPER_LIP, LOWER_LIP = POINTS.index(13), POINTS.index(14)  # inner lip midpoints
 SPEECH_BAND_HZ = (300.0, 3400.0)
@@ -51,7 +55,7 @@ def mouth_energy_correlation(video: torch.Tensor, audio: torch.Tensor, bands: np
     return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum() + 1e-12))
 
 
-def pair_wins(pairs, bands: np.ndarray) -> np.ndarray:
+def pair_wins(pairs: "PairDataset", bands: np.ndarray) -> np.ndarray:
     """1 / 0.5 / 0 per pair: the chosen clip's correlation above / equal to / below the rejected one's."""
     wins = []
     for i in range(len(pairs)):
