@@ -171,41 +171,46 @@ def main(argv: list[str] | None = None) -> dict:
             for k in range(args.folds)} if args.pretrain_src else {}
     results["pretrain_src"] = args.pretrain_src
     wins_by: dict[str, dict[str, list[float]]] = {"group": {}, "severity": {}}
-    scores: list[dict] = []
-    for seed in args.seeds:
-        accs, ns = [], []
-        for k in range(args.folds):
-            run = work / "runs" / f"fold{k}_s{seed}"
-            cmd = [sys.executable, "-m", "train", "--dim", args.dim, "--shards", str(work / "folds" / str(k)),
-                   "--run", str(run), "--seed", str(seed), "--no-resume", *(["--config", args.config] if args.config else []),
-                   *(["--init", str(init[k])] if k in init else []), *train_args]
-            log = run.with_suffix(".log")
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w") as fh:
-                if subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode:
-                    raise SystemExit(f"training fold {k} seed {seed} failed; see {log}")
-            metrics = json.loads((run / "metrics.json").read_text())
-            accs.append(metrics["val_pairwise_accuracy"])
-            ns.append(metrics["n_val_pairs"])
-            print(f"[cv] seed {seed}, fold {k + 1}/{args.folds}: held-out pairwise {accs[-1]:.3f} "
-                  f"({metrics['wall_time_s']:.0f} s)", flush=True)
-            index = np.flatnonzero(fold_of_pair == k)
-            held = PairDataset(*subset(pairs, index))
-            model, _ = load_judge(run / "model", plugins=plugins)
-            dc, dr = pair_decisions(model, held)
-            for i, win, zc, zr in zip(index, (dc > dr) + 0.5 * (dc == dr), dc, dr):
-                meta = pairs[1][i]
-                wins_by["group"].setdefault(group_of[i], []).append(float(win))
-                wins_by["severity"].setdefault(str(meta.get("severity")), []).append(float(win))
-                scores.append({"seed": seed, "fold": k, "key": pairs[2][i], "group": group_of[i],
-                               "source_id": meta["source_id"], "severity": meta.get("severity"),
-                               "operator": meta.get("operator"), "z_chosen": float(zc), "z_rejected": float(zr)})
-        pool = float(np.dot(accs, ns) / sum(ns))
-        results["seeds"][seed] = {"fold_accuracy": accs, "fold_pairs": ns, "pooled": pool}
-        print(f"[cv] seed {seed}: folds {' '.join(f'{a:.3f}' for a in accs)}; pooled {pool:.3f} ({sum(ns)} pairs)",
-              flush=True)
+    # written fold by fold: a kill keeps the held-out scores of what finished
+    with open(work / "held_out_scores.jsonl", "w") as scores_file:
+        for seed in args.seeds:
+            accs, ns = [], []
+            for k in range(args.folds):
+                run = work / "runs" / f"fold{k}_s{seed}"
+                cmd = [sys.executable, "-m", "train", "--dim", args.dim, "--shards", str(work / "folds" / str(k)),
+                       "--run", str(run), "--seed", str(seed), "--no-resume",
+                       *(["--config", args.config] if args.config else []),
+                       *(["--init", str(init[k])] if k in init else []), *train_args]
+                log = run.with_suffix(".log")
+                log.parent.mkdir(parents=True, exist_ok=True)
+                with open(log, "w") as fh:
+                    if subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode:
+                        raise SystemExit(f"training fold {k} seed {seed} failed; see {log}")
+                metrics = json.loads((run / "metrics.json").read_text())
+                accs.append(metrics["val_pairwise_accuracy"])
+                ns.append(metrics["n_val_pairs"])
+                print(f"[cv] seed {seed}, fold {k + 1}/{args.folds}: held-out pairwise {accs[-1]:.3f} "
+                      f"({metrics['wall_time_s']:.0f} s)", flush=True)
+                index = np.flatnonzero(fold_of_pair == k)
+                held = PairDataset(*subset(pairs, index))
+                model, _ = load_judge(run / "model", plugins=plugins)
+                dc, dr = pair_decisions(model, held)
+                for i, win, zc, zr in zip(index, (dc > dr) + 0.5 * (dc == dr), dc, dr):
+                    meta = pairs[1][i]
+                    wins_by["group"].setdefault(group_of[i], []).append(float(win))
+                    wins_by["severity"].setdefault(str(meta.get("severity")), []).append(float(win))
+                    scores_file.write(json.dumps({
+                        "seed": seed, "fold": k, "key": pairs[2][i], "group": group_of[i],
+                        "source_id": meta["source_id"], "severity": meta.get("severity"), "operator": meta.get("operator"),
+                        "z_chosen": float(zc), "z_rejected": float(zr)}) + "\n")
+                scores_file.flush()
+            pool = float(np.dot(accs, ns) / sum(ns))
+            results["seeds"][seed] = {"fold_accuracy": accs, "fold_pairs": ns, "pooled": pool}
+            print(f"[cv] seed {seed}: folds {' '.join(f'{a:.3f}' for a in accs)}; pooled {pool:.3f} ({sum(ns)} pairs)",
+                  flush=True)
     pools = [r["pooled"] for r in results["seeds"].values()]
-    results["pooled_mean"], results["pooled_sd"] = float(np.mean(pools)), float(np.std(pools, ddof=1) if len(pools) > 1 else 0)
+    results["pooled_mean"] = float(np.mean(pools))
+    results["pooled_sd"] = float(np.std(pools, ddof=1)) if len(pools) > 1 else 0.0
     print(f"[cv] pooled pairwise accuracy over {len(pools)} seed(s): {results['pooled_mean']:.3f} "
           f"(sd {results['pooled_sd']:.3f})")
     for by, wins in wins_by.items():
@@ -214,7 +219,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[cv] held-out accuracy by {by} (all seeds): " + ", ".join(
             f"{key} {r['accuracy']:.2f} ({r['pair_judgements']})" for key, r in results[f"by_{by}"].items()))
     (work / "cv.json").write_text(json.dumps(results, indent=1))
-    (work / "held_out_scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scores))
     return results
 
 

@@ -42,9 +42,9 @@ def test_the_in_sync_clip_wins_and_a_shift_loses():
         chosen_audio[i, bands] = loud[: r * t]
         rejected_audio[i, bands] = loud[r * shift: r * (t + shift)]     # the sound 6 frames early
     assert base.mouth_energy_correlation(video[0], chosen_audio[0], bands) > 0.99
-    pairs = PairDataset({"chosen.video": video, "chosen.audio": chosen_audio, "rejected.video": video,
-                         "rejected.audio": rejected_audio}, [{} for _ in range(n_pairs)], [str(i) for i in range(n_pairs)])
-    assert base.pair_wins(pairs, bands).tolist() == [1.0] * n_pairs
-    swapped = PairDataset({"chosen.video": video, "chosen.audio": rejected_audio, "rejected.video": video,
-                           "rejected.audio": chosen_audio}, [{} for _ in range(n_pairs)], [str(i) for i in range(n_pairs)])
-    assert base.pair_wins(swapped, bands).tolist() == [0.0] * n_pairs
+    def pairs(chosen: torch.Tensor, rejected: torch.Tensor) -> PairDataset:
+        return PairDataset({"chosen.video": video, "chosen.audio": chosen, "rejected.video": video,
+                            "rejected.audio": rejected}, [{} for _ in range(n_pairs)], [str(i) for i in range(n_pairs)])
+
+    assert base.pair_wins(pairs(chosen_audio, rejected_audio), bands).tolist() == [1.0] * n_pairs
+    assert base.pair_wins(pairs(rejected_audio, chosen_audio), bands).tolist() == [0.0] * n_pairs
