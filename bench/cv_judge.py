@@ -26,6 +26,7 @@ WORK/held_out_scores.jsonl every held-out pair's two logits per seed (for fusion
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -80,8 +81,9 @@ def subset(pairs: tuple, index: np.ndarray) -> tuple:
 
 
 def write_fold(out: Path, pairs: tuple, held_out: np.ndarray, extra: tuple | None, pre: PreprocessConfig,
-               source: str) -> dict[str, int]:
-    """Feature shards of one fold: `train` = the pairs not held out (+ extra), `val` = the held-out ones."""
+               source: str, source_digest: str) -> dict[str, int]:
+    """Feature shards of one fold: `train` = the pairs not held out (+ extra), `val` = the held-out ones.
+    source_digest names the pair shards the tensors came from (their sha256s)."""
     rows, counts = [], {}
     for split, index in (("train", np.flatnonzero(~held_out)), ("val", np.flatnonzero(held_out))):
         parts = [subset(pairs, index)]
@@ -89,8 +91,11 @@ def write_fold(out: Path, pairs: tuple, held_out: np.ndarray, extra: tuple | Non
             parts.append(extra)
         for j, (t, m, ks, inf) in enumerate(parts):
             name = f"{split}-{j:06d}"
-            write_entry(out / name, t, {"file": name, "sha256": "cv", "split": split}, ks, m, inf, pre)
-            rows.append({"split": split, "entry": name, "shard": name, "sha256": "cv", "count": len(ks)})
+            # what the entry holds, as a pair shard's sha256 would say it: caches keyed by it (a frozen
+            # encoder's outputs) must not mix two folds
+            digest = hashlib.sha256("\n".join([source_digest, *ks]).encode()).hexdigest()
+            write_entry(out / name, t, {"file": name, "sha256": digest, "split": split}, ks, m, inf, pre)
+            rows.append({"split": split, "entry": name, "shard": name, "sha256": digest, "count": len(ks)})
         counts[split] = sum(len(p[2]) for p in parts)
     (out / "features.json").write_text(json.dumps(features_manifest(pre, rows, source), indent=1))
     return counts
@@ -152,8 +157,11 @@ def main(argv: list[str] | None = None) -> dict:
     for module in plugins:
         __import__(module)
     pre = PreprocessConfig.from_dict(resolve_preprocess(conf, plugins))
-    pairs = pooled([load_split(args.shards, split, pre, args.cache_dir) for split in ("train", "val")])
-    extra = pooled([load_split(args.add_train, "train", pre, args.cache_dir)]) if args.add_train else None
+    loaded = [load_split(args.shards, split, pre, args.cache_dir) for split in ("train", "val")]
+    if args.add_train:
+        loaded.append(load_split(args.add_train, "train", pre, args.cache_dir))
+    pairs, extra = pooled(loaded[:2]), pooled(loaded[2:]) if args.add_train else None
+    source_digest = " ".join(sh["sha256"] for d in loaded for sh in d.shards)
     groups = source_groups(args.shards)
     group_of = [groups.get(m["source_id"], m["source_id"]) for m in pairs[1]]
     fold_of_group = assign_folds({g: group_of.count(g) for g in set(group_of)}, args.folds)
@@ -164,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "add_train": args.add_train, "train_args": train_args, "fold_groups": {}, "seeds": {}}
     for k in range(args.folds):
         results["fold_groups"][k] = sorted(g for g, f in fold_of_group.items() if f == k)
-        counts = write_fold(work / "folds" / str(k), pairs, fold_of_pair == k, extra, pre, str(args.shards))
+        counts = write_fold(work / "folds" / str(k), pairs, fold_of_pair == k, extra, pre, str(args.shards),
+                            source_digest)
         print(f"[cv] fold {k}: {counts['val']} held-out pairs of {len(results['fold_groups'][k])} source group(s), "
               f"{counts['train']} train pairs", flush=True)
     init = {k: pretrain_fold(args, work / "pretrain" / str(k), [g for g, f in fold_of_group.items() if f != k])

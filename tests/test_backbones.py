@@ -174,6 +174,32 @@ def test_light_asd_loads_strictly_and_keeps_upstream_geometry(tmp_path):
         assert torch.allclose(judge.decision_logit(video, audio), judge.decision_logit(feats, audio), atol=1e-5)
 
 
+def test_frozen_features_cached_for_other_clips_are_encoded_again(tmp_path):
+    """precompute_video_features keys its cache by what the caller says the inputs are; an entry
+    holding another number of clips (a mislabelled identity) is not used for these clips."""
+    from train.data import precompute_video_features
+
+    ckpt = tmp_path / "pretrain_AVA_CVPR.model"
+    _random_light_asd_checkpoint(ckpt)
+    pre = _asd_pre()
+    judge = AVJudge(judge_config_for(pre, pretrained=str(ckpt), **ASD_MODEL))
+    judge.load_pretrained_encoders()
+    t = pre.n_frames
+    few = {"chosen.video": torch.rand(2, t, 1, 112, 112)}
+    more = {"chosen.video": torch.rand(3, t, 1, 112, 112)}
+    judge.eval()
+    with torch.no_grad():
+        expected = judge.encode_video_frames(more["chosen.video"]).half()
+    logs = []
+    for tensors in (few, more):  # the same identity for both: a stale key
+        assert precompute_video_features(judge, tensors, ["chosen.video"], ["same shards"], tmp_path / "cache",
+                                         log=logs.append)
+    assert few["chosen.video"].shape == (2, t, 128)
+    assert more["chosen.video"].shape == (3, t, 128)
+    torch.testing.assert_close(more["chosen.video"], expected)
+    assert any("encoding again" in line for line in logs)
+
+
 def test_light_asd_wrong_files_fail_plainly(tmp_path):
     from train.light_asd import load_light_asd
 

@@ -40,9 +40,10 @@ def test_each_train_and_val_pair_is_held_out_once_and_never_trained_on_with_its_
                             "--cache-dir", str(tmp_path / "cache"), "--", "--max-steps", "2"])
 
     from train.data import load_entry
-    held_out, trained_splits = [], set()
+    held_out, trained_splits, digests = [], set(), set()
     for k in range(3):
         manifest = json.loads((work / "folds" / str(k) / "features.json").read_text())
+        digests |= {row["sha256"] for row in manifest["entries"]}
         sources = {"train": set(), "val": set()}
         for row in manifest["entries"]:
             _, entry = load_entry(work / "folds" / str(k) / row["entry"])
@@ -55,6 +56,7 @@ def test_each_train_and_val_pair_is_held_out_once_and_never_trained_on_with_its_
         speaker_a = {"fixture000", "fixture001"}
         assert speaker_a <= sources["val"] or not speaker_a & sources["val"]
     assert len(held_out) == len(set(held_out)) == 12  # 6 train + val sources x 2 pairs, each once
+    assert len(digests) == 6  # every fold's train and val entry named by its own content (caches key on it)
     assert trained_splits == {"train", "val"}          # the test split is never read
     seed = result["seeds"][0]
     assert sum(seed["fold_pairs"]) == 12 and 0 <= seed["pooled"] <= 1

@@ -586,8 +586,12 @@ def precompute_video_features(model, tensors: dict[str, torch.Tensor], keys: lis
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     path = (Path(cache_dir) if cache_dir else DEFAULT_CACHE) / f"encoded-{enc.name}-{h.hexdigest()[:20]}.safetensors"
     if path.is_file():
-        tensors.update(load_file(str(path)))
-        return True
+        cached = load_file(str(path))
+        if all(k in cached and len(cached[k]) == len(tensors[k]) for k in keys):
+            tensors.update(cached)
+            return True
+        # keyed by what `identity` claims the inputs are; clips of another count are not these clips
+        log(f"[train.data] {enc.name}: {path.name} holds other clips than these; encoding again")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
