@@ -74,7 +74,7 @@ def test_each_train_and_val_pair_is_held_out_once_and_never_trained_on_with_its_
         == pytest.approx(seed["pooled"])
 
 
-def test_pretraining_per_fold_sees_only_the_other_folds_sources(tmp_path, monkeypatch):
+def test_pretraining_per_fold_sees_only_the_other_folds_sources(tmp_path):
     import argparse
 
     import yaml
