@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
                 cmd = [sys.executable, "-m", "train", "--dim", args.dim, "--shards", str(work / "folds" / str(k)),
                        "--run", str(run), "--seed", str(seed), "--no-resume",
                        *(["--config", args.config] if args.config else []),
-                       *(["--init", str(init[k])] if k in init else []), *train_args]
+                       *(["--init", str(init[k])] if k in init else []),
+                       *(["--cache-dir", args.cache_dir] if args.cache_dir else []), *train_args]
                 log = run.with_suffix(".log")
                 log.parent.mkdir(parents=True, exist_ok=True)
                 with open(log, "w") as fh:
