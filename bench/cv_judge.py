@@ -41,8 +41,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from train.__main__ import load_config, resolve_preprocess  # noqa: E402
-from train.data import (PairDataset, features_manifest, load_split, read_card,  # noqa: E402
-                        write_entry)
+from train.data import (PairDataset, features_manifest, load_split, precompute_video_features,  # noqa: E402
+                        read_card, write_entry)
 from train.model import load_judge  # noqa: E402
 from train.trainers import pair_decisions  # noqa: E402
 from train.preprocess import PreprocessConfig  # noqa: E402
@@ -201,16 +201,19 @@ def main(argv: list[str] | None = None) -> dict:
                 ns.append(metrics["n_val_pairs"])
                 print(f"[cv] seed {seed}, fold {k + 1}/{args.folds}: held-out pairwise {accs[-1]:.3f} "
                       f"({metrics['wall_time_s']:.0f} s)", flush=True)
-                index = np.flatnonzero(fold_of_pair == k)
-                held = PairDataset(*subset(pairs, index))
+                # the held-out pairs as training read them, so a frozen encoder's outputs come from the
+                # cache its run wrote (keyed by the same shards) instead of being encoded again
+                held = load_split(work / "folds" / str(k), "val", pre, log=lambda *a: None)
                 model, _ = load_judge(run / "model", plugins=plugins)
+                precompute_video_features(model, held.tensors, ["chosen.video", "rejected.video"],
+                                          [held.shards, pre.fingerprint()], args.cache_dir, log=lambda *a: None)
                 dc, dr = pair_decisions(model, held)
-                for i, win, zc, zr in zip(index, (dc > dr) + 0.5 * (dc == dr), dc, dr):
-                    meta = pairs[1][i]
-                    wins_by["group"].setdefault(group_of[i], []).append(float(win))
+                for key, meta, win, zc, zr in zip(held.keys, held.metas, (dc > dr) + 0.5 * (dc == dr), dc, dr):
+                    group = groups.get(meta["source_id"], meta["source_id"])
+                    wins_by["group"].setdefault(group, []).append(float(win))
                     wins_by["severity"].setdefault(str(meta.get("severity")), []).append(float(win))
                     scores_file.write(json.dumps({
-                        "seed": seed, "fold": k, "key": pairs[2][i], "group": group_of[i],
+                        "seed": seed, "fold": k, "key": key, "group": group,
                         "source_id": meta["source_id"], "severity": meta.get("severity"), "operator": meta.get("operator"),
                         "z_chosen": float(zc), "z_rejected": float(zr)}) + "\n")
                 scores_file.flush()
