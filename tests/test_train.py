@@ -144,6 +144,37 @@ def test_time_warp_stretches_picture_and_sound_together():
     assert same[0] is video and same[1] is audio                          # off by default
 
 
+def test_landmark_affine_maps_each_clips_points_by_its_own_bounded_scale_and_rotation():
+    """Augment(landmark_affine=s): every clip's (x, y) points go through one 2x2 map R(angle) diag(sx, sy)
+    with sx, sy in [1/(1+s), 1+s] and |angle| <= s/2, drawn per clip; landmark_noise adds jitter of
+    that std; both are off by default."""
+    from train.__main__ import check_augment
+    from train.preprocess import PreprocessConfig
+
+    torch.manual_seed(0)
+    b, t, p, s = 200, 50, 57, 0.3
+    off = dict(jitter=0, flip=0, flicker=0, video_noise=0, freq_mask=0, audio_noise=0)
+    points = torch.randn(b, t, 2 * p)
+    out = tdata.Augment(**off, landmark_affine=s).video(points)
+    x, y = points.view(b, t * p, 2), out.view(b, t * p, 2)
+    m = torch.linalg.lstsq(x, y).solution.transpose(1, 2)                  # y = m @ x per clip
+    torch.testing.assert_close(torch.einsum("bij,bnj->bni", m, x), y, atol=1e-4, rtol=1e-4)
+    scale = m.norm(dim=1)                                                   # columns of R diag(sx, sy)
+    angle = torch.atan2(m[:, 1, 0], m[:, 0, 0])
+    assert float(scale.min()) >= 1 / (1 + s) - 1e-4 and float(scale.max()) <= 1 + s + 1e-4
+    assert float(angle.abs().max()) <= s / 2 + 1e-4
+    assert float(scale.std()) > 0.05 and float(angle.std()) > 0.03         # drawn per clip
+    assert float((scale[:, 0] - scale[:, 1]).abs().mean()) > 0.05           # x and y apart
+    noisy = tdata.Augment(**off, landmark_noise=0.02).video(points)
+    assert abs(float((noisy - points).std()) - 0.02) < 0.002
+    assert tdata.Augment(**off).video(points) is points                     # off by default
+    # another rank-3 input (a frozen encoder's output) is refused rather than garbled
+    conf = {"train": {"augment": {"landmark_affine": 0.3}}, "_path": "x.yaml"}
+    with pytest.raises(SystemExit, match="not landmarks"):
+        check_augment(conf, PreprocessConfig())
+    check_augment(conf, PreprocessConfig(video_input="landmarks", face_detector="mediapipe"))
+
+
 def test_gradient_flows_to_inputs_and_shapes(pairs):
     train, _ = pairs
     m = _model().eval()

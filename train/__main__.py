@@ -62,6 +62,16 @@ def load_config(dim: str, path: str | None) -> dict[str, Any]:
     return cfg
 
 
+def check_augment(conf: dict[str, Any], pre: Any) -> None:
+    """Landmark augmentations only where the video input is landmarks: another rank-3 input (a frozen
+    encoder's precomputed output) would be garbled silently."""
+    augment = (conf.get("train") or {}).get("augment")
+    if isinstance(augment, dict) and pre.video_input != "landmarks" and \
+            any(augment.get(k) for k in ("landmark_affine", "landmark_noise")):
+        raise SystemExit(f"{conf.get('_path')}: train: augment: landmark_affine / landmark_noise move landmark "
+                         f"points; this judge's video input is {pre.video_input!r}, not landmarks")
+
+
 def resolve_preprocess(conf: dict[str, Any], plugins: list[str]) -> dict[str, Any]:
     """The YAML preprocess section with what the model's encoders need filled in (a conflict is an error)."""
     from .encoders import preprocess_needs
@@ -184,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- data
     pre = PreprocessConfig.from_dict(resolve_preprocess(conf, plugins))
+    check_augment(conf, pre)
     card = read_card(shards)
     t0 = time.time()
     bad_file = run / "bad_samples.jsonl"

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -734,7 +735,11 @@ class Augment:
     and faces -- framing (translation jitter, mirror), flicker (per-frame gain), sensor noise --
     and, for audio, channel colouring (frequency masks) and noise. time_warp (off by default)
     stretches picture and sound together by a factor in [1, 1 + time_warp] and crops the window
-    back: another speaking rate, the same sync."""
+    back: another speaking rate, the same sync. For the landmarks front-end (off by default; its
+    input is (B, T, 2P) point motion, not a picture): landmark_affine maps every clip's points
+    through its own 2x2 map -- x and y scaled by factors in [1/(1+s), 1+s], rotated by up to s/2
+    rad -- another mouth width, opening amplitude and head pose from the same speaker;
+    landmark_noise adds per-frame tracker jitter (in eye distances)."""
 
     jitter: int = 3
     flip: float = 0.5
@@ -743,6 +748,8 @@ class Augment:
     freq_mask: int = 6
     audio_noise: float = 0.1
     time_warp: float = 0.0
+    landmark_affine: float = 0.0
+    landmark_noise: float = 0.0
 
     def time(self, v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of video (B, T, ...) and audio (B, n_mels, R*T), each clip stretched by its own
@@ -760,8 +767,11 @@ class Augment:
         return _resample_time(v, pos_v, 1), _resample_time(a, pos_a, 2)
 
     def video(self, v: torch.Tensor) -> torch.Tensor:
-        """A batch (B, T, C, H, W), each clip with its own draw. Other ranks -- landmarks (B, T, F),
-        a frozen encoder's precomputed output -- are not pictures and pass unchanged."""
+        """A batch (B, T, C, H, W), each clip with its own draw. Landmarks (B, T, 2P) get the
+        landmark_* draws only; a frozen encoder's precomputed output (also rank 3) must not be given
+        any (train/__main__ refuses landmark_* for other inputs), so it passes unchanged."""
+        if v.dim() == 3:
+            return self.landmarks(v)
         if v.dim() != 5:
             return v
         b, t, c, h, w = v.shape
@@ -777,6 +787,23 @@ class Augment:
             v = v * (1 + self.flicker * torch.randn(b, t, 1, 1, 1)) + self.flicker * torch.randn(b, t, 1, 1, 1)
         if self.video_noise:
             v = v + self.video_noise * torch.randn_like(v)
+        return v
+
+    def landmarks(self, v: torch.Tensor) -> torch.Tensor:
+        """A batch of landmark motion (B, T, 2P), (x, y) per point, each clip with its own draw."""
+        if not (self.landmark_affine or self.landmark_noise):
+            return v
+        b, t, f = v.shape
+        if self.landmark_affine:
+            s = self.landmark_affine
+            scale = torch.exp((2 * torch.rand(b, 2) - 1) * math.log1p(s))            # (B, 2): x, y
+            angle = (2 * torch.rand(b) - 1) * s / 2
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], 1)  # (B, 2, 2)
+            m = rot * scale[:, None, :]                                              # rot @ diag(scale)
+            v = torch.einsum("bij,btpj->btpi", m.to(v.dtype), v.view(b, t, f // 2, 2)).reshape(b, t, f)
+        if self.landmark_noise:
+            v = v + self.landmark_noise * torch.randn_like(v)
         return v
 
     def audio(self, a: torch.Tensor) -> torch.Tensor:
