@@ -65,20 +65,32 @@ def pair_wins(pairs: "PairDataset", bands: np.ndarray) -> np.ndarray:
     return np.array(wins)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from train.__main__ import load_config, resolve_preprocess
-    from train.data import load_split
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def landmark_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments of the scripts that read a landmark judge's tensor cache (this one, source_offsets)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--shards", required=True)
     ap.add_argument("--config", required=True, help="a training YAML with frame_encoder: landmarks")
     ap.add_argument("--cache-dir")
     ap.add_argument("--splits", nargs="+", default=["train", "val", "test"])
-    args = ap.parse_args(argv)
-    conf = load_config("lip_sync", args.config)
+    return ap
+
+
+def landmark_preprocess(config: str) -> PreprocessConfig:
+    """The preprocessing of a training YAML whose judge reads landmarks (SystemExit otherwise)."""
+    from train.__main__ import load_config, resolve_preprocess
+
+    conf = load_config("lip_sync", config)
     pre = PreprocessConfig.from_dict(resolve_preprocess(conf, list(conf.get("plugins") or [])))
     if pre.video_input != "landmarks":
-        raise SystemExit(f"{args.config}: needs landmark inputs (model.frame_encoder: landmarks)")
+        raise SystemExit(f"{config}: needs landmark inputs (model.frame_encoder: landmarks)")
+    return pre
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from train.data import load_split
+
+    args = landmark_arguments(__doc__.split("\n\n")[0]).parse_args(argv)
+    pre = landmark_preprocess(args.config)
     bands = speech_bands(pre)
     out = {}
     for split in args.splits:
