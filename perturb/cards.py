@@ -49,7 +49,8 @@ def card_dict(result: dict[str, Any]) -> dict[str, Any]:
         sources.append({"source_id": s.source_id, "file": Path(s.path).name, "split": s.split,
                         "group": s.group, "licence": s.licence, "status": summ.get("status"),
                         "pairs": summ.get("pairs", 0), "windows": summ.get("windows", 0),
-                        "duration_s": summ.get("duration")})
+                        "duration_s": summ.get("duration"),
+                        **({"av_offset_ms": s.av_offset_ms} if s.av_offset_ms else {})})
     return {
         "dim": result["dim"], "recipe": recipe.name, "recipe_sha": recipe.fingerprint,
         "question": recipe.question, "src": result["src"], "seed": result["seed"],
@@ -81,6 +82,9 @@ def card_markdown(card: dict[str, Any]) -> str:
                if card.get("train_extra") else []),
              *([f"- train-only sources: the {len(card['train_voices'])} donor recordings of the train split "
                 f"(still black picture; val / test as without them)"] if card.get("train_voices") else []),
+             *([f"- sound lag corrected (manifest av_offset_ms; > 0: the sound came late): " + ", ".join(
+                 f"{s['file']} {s['av_offset_ms']:+g} ms" for s in card["sources"] if s.get("av_offset_ms"))]
+               if any(s.get("av_offset_ms") for s in card["sources"]) else []),
              f"- rebuild: `{card['command']}`",
              f"- pairs: {card['pairs']} ({card['graded_pairs']} graded milder-vs-stronger; "
              f"{card['video_stream_copied']} with the video stream copied, not re-encoded)", "",

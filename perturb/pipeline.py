@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -62,6 +63,9 @@ class Source:
     group: str  # sources of one group (speaker) always land in the same split
     licence: str = "unknown"
     split: str = ""
+    # the source's own sound lag in ms (manifest column av_offset_ms; > 0: the sound comes late):
+    # corrected when its canonical windows are cut, so its "original" sides are in sync
+    av_offset_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -140,12 +144,14 @@ def rebuild_pair(record: dict[str, Any], source_path: str | Path) -> tuple[Clip,
     """(chosen, rejected) Clips of a pair, rebuilt from its json record and its source video.
 
     The window's soundtrack and the audio context the timing operators read (record
-    "audio_context_s") are decoded from the source again; the picture stays lazy (video_path is
-    the source). Audio matches the shard's up to the AAC coding of the written mp4s.
+    "audio_context_s") are decoded from the source again, its sound lag corrected as the build did
+    (record "source_av_offset_ms"); the picture stays lazy (video_path is the source). Audio matches
+    the shard's up to the AAC coding of the written mp4s.
     """
     start, end = (float(t) for t in record["window"])
     context = tuple(float(c) for c in record.get("audio_context_s", (0.0, 0.0)))
-    original = window_clip(media.decode_audio(source_path), start, end, str(source_path),
+    track = media.shift_track(media.decode_audio(source_path), float(record.get("source_av_offset_ms") or 0.0))
+    original = window_clip(track, start, end, str(source_path),
                            meta={"source_id": record["source_id"], "window": [start, end]},
                            context_seconds=context)
     return replay(original, record.get("chosen_ops", [])), replay(original, record["ops"])
@@ -205,14 +211,18 @@ def canonical_windows(source: Source, windows: list[tuple[float, float]], size: 
     PID, so a later build can tell a dead writer's leftovers), then renamed. source_sha256: the
     source file's content hash (probe_source), part of the cache key.
     """
-    key = hashlib.sha256(json.dumps([CANONICAL_VERSION, source_sha256, windows, size]).encode()).hexdigest()[:20]
+    # an uncorrected source keeps the key it had before sources could be corrected
+    key_parts = [CANONICAL_VERSION, source_sha256, windows, size] + ([source.av_offset_ms] if source.av_offset_ms else [])
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:20]
     entry = cache_root / key
     files = [entry / f"window_{i:04d}.mp4" for i in range(len(windows))]
     if not (entry / "frames.json").is_file():
         cache_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{os.getpid()}.", dir=cache_root))
         try:
-            outs, _ = media.canonicalise_windows(source.path, tmp, windows, size)
+            outs, track = media.canonicalise_windows(source.path, tmp, windows, size)
+            if source.av_offset_ms:
+                _correct_sound_lag(outs, windows, track, source.av_offset_ms, tmp)
             frames = media.count_video_frames([o for o in outs if o.is_file()], tmp)
             # frames.json is written last: its presence marks a complete entry
             (tmp / "frames.json").write_text(json.dumps(
@@ -225,6 +235,20 @@ def canonical_windows(source: Source, windows: list[tuple[float, float]], size: 
             shutil.rmtree(tmp, ignore_errors=True)
     frames = json.loads((entry / "frames.json").read_text())
     return files, np.fromfile(entry / "audio.f32", dtype=np.float32), frames
+
+
+def _correct_sound_lag(outs: list[Path], windows: list[tuple[float, float]], track: np.ndarray,
+                       offset_ms: float, folder: Path) -> None:
+    """Bring a source whose sound lags its picture by offset_ms into sync, in its canonical windows
+    (their picture stream copied, the sound encoded again from the moved soundtrack) and in the
+    soundtrack the operators start from (folder/audio.f32)."""
+    track = media.shift_track(track, offset_ms)
+    track.astype(np.float32).tofile(folder / "audio.f32")
+    synced = [(out, media.window_audio(track, start, end), out.with_suffix(".synced.mp4"))
+              for out, (start, end) in zip(outs, windows) if out.is_file()]
+    media.mux_audio_tracks(synced)
+    for out, _, fixed in synced:
+        os.replace(fixed, out)
 
 
 def _canonical_source(source: Source, job: Job) -> tuple[media.StreamInfo, list[tuple[float, float]], list[Path], np.ndarray]:
@@ -404,6 +428,8 @@ def _plan_pair(recipe: Recipe, transform: Transform, job: Job, source: Source, w
                             round(len(original.context_after) / original.sr, 6)],
         "pipeline_version": PIPELINE_VERSION,
     }
+    if source.av_offset_ms:
+        record["source_av_offset_ms"] = source.av_offset_ms  # corrected in both sides (Source.av_offset_ms)
     return {"record": record,
             "chosen": (replay(original, chosen_ops), chosen_ops),
             "rejected": (replay(original, ops), ops)}
@@ -425,10 +451,26 @@ def read_manifest(manifest: str | Path) -> dict[str, dict[str, str]]:
     return {Path(row.get("file") or row.get("path") or "").name: row for row in entries}
 
 
+def _av_offset(row: dict[str, Any], manifest: Path | None) -> float:
+    """A manifest row's av_offset_ms (empty: 0), or ValueError naming the file."""
+    value = str(row.get("av_offset_ms") or "").strip()
+    try:
+        offset = float(value) if value else 0.0
+    except ValueError:
+        raise ValueError(f"{manifest}: av_offset_ms of {row.get('file') or row.get('path')!r} is not a number: "
+                         f"{value!r}") from None
+    if not math.isfinite(offset) or abs(offset) > 2000:
+        raise ValueError(f"{manifest}: av_offset_ms of {row.get('file') or row.get('path')!r} must be within "
+                         f"+-2000 ms, got {value!r}")
+    return offset
+
+
 def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[Source]:
     """Video files under `src` (recursive), with licence / group from an optional manifest.
 
-    The manifest (JSON list, or CSV with a header) has rows {file|path, licence, group|speaker, source_id}.
+    The manifest (JSON list, or CSV with a header) has rows {file|path, licence, group|speaker, source_id,
+    av_offset_ms}: av_offset_ms is the source's own sound lag (> 0: the sound comes late), measured e.g.
+    with bench/source_offsets.py; its canonical windows are cut in sync.
     """
     src = Path(src)
     if not src.is_dir():
@@ -445,7 +487,8 @@ def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[So
         seen.add(sid)
         sources.append(Source(source_id=sid, path=str(path.resolve()),
                               group=str(row.get("group") or row.get("speaker") or sid),
-                              licence=str(row.get("licence") or row.get("license") or "unknown")))
+                              licence=str(row.get("licence") or row.get("license") or "unknown"),
+                              av_offset_ms=_av_offset(row, manifest)))
     return sources
 
 

@@ -178,6 +178,47 @@ def test_audio_only_pairs_copy_video_and_shift_audio(lip_build, tmp_path):
     assert checked >= 3
 
 
+def test_a_sources_own_sound_lag_is_corrected_from_its_manifest(corpus, lip_build, tmp_path):
+    """Manifest av_offset_ms: 120 (the source's sound comes 120 ms late) moves that source's soundtrack
+    120 ms earlier in its canonical windows -- the pairs' originals -- and in what its perturbed sides
+    and rebuild_pair start from; the picture and every other source stay as they were."""
+    from perturb.pipeline import find_sources, rebuild_pair
+
+    _, plain_out = lip_build
+    (tmp_path / "manifest.csv").write_text("file,av_offset_ms\nspk0.mp4,120\nspk1.mp4,\n")
+    build_small(corpus, tmp_path / "out", manifest=tmp_path / "manifest.csv")
+    plain, fixed = read_samples(plain_out / "lip_sync"), read_samples(tmp_path / "out" / "lip_sync")
+    assert plain.keys() == fixed.keys()
+    corrected = 0
+    for key, files in fixed.items():
+        meta = json.loads(files["json"])
+        f_fixed, a_fixed = decode_bytes(files["chosen.mp4"], tmp_path)
+        f_plain, a_plain = decode_bytes(plain[key]["chosen.mp4"], tmp_path)
+        assert np.array_equal(f_fixed, f_plain)                       # the picture is untouched
+        if meta["source_id"] != "spk0":
+            assert "source_av_offset_ms" not in meta and np.array_equal(a_fixed, a_plain)
+            continue
+        assert meta["source_av_offset_ms"] == 120.0
+        assert lag_ms(a_plain, a_fixed) == pytest.approx(-120.0, abs=1.0)   # heard 120 ms earlier
+        if meta["operator"] == "audio_shift" and meta["kind"] == "original_vs_perturbed":
+            _, a_rej = decode_bytes(files["rejected.mp4"], tmp_path)
+            offset = meta["ops"][0]["params"]["offset_ms"]
+            if abs(offset) < 0.4 * WINDOW * 1000:                        # shifted from the corrected track
+                assert lag_ms(a_fixed, a_rej) == pytest.approx(offset, abs=1.0)
+        chosen, _ = rebuild_pair(meta, corpus / "spk0.mp4")
+        n = min(len(chosen.audio), len(a_fixed))
+        assert np.corrcoef(chosen.audio[:n], a_fixed[:n])[0, 1] > 0.95
+        corrected += 1
+    assert corrected >= 2
+    card = json.loads((tmp_path / "out" / "cards" / "lip_sync.json").read_text())
+    offsets = {s["source_id"]: s.get("av_offset_ms") for s in card["sources"]}
+    assert offsets["spk0"] == 120.0 and offsets["spk1"] is None
+    assert "spk0.mp4 +120 ms" in (tmp_path / "out" / "cards" / "lip_sync.md").read_text()
+    (tmp_path / "bad.csv").write_text("file,av_offset_ms\nspk0.mp4,late\n")
+    with pytest.raises(ValueError, match="av_offset_ms of 'spk0.mp4' is not a number"):
+        find_sources(corpus, tmp_path / "bad.csv")
+
+
 def test_pair_rebuilds_from_its_json(corpus, lip_build, tmp_path):
     """rebuild_pair(json, source) reproduces both soundtracks of a pair, context included: checked
     on shifted pairs from windows with speech before them (which a window-only replay would fill
