@@ -415,7 +415,7 @@ def shift_track(track: np.ndarray, offset_ms: float, sr: int = CANONICAL_SR) -> 
     A source whose sound lags its picture by d ms (offset_ms = d > 0) is brought into sync this way:
     what was heard at t + d is heard at t.
     """
-    n = int(round(offset_ms * sr / 1000.0))
+    n = max(-len(track), min(len(track), int(round(offset_ms * sr / 1000.0))))  # at most all of it
     out = np.zeros_like(track)
     if n >= 0:
         out[: len(track) - n] = track[n:]

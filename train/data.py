@@ -801,7 +801,7 @@ class Augment:
             cos, sin = torch.cos(angle), torch.sin(angle)
             rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], 1)  # (B, 2, 2)
             m = rot * scale[:, None, :]                                              # rot @ diag(scale)
-            v = torch.einsum("bij,btpj->btpi", m.to(v.dtype), v.view(b, t, f // 2, 2)).reshape(b, t, f)
+            v = torch.einsum("bij,btpj->btpi", m.to(v.dtype), v.reshape(b, t, f // 2, 2)).reshape(b, t, f)
         if self.landmark_noise:
             v = v + self.landmark_noise * torch.randn_like(v)
         return v
