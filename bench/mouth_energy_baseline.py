@@ -45,12 +45,18 @@ def speech_bands(cfg: PreprocessConfig) -> np.ndarray:
     return np.flatnonzero((centres >= SPEECH_BAND_HZ[0]) & (centres <= SPEECH_BAND_HZ[1]))
 
 
-def mouth_energy_correlation(video: torch.Tensor, audio: torch.Tensor, bands: np.ndarray) -> float:
-    """video (T, 2 * len(POINTS)) landmark features, audio (n_mels, R*T) log-mel -> Pearson r."""
+def opening_and_loudness(video: torch.Tensor, audio: torch.Tensor, bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """video (T, 2 * len(POINTS)) landmark features, audio (n_mels, R*T) log-mel -> per video frame
+    (inner-lip opening, mean log-mel of `bands` over the frame's mel frames), each (T,)."""
     points = video.float().numpy().reshape(len(video), -1, 2)
     opening = points[:, LOWER_LIP, 1] - points[:, UPPER_LIP, 1]
     mel = audio.float().numpy()[bands]
-    loudness = mel.reshape(len(bands), len(video), -1).mean(axis=(0, 2))
+    return opening, mel.reshape(len(bands), len(video), -1).mean(axis=(0, 2))
+
+
+def mouth_energy_correlation(video: torch.Tensor, audio: torch.Tensor, bands: np.ndarray) -> float:
+    """video (T, 2 * len(POINTS)) landmark features, audio (n_mels, R*T) log-mel -> Pearson r."""
+    opening, loudness = opening_and_loudness(video, audio, bands)
     x, y = opening - opening.mean(), loudness - loudness.mean()
     return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum() + 1e-12))
 

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.mouth_energy_baseline import (LOWER_LIP, UPPER_LIP, landmark_arguments,  # noqa: E402
-                                         landmark_preprocess, speech_bands)
+from bench.mouth_energy_baseline import (landmark_arguments, landmark_preprocess,  # noqa: E402
+                                         opening_and_loudness, speech_bands)
 
 if TYPE_CHECKING:
     from train.data import PairDataset
@@ -60,10 +60,7 @@ def source_profiles(pairs: "PairDataset", bands: np.ndarray, max_lag: int) -> di
             continue
         seen.add(key)
         side = pairs.side(i, "chosen")
-        t = len(side["video"])
-        points = side["video"].numpy().reshape(t, -1, 2)
-        opening = points[:, LOWER_LIP, 1] - points[:, UPPER_LIP, 1]
-        loudness = side["audio"].numpy()[bands].reshape(len(bands), t, -1).mean(axis=(0, 2))
+        opening, loudness = opening_and_loudness(side["video"], side["audio"], bands)
         profiles.setdefault(str(m.get("source_id")), []).append(lagged_correlations(opening, loudness, max_lag))
     return {s: (len(p), np.mean(p, axis=0)) for s, p in profiles.items()}
 

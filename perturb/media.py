@@ -409,21 +409,6 @@ def count_video_frames(paths: list[str | Path], scratch: str | Path) -> list[int
     return counts
 
 
-def shift_track(track: np.ndarray, offset_ms: float, sr: int = CANONICAL_SR) -> np.ndarray:
-    """The soundtrack moved earlier by offset_ms (later when negative), same length, the gap silent.
-
-    A source whose sound lags its picture by d ms (offset_ms = d > 0) is brought into sync this way:
-    what was heard at t + d is heard at t.
-    """
-    n = max(-len(track), min(len(track), int(round(offset_ms * sr / 1000.0))))  # at most all of it
-    out = np.zeros_like(track)
-    if n >= 0:
-        out[: len(track) - n] = track[n:]
-    else:
-        out[-n:] = track[: len(track) + n]
-    return out
-
-
 def window_audio(track: np.ndarray, start: float, end: float, sr: int = CANONICAL_SR) -> np.ndarray:
     """Samples [start, end) of a soundtrack, zero-padded when the track ends early."""
     a, n = int(round(start * sr)), int(round((end - start) * sr))

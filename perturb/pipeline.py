@@ -38,6 +38,7 @@ from . import media
 from .media import VIDEO_EXTS, sha256_file
 from .clip import Clip
 from .operators import OperatorContext, Transform, get_operator, modifies_video, replay
+from .operators.timing import shift_audio
 from .recipe import SPLITS, Recipe, derive_seed, load_recipe
 from .shard_format import check_shard, split_member_name
 
@@ -150,7 +151,7 @@ def rebuild_pair(record: dict[str, Any], source_path: str | Path) -> tuple[Clip,
     """
     start, end = (float(t) for t in record["window"])
     context = tuple(float(c) for c in record.get("audio_context_s", (0.0, 0.0)))
-    track = media.shift_track(media.decode_audio(source_path), float(record.get("source_av_offset_ms") or 0.0))
+    track = sound_in_sync(media.decode_audio(source_path), float(record.get("source_av_offset_ms") or 0.0))
     original = window_clip(track, start, end, str(source_path),
                            meta={"source_id": record["source_id"], "window": [start, end]},
                            context_seconds=context)
@@ -237,13 +238,19 @@ def canonical_windows(source: Source, windows: list[tuple[float, float]], size: 
     return files, np.fromfile(entry / "audio.f32", dtype=np.float32), frames
 
 
+def sound_in_sync(track: np.ndarray, av_offset_ms: float, sr: int = media.CANONICAL_SR) -> np.ndarray:
+    """The soundtrack of a source whose sound lags its picture by av_offset_ms (earlier when negative)
+    moved into sync: what was heard at t + d is heard at t; same length, the gap silent."""
+    return shift_audio(track, -int(round(av_offset_ms * sr / 1000.0)))
+
+
 def _correct_sound_lag(outs: list[Path], windows: list[tuple[float, float]], track: np.ndarray,
                        offset_ms: float, folder: Path) -> None:
     """Bring a source whose sound lags its picture by offset_ms into sync, in its canonical windows
     (their picture stream copied, the sound encoded again from the moved soundtrack) and in the
     soundtrack the operators start from (folder/audio.f32)."""
-    track = media.shift_track(track, offset_ms)
-    track.astype(np.float32).tofile(folder / "audio.f32")
+    track = sound_in_sync(track, offset_ms)
+    track.tofile(folder / "audio.f32")
     synced = [(out, media.window_audio(track, start, end), out.with_suffix(".synced.mp4"))
               for out, (start, end) in zip(outs, windows) if out.is_file()]
     media.mux_audio_tracks(synced)

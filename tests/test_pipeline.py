@@ -178,12 +178,14 @@ def test_audio_only_pairs_copy_video_and_shift_audio(lip_build, tmp_path):
     assert checked >= 3
 
 
-def test_shift_track_moves_the_sound_by_whole_samples_and_keeps_its_length():
+def test_sound_in_sync_moves_the_sound_by_whole_samples_and_keeps_its_length():
+    from perturb.pipeline import sound_in_sync
+
     track = np.arange(1, 11, dtype=np.float32)                             # 10 samples at 1 kHz
-    assert media.shift_track(track, 3.0, sr=1000).tolist() == [4, 5, 6, 7, 8, 9, 10, 0, 0, 0]
-    assert media.shift_track(track, -2.0, sr=1000).tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
-    assert not media.shift_track(track, 50.0, sr=1000).any()              # longer than the track: silence
-    assert not media.shift_track(track, -50.0, sr=1000).any()
+    assert sound_in_sync(track, 3.0, sr=1000).tolist() == [4, 5, 6, 7, 8, 9, 10, 0, 0, 0]
+    assert sound_in_sync(track, -2.0, sr=1000).tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+    assert not sound_in_sync(track, 50.0, sr=1000).any()                  # longer than the track: silence
+    assert not sound_in_sync(track, -50.0, sr=1000).any()
 
 
 def test_a_sources_own_sound_lag_is_corrected_from_its_manifest(corpus, lip_build, tmp_path):

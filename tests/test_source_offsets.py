@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import source_offsets as so  # noqa: E402
+from mouth_energy_baseline import LOWER_LIP, UPPER_LIP  # noqa: E402
 
 from train.data import PairDataset  # noqa: E402
 from train.landmarks import N_FEATURES  # noqa: E402
@@ -25,8 +26,8 @@ def _windows(lags: dict[str, int], per_source: int = 4, t: int = 50, r: int = 4,
         for w in range(per_source):
             syllables = np.convolve(rng.random(t + 20) > 0.6, np.ones(3), mode="same").astype(np.float32)
             pts = torch.zeros(t, N_FEATURES).view(t, -1, 2)
-            pts[:, so.LOWER_LIP, 1] = torch.from_numpy(syllables[10: 10 + t]) / 2
-            pts[:, so.UPPER_LIP, 1] = -torch.from_numpy(syllables[10: 10 + t]) / 2
+            pts[:, LOWER_LIP, 1] = torch.from_numpy(syllables[10: 10 + t]) / 2
+            pts[:, UPPER_LIP, 1] = -torch.from_numpy(syllables[10: 10 + t]) / 2
             loud = syllables[10 - lag: 10 - lag + t] + 0.3 * rng.standard_normal(t).astype(np.float32)
             mel = torch.zeros(n_mels, r * t)
             mel[bands] = torch.from_numpy(np.repeat(loud, r))
