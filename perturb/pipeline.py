@@ -446,7 +446,7 @@ def _plan_pair(recipe: Recipe, transform: Transform, job: Job, source: Source, w
 
 def read_manifest(manifest: str | Path) -> dict[str, dict[str, str]]:
     """A source manifest (JSON list, or CSV with a header) as {file name: row}; rows name their
-    file by `file` or `path` and may carry licence, group / speaker and source_id."""
+    file by `file` or `path` and may carry licence, group / speaker, source_id, av_offset_ms and split."""
     manifest = Path(manifest)
     if manifest.suffix == ".csv":
         import csv
@@ -472,12 +472,23 @@ def _av_offset(row: dict[str, Any], manifest: Path | None) -> float:
     return offset
 
 
+def _pinned_split(row: dict[str, Any], manifest: Path | None) -> str:
+    """A manifest row's split ('' when empty: assign_splits chooses), or ValueError naming the file."""
+    split = str(row.get("split") or "").strip()
+    if split and split not in SPLITS:
+        raise ValueError(f"{manifest}: split of {row.get('file') or row.get('path')!r} must be one of "
+                         f"{', '.join(SPLITS)} or empty, got {split!r}")
+    return split
+
+
 def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[Source]:
     """Video files under `src` (recursive), with licence / group from an optional manifest.
 
     The manifest (JSON list, or CSV with a header) has rows {file|path, licence, group|speaker, source_id,
-    av_offset_ms}: av_offset_ms is the source's own sound lag (> 0: the sound comes late), measured e.g.
-    with bench/source_offsets.py; its canonical windows are cut in sync.
+    av_offset_ms, split}: av_offset_ms is the source's own sound lag (> 0: the sound comes late), measured
+    e.g. with bench/source_offsets.py; its canonical windows are cut in sync. split pins the source (and
+    its group) to train / val / test, so builds with other windows keep the same held-out sources;
+    empty: assign_splits chooses.
     """
     src = Path(src)
     if not src.is_dir():
@@ -495,7 +506,7 @@ def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[So
         sources.append(Source(source_id=sid, path=str(path.resolve()),
                               group=str(row.get("group") or row.get("speaker") or sid),
                               licence=str(row.get("licence") or row.get("license") or "unknown"),
-                              av_offset_ms=_av_offset(row, manifest)))
+                              av_offset_ms=_av_offset(row, manifest), split=_pinned_split(row, manifest)))
     return sources
 
 
@@ -527,7 +538,8 @@ def assign_splits(sources: list[Source], fractions: dict[str, float], seed: int,
     Groups are taken in a seeded-hash order and each goes to the split that is furthest below its
     target share of the total weight (`weights[source_id]`, e.g. duration; 1 per source by
     default), so splits get their share of the material, not just of the files. With >= 3 groups
-    every split gets at least one.
+    every split gets at least one. A source that comes with a split (the manifest's `split` column)
+    keeps it, and so does its whole group; those groups count towards their split's share first.
     """
     weights = weights or {}
     group_weight: dict[str, float] = {}
@@ -538,8 +550,21 @@ def assign_splits(sources: list[Source], fractions: dict[str, float], seed: int,
     total = sum(fractions[s] for s in names)
     target = {s: fractions[s] / total * sum(group_weight.values()) for s in names}
     filled = {s: 0.0 for s in names}
-    split_of = {}
+    split_of: dict[str, str] = {}
+    for s in sources:
+        if not s.split:
+            continue
+        if split_of.get(s.group, s.split) != s.split:
+            raise ValueError(f"group {s.group!r} is pinned to two splits ({split_of[s.group]}, {s.split}); "
+                             f"a speaker's sources must share one")
+        if s.split not in names:
+            raise ValueError(f"{s.source_id} is pinned to {s.split}, which the split fractions give no share")
+        split_of[s.group] = s.split
+    for g, split in split_of.items():
+        filled[split] += group_weight[g]
     for g in groups:
+        if g in split_of:
+            continue
         split = max(names, key=lambda s: (target[s] - filled[s]) / target[s])
         split_of[g] = split
         filled[split] += group_weight[g]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,41 @@ def test_splits_follow_material_share_not_file_count():
     for split, frac in fractions.items():
         share = sum(durations[s.source_id] for s in out if s.split == split)
         assert abs(share - frac * total) <= max(durations.values()), (split, share, frac * total)
+
+
+def test_pinned_splits_hold_and_fill_their_share_first(tmp_path):
+    """A manifest `split` pins a source and its whole group; the unpinned groups fill what is left of
+    each split's share, and with every group pinned the assignment is exactly the pins -- whatever
+    the weights, so a build with longer windows (other durations, fewer sources) keeps its test sources."""
+    from perturb.pipeline import Source, assign_splits, find_sources
+
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    sources = [Source(f"s{i}", f"/x/s{i}.mp4", group=f"g{i // 2}") for i in range(20)]
+    free = {s.source_id: s.split for s in assign_splits(sources, fractions, seed=0)}
+    # pin group g0 to a split it would not get, and one source of g1 (its partner follows it)
+    away = next(x for x in ("train", "val", "test") if x != free["s0"])
+    pinned = [replace(s, split=away) if s.source_id in ("s0", "s1") else
+              replace(s, split="test") if s.source_id == "s2" else s for s in sources]
+    out = {s.source_id: s.split for s in assign_splits(pinned, fractions, seed=0)}
+    assert out["s0"] == out["s1"] == away and out["s2"] == out["s3"] == "test"
+    for split, frac in fractions.items():    # the pins count towards the shares: still near the targets
+        assert abs(sum(v == split for v in out.values()) - frac * 20) <= 2, (split, out)
+    all_pinned = [replace(s, split=free[s.source_id]) for s in sources]
+    weights = {s.source_id: float(i % 7 + 1) for i, s in enumerate(sources)}
+    assert {s.source_id: s.split for s in assign_splits(all_pinned, fractions, seed=5, weights=weights)} == free
+
+    with pytest.raises(ValueError, match="pinned to two splits"):
+        assign_splits([replace(sources[0], split="val"), replace(sources[1], split="test")], fractions, seed=0)
+    with pytest.raises(ValueError, match="the split fractions give no share"):
+        assign_splits([replace(sources[0], split="test")], {"train": 0.8, "val": 0.2}, seed=0)
+
+    (tmp_path / "a.mp4").write_bytes(b"")
+    (tmp_path / "b.mp4").write_bytes(b"")
+    (tmp_path / "m.csv").write_text("file,split\na.mp4,test\nb.mp4,\n")
+    assert {s.source_id: s.split for s in find_sources(tmp_path, tmp_path / "m.csv")} == {"a": "test", "b": ""}
+    (tmp_path / "m.csv").write_text("file,split\na.mp4,holdout\n")
+    with pytest.raises(ValueError, match="split of 'a.mp4' must be one of train, val, test"):
+        find_sources(tmp_path, tmp_path / "m.csv")
 
 
 def test_audio_only_pairs_copy_video_and_shift_audio(lip_build, tmp_path):
