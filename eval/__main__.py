@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     e.add_argument("--workers", type=int, default=None,
                    help="decoding workers when the preprocessing cache is built (train.data default)")
+    e.add_argument("--whole-clips", action="store_true",
+                   help="score each pair clip whole, as `score` scores a video (the judge's windows, one clip "
+                        "decision): for shards whose clips are longer than the judge's window; calibration is "
+                        "then fitted on clip logits, the ones `score` calibrates. Default: each clip cut or "
+                        "padded to one window, through the tensor cache")
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--max-bad-fraction", type=float, default=None,
                    help="broken samples (bad json, a side missing, unreadable mp4) are left out and listed in "
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluate(args.dim, args.shards, args.run, args.export, args.report,
                      calibration=args.calibration, cache_dir=args.cache_dir, batch_size=args.batch_size,
                      n_boot=args.n_boot, device=_device(args.device), progress=not args.no_progress,
-                     workers=args.workers, max_bad_fraction=args.max_bad_fraction)
+                     workers=args.workers, max_bad_fraction=args.max_bad_fraction, whole_clips=args.whole_clips)
         except ShardFormatError as err:  # an invalid or hostile shard: one line, nothing decoded
             print(f"error: invalid shard: {err}", file=sys.stderr)
             return 2

@@ -17,6 +17,12 @@ If val has no clip or a single class, calibration cannot be fitted: the export i
 Outputs: <report>/report.md, report.json and PNG plots; <export>/ model.safetensors + config.json,
 preprocessing.json, calibration.json, metrics.json, README.md (model card).
 
+Whole clips (`--whole-clips`): each pair clip is scored as `python -m eval score` scores a video --
+cut into the judge's windows, one clip decision from their evidence (eval.scorer.Scorer.score_file) --
+instead of being cut or padded to one window. For pair clips longer than the judge's window (the
+av_consistency recipe's 5 s clips, a judge trained on 2 s windows); the calibration is then fitted
+on the same clip logits that `score` calibrates.
+
 Broken samples (bad json, a side missing, unreadable mp4) are left out of every number, counted
 in report.json "bad_samples" and listed in <report>/bad_samples.jsonl; more than
 `max_bad_fraction` of a split stops the evaluation (train.data.TooManyBadSamples).
@@ -78,6 +84,60 @@ def score_pairs(model, dataset, batch_size: int = 16, desc: str = "", num_worker
             for meta, a, b in zip(batch["meta"], zc.reshape(-1), zr.reshape(-1)):
                 out.append({"meta": dict(meta), "z_chosen": float(a), "z_rejected": float(b)})
     return out
+
+
+def score_pair_clips(model, cfg, shards: str | Path, split: str, progress: bool = True, device: str = "cpu",
+                     max_bad_fraction: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """([{"meta", "z_chosen", "z_rejected"}], bad samples) for every pair of a split, each clip scored
+    whole as `eval score` scores a video (Scorer.score_file's clip logit); a clip shared by several
+    pairs (a window's original) is scored once."""
+    import hashlib
+    import tempfile
+
+    from perturb.shard_format import BadSample, location_name
+    from train.data import SIDES, check_bad_share, iter_raw_pairs
+
+    from .scorer import Scorer
+
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    scorer = Scorer(model, cfg, device=device)
+    logit_of: dict[str, float] = {}
+    pairs, bad = [], []
+    items = iter_raw_pairs(shards, split)
+    if progress and tqdm is not None:
+        items = tqdm(items, desc=f"scoring {split} (whole clips)", unit="pair", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="avbench_clips_") as tmp:
+        def clip_logit(data: bytes) -> float:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest not in logit_of:
+                clip = Path(tmp) / "clip.mp4"
+                clip.write_bytes(data)
+                try:
+                    logit_of[digest] = float(scorer.score_file(clip)["logit"])
+                except Exception as err:  # the reason names the member, not this temporary file
+                    text = str(err).replace(str(clip), "the clip").strip()
+                    raise BadSample(text.splitlines()[-1] if text else type(err).__name__) from None
+            return logit_of[digest]
+
+        for item in items:
+            if "bad" in item:
+                bad.append({"split": split, **item["bad"]})
+                continue
+            try:
+                z = {}
+                for side in SIDES:
+                    z[side] = clip_logit(item[f"{side}.mp4"])
+            except BadSample as err:  # an unreadable clip is one bad sample, as in the tensor cache
+                bad.append({"split": split, "shard": location_name(item["url"]), "key": item["key"],
+                            "reason": f"{side}.mp4: {err}"})
+                continue
+            pairs.append({"meta": dict(item["meta"], __key__=item["key"]), "z_chosen": z["chosen"],
+                          "z_rejected": z["rejected"]})
+    check_bad_share(split, bad, len(pairs) + len(bad), max_bad_fraction)
+    return pairs, bad
 
 
 # ----------------------------------------------------------------------------- clip records
@@ -505,8 +565,8 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
              report_dir: str | Path, calibration: str = DEFAULT_METHOD,
              cache_dir: str | Path | None = None, batch_size: int = 16, n_boot: int = N_BOOT,
              device: str = "cpu", progress: bool = True, workers: int | None = None,
-             max_bad_fraction: float | None = None) -> dict[str, Any]:
-    """The whole `evaluate` command; returns the report dict."""
+             max_bad_fraction: float | None = None, whole_clips: bool = False) -> dict[str, Any]:
+    """The whole `evaluate` command; returns the report dict (whole_clips: see the module docstring)."""
     from perturb.shard_format import is_url, location_exists
     from train.data import DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, has_split, load_split, read_card, write_bad_samples
     from train.model import load_judge
@@ -530,10 +590,19 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
             print(f"[eval] no {split} shards in {shards}", file=sys.stderr)
             scored[split] = []
             continue
+        bad_limit = DEFAULT_MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction
+        if whole_clips:
+            try:
+                scored[split], bad[split] = score_pair_clips(model, cfg, shards, split, progress=progress,
+                                                             device=device, max_bad_fraction=bad_limit)
+            except TooManyBadSamples as err:
+                write_bad_samples(bad_file, [b for v in bad.values() for b in v] + err.bad)
+                raise
+            continue
         try:
             ds = load_split(str(shards), split, cfg, cache_dir=str(cache_dir) if cache_dir else None,
                             num_workers=workers, log=lambda *a: print(*a, file=sys.stderr),
-                            max_bad_fraction=DEFAULT_MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction)
+                            max_bad_fraction=bad_limit)
         except TooManyBadSamples as err:
             write_bad_samples(bad_file, [b for v in bad.values() for b in v] + err.bad)
             raise
@@ -548,7 +617,7 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
     question = (card or {}).get("question") or next(
         (p["meta"].get("question") for p in scored["test"] if p["meta"].get("question")), None)
     report.update({"question": question, "run": str(run), "shards": str(shards),
-                   "export": str(export_dir), "window_seconds": cfg.window_seconds,
+                   "export": str(export_dir), "window_seconds": cfg.window_seconds, "whole_clips": whole_clips,
                    "preprocess_fingerprint": cfg.fingerprint(),
                    "bad_samples": {split: len(v) for split, v in bad.items()}})
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -564,8 +633,9 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
     for split in ("val", "test"):   # per-pair logits: fusion and re-analysis without re-scoring (bench/)
         (report_dir / f"scores_{split}.jsonl").write_text("".join(
             json.dumps(_jsonable({"meta": {k: p["meta"].get(k) for k in (
-                "key", "source_id", "window", "kind", "operator", "severity", "chosen_severity", "defect",
-                "chosen_defect")}, "z_chosen": p["z_chosen"], "z_rejected": p["z_rejected"]})) + "\n"
+                "source_id", "window", "kind", "operator", "severity", "chosen_severity", "defect",
+                "chosen_defect")} | {"key": p["meta"].get("key") or p["meta"].get("__key__")},  # the sample key
+                "z_chosen": p["z_chosen"], "z_rejected": p["z_rejected"]})) + "\n"
             for p in scored[split]))
     export(run, export_dir, model, cfg, chosen, report, card, run_metrics)
     return report

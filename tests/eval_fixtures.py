@@ -28,7 +28,7 @@ def make_video(path: Path, seconds: float, seed: int = 0, size: int = 64) -> Pat
 
 
 def make_export(out: Path, dim: str = "lip_sync", seed: int = 0, calibration: dict | None = None,
-                crop: str = "full", **model) -> Path:
+                crop: str = "full", window_seconds: float = 5.0, **model) -> Path:
     """A small random AVJudge + preprocessing.json + calibration.json + metrics.json in `out`;
     `model` overrides judge config fields."""
     import torch
@@ -36,7 +36,7 @@ def make_export(out: Path, dim: str = "lip_sync", seed: int = 0, calibration: di
     from train.model import AVJudge, judge_config_for
     from train.preprocess import PreprocessConfig
 
-    pre = PreprocessConfig(window_seconds=5.0, crop=crop, crop_size=(16, 16), n_mels=16)
+    pre = PreprocessConfig(window_seconds=window_seconds, crop=crop, crop_size=(16, 16), n_mels=16)
     cfg = judge_config_for(pre, dim=dim, **{**dict(vis_widths=(4, 4), aud_widths=(8, 8), emb_dim=8, head_hidden=8,
                                                    max_offset_frames=2, n_segments=1, dropout=0.0), **model})
     torch.manual_seed(seed)

@@ -131,3 +131,9 @@ def test_evaluate_skips_and_reports_bad_samples_or_stops_in_one_line(shards, tmp
     _check_listed([json.loads(line) for line in (rep / "bad_samples.jsonl").read_text().splitlines()],
                   "test", "test-000000.tar")
     assert "Broken samples left out" in (rep / "report.md").read_text()
+    # whole clips read the samples themselves: the same three are left out and listed the same way
+    assert main(common + ["--max-bad-fraction", "1", "--whole-clips"]) == 0
+    report = json.loads((rep / "report.json").read_text())
+    assert report["bad_samples"] == {"val": 0, "test": 3} and report["test"]["n_pairs"] == 2
+    _check_listed([json.loads(line) for line in (rep / "bad_samples.jsonl").read_text().splitlines()],
+                  "test", "test-000000.tar")

@@ -449,6 +449,48 @@ def test_evaluate_end_to_end(tmp_path):
     assert scorer.calibrator.method == "temperature"
 
 
+def test_evaluate_whole_clips_scores_each_pair_clip_as_eval_score_does(tmp_path):
+    """--whole-clips: a 2 s pair clip judged by a 0.8 s judge gets the clip logit `eval score` gives
+    the same file (its windows, one decision), not its first window's; calibration is fitted
+    on those clip logits."""
+    import tarfile
+
+    from eval.__main__ import main
+    from eval.scorer import Scorer
+    from tests.eval_fixtures import make_export
+    from tests.train_fixtures import write_fixture_shards
+
+    shards = write_fixture_shards(tmp_path / "shards", sources=4, seconds=2.0, pairs_per_window=2,
+                                  splits={"val": 0.5, "test": 0.5})
+    run = tmp_path / "run"
+    make_export(run / "model", window_seconds=0.8, use_pooled=True)  # pooled: the clip logit is the windows' mean
+    rep = {mode: tmp_path / f"report_{mode}" for mode in ("whole", "window")}
+    for mode, flags in (("whole", ["--whole-clips"]), ("window", ["--cache-dir", str(tmp_path / "cache")])):
+        assert main(["evaluate", "--dim", "lip_sync", "--shards", str(shards), "--run", str(run), "--export",
+                     str(tmp_path / f"export_{mode}"), "--report", str(rep[mode]), "--n-boot", "20",
+                     "--no-progress", "--workers", "0", *flags]) == 0
+    report = json.loads((rep["whole"] / "report.json").read_text())
+    assert report["whole_clips"] is True and report["test"]["n_pairs"] == 4
+    scorer = Scorer.from_pretrained(run / "model")
+    with tarfile.open(shards / "test-000000.tar") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    whole = [json.loads(line) for line in (rep["whole"] / "scores_test.jsonl").read_text().splitlines()]
+    window = {r["meta"]["key"]: r for r in (json.loads(line) for line in
+                                            (rep["window"] / "scores_test.jsonl").read_text().splitlines())}
+    differs = 0
+    for r in whole:
+        for side in ("chosen", "rejected"):
+            clip = tmp_path / f"{side}.mp4"
+            clip.write_bytes(members[f"{r['meta']['key']}.{side}.mp4"])
+            rec = scorer.score_file(clip)
+            assert len(rec["windows"]) >= 2
+            assert r[f"z_{side}"] == pytest.approx(rec["logit"], abs=1e-4)
+            differs += abs(r[f"z_{side}"] - window[r["meta"]["key"]][f"z_{side}"]) > 1e-3
+    assert differs  # the window mode judged the first 0.8 s only
+    cal = json.loads((tmp_path / "export_whole" / "calibration.json").read_text())
+    assert cal["fitted_on"] == "val" and cal["n"] == report["calibration"]["n_val_clips"]
+
+
 # ----------------------------------------------------------------------------- status, offset, clip decision
 
 def _silent_copy(src: Path, out: Path) -> Path:

@@ -178,13 +178,8 @@ def decode_pair(sample: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]
     Only the format's members are decoded, by us: json with json.loads, the mp4s by ffmpeg. Never
     WebDataset's .decode(), whose default handlers unpickle .pyd / .pickle and torch.load .pth members.
     """
-    try:
-        meta = json.loads(sample["json"])
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise BadSample(f"invalid json ({err})") from None
-    if not isinstance(meta, dict):
-        raise BadSample(f"json is a {type(meta).__name__}, not an object")
-    item: dict[str, Any] = {"key": sample["__key__"], "url": str(sample.get("__url__", "")), "meta": meta, "info": {}}
+    item = raw_pair(sample)
+    item["info"] = {}
     for side in SIDES:
         try:
             inputs, info = preprocess_clip(sample[f"{side}.mp4"], cfg, return_info=True)
@@ -195,10 +190,32 @@ def decode_pair(sample: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]
     return item
 
 
-def _decode_or_bad(sample: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]:
-    """decode_pair, or {"bad": {"shard", "key", "reason"}} for a broken sample (ShardFormatError still stops)."""
+def raw_pair(sample: dict[str, Any], cfg: PreprocessConfig | None = None) -> dict[str, Any]:
+    """A raw sample (checked by check_sample) -> {"key", "url", "meta", "chosen.mp4", "rejected.mp4"}: the
+    json parsed (json.loads only), the mp4s left as bytes, for readers that cut the clips themselves."""
     try:
-        return decode_pair(check_sample(sample), cfg)
+        meta = json.loads(sample["json"])
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise BadSample(f"invalid json ({err})") from None
+    if not isinstance(meta, dict):
+        raise BadSample(f"json is a {type(meta).__name__}, not an object")
+    return {"key": sample["__key__"], "url": str(sample.get("__url__", "")), "meta": meta,
+            **{f"{side}.mp4": sample[f"{side}.mp4"] for side in SIDES}}
+
+
+def iter_raw_pairs(shards_dir: str | Path, split: str) -> Iterator[dict[str, Any]]:
+    """Every sample of a split as raw_pair gives it, or {"bad": {"shard", "key", "reason"}} for a broken
+    one; a shard that breaks the format stops it (ShardFormatError), as for every reader."""
+    shards = list_shards(shards_dir, split)
+    if not shards:
+        raise FileNotFoundError(f"no {split} shards in {shards_dir}")
+    yield from _pipeline([str(s.path) for s in shards], None, decode=raw_pair)
+
+
+def _decode_or_bad(sample: dict[str, Any], cfg: PreprocessConfig | None, decode=decode_pair) -> dict[str, Any]:
+    """decode(sample, cfg), or {"bad": {"shard", "key", "reason"}} for a broken sample (ShardFormatError still stops)."""
+    try:
+        return decode(check_sample(sample), cfg)
     except ShardFormatError:
         raise
     except Exception as err:  # corrupt input must not stop a run; a systematic failure trips the threshold
@@ -215,7 +232,7 @@ def _open_shards(src: Iterator[dict]) -> Iterator[dict]:
             yield {**sample, "stream": stream}
 
 
-def _pipeline(urls: list[str], cfg: PreprocessConfig, shuffle: int = 0, seed: int = 0):
+def _pipeline(urls: list[str], cfg: PreprocessConfig | None, shuffle: int = 0, seed: int = 0, decode=decode_pair):
     import webdataset as wds
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -225,10 +242,11 @@ def _pipeline(urls: list[str], cfg: PreprocessConfig, shuffle: int = 0, seed: in
     stages += [_open_shards, tar_file_expander, group_by_keys]
     if shuffle:
         stages += [wds.filters.shuffle(shuffle, seed=seed)]
-    return wds.DataPipeline(*stages, _sample_split_by_worker, wds.filters.map(lambda s: _decode_or_bad(s, cfg)))
+    return wds.DataPipeline(*stages, _sample_split_by_worker, wds.filters.map(lambda s: _decode_or_bad(s, cfg, decode)))
 
 
-def _check_bad_share(split: str, bad: list[dict[str, Any]], total: int, max_bad_fraction: float | None) -> None:
+def check_bad_share(split: str, bad: list[dict[str, Any]], total: int, max_bad_fraction: float | None) -> None:
+    """TooManyBadSamples when more than max_bad_fraction of a split's `total` samples are bad (None: no limit)."""
     if max_bad_fraction is None or not bad or len(bad) <= max_bad_fraction * total:
         return
     first = bad[0]
@@ -331,7 +349,7 @@ def build_cache(shards: list[ShardInfo], cfg: PreprocessConfig, cache_dir: str |
     except ShardFormatError as err:  # re-raised by a DataLoader worker with its whole traceback
         raise ShardFormatError(str(err).strip().splitlines()[-1].split("ShardFormatError: ")[-1]) from None
     bad = sorted((b for s in todo for b in bad_by_url[str(s.path)]), key=lambda b: (b["shard"], b["key"]))
-    _check_bad_share(todo[0].split, bad, done + len(bad), max_bad_fraction)
+    check_bad_share(todo[0].split, bad, done + len(bad), max_bad_fraction)
     for s in todo:
         _write_entry(cache_entry(s, cfg, cache_dir), s, by_url[str(s.path)], cfg, time.time() - t0,
                      bad=bad_by_url[str(s.path)])
@@ -556,7 +574,7 @@ def load_split(shards_dir: str | Path, split: str, cfg: PreprocessConfig, cache_
         keys += m["keys"]
         info += m["info"]
         bad += [{"split": split, **b} for b in m.get("bad", [])]
-    _check_bad_share(split, bad, len(keys) + len(bad), max_bad_fraction)
+    check_bad_share(split, bad, len(keys) + len(bad), max_bad_fraction)
     if not parts:
         raise FileNotFoundError(f"no readable {split} pairs in {shards_dir} ({len(bad)} bad samples)")
     if bad:
