@@ -458,8 +458,28 @@ def _n_sources(card: dict[str, Any]) -> Any:
     return len(s) if isinstance(s, list) else s
 
 
+def _card_facts(card: dict[str, Any]) -> list[str]:
+    """The model card's lines about one data card."""
+    facts = [
+        ("recipe", "recipe"), ("recipe sha", "recipe_sha"), ("seed", "seed"),
+        ("window (s)", "window_seconds"), ("pairs", "pairs"), ("graded pairs", "graded_pairs"),
+        ("pairs per split", "counts_per_split"), ("pairs per operator", "counts_per_operator"),
+        ("source folder", "src"), ("rebuild", "command"),
+    ]
+    lines = []
+    for label, key in facts:
+        if card.get(key) not in (None, "", {}, []):
+            v = card[key]
+            lines.append(f"- {label}: `{v}`" if key == "command" else f"- {label}: {v}")
+    if card.get("sources") is not None:
+        lines.append(f"- sources: {_n_sources(card)}")
+    if card.get("licence_note"):
+        lines.append(f"- licence: {card['licence_note']}")
+    return lines
+
+
 def model_card(dim: str, question: str | None, report: dict[str, Any], card: dict[str, Any] | None,
-               export_dir: str, cal: Calibrator) -> str:
+               export_dir: str, cal: Calibrator, eval_card: dict[str, Any] | None = None) -> str:
     t = report.get("test", {})
     cal_row = report["calibration"]["test"].get(cal.method if cal.method != "none" else "none", {})
     lines = [f"# avbench judge: `{dim}`", "",
@@ -475,21 +495,12 @@ def model_card(dim: str, question: str | None, report: dict[str, Any], card: dic
              "preprocessed tensors (for RLHF).", "",
              "## Training data", ""]
     if card:
-        facts = [
-            ("recipe", "recipe"), ("recipe sha", "recipe_sha"), ("seed", "seed"),
-            ("window (s)", "window_seconds"), ("pairs", "pairs"), ("graded pairs", "graded_pairs"),
-            ("pairs per split", "counts_per_split"), ("pairs per operator", "counts_per_operator"),
-            ("source folder", "src"), ("rebuild", "command"),
-        ]
-        for label, key in facts:
-            if card.get(key) not in (None, "", {}, []):
-                v = card[key]
-                lines.append(f"- {label}: `{v}`" if key == "command" else f"- {label}: {v}")
-        if card.get("sources") is not None:
-            lines.append(f"- sources: {_n_sources(card)}")
-        if card.get("licence_note"):
-            lines.append(f"- licence: {card['licence_note']}")
-        lines += ["", "The full data card is in metrics.json (\"data_card\").", ""]
+        lines += _card_facts(card) + ["", "The full data card is in metrics.json (\"data_card\").", ""]
+    if eval_card:
+        scored = "each clip scored whole, as `eval score` scores a video" if report.get("whole_clips") else \
+            "each clip cut or padded to the judge's window"
+        lines += ["## Evaluation data", "", f"The val / test pairs below come from another build ({scored}):", ""]
+        lines += _card_facts(eval_card) + ["", "Its data card is in metrics.json (\"eval_data_card\").", ""]
     lines += ["## Test metrics", "", "| metric | value |", "|---|---|",
               f"| pairwise accuracy | {_ci(t.get('pairwise_accuracy'))} |",
               f"| AUC originals vs perturbed | {_ci(t.get('auc'))} |",
@@ -517,7 +528,10 @@ def model_card(dim: str, question: str | None, report: dict[str, Any], card: dic
 
 
 def export(run_dir: Path, export_dir: Path, model, cfg, cal: Calibrator, report: dict[str, Any],
-           card: dict[str, Any] | None, run_metrics: dict[str, Any] | None) -> None:
+           card: dict[str, Any] | None, run_metrics: dict[str, Any] | None,
+           eval_card: dict[str, Any] | None = None) -> None:
+    """Write the export folder; card is the training data's, eval_card the test pairs' when they come
+    from another build."""
     export_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(export_dir))
     src_pre = run_dir / "model" / "preprocessing.json"
@@ -532,9 +546,9 @@ def export(run_dir: Path, export_dir: Path, model, cfg, cal: Calibrator, report:
                "calibration_table_test": report["calibration"]["test"],
                "ladder": report.get("ladder"), "per_operator": report.get("per_operator"),
                "per_severity": report.get("per_severity"),
-               "data_card": card, "train": run_metrics}
+               "data_card": card, "train": run_metrics, **({"eval_data_card": eval_card} if eval_card else {})}
     (export_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1, sort_keys=True) + "\n")
-    (export_dir / "README.md").write_text(model_card(dim, question, report, card, str(export_dir), cal))
+    (export_dir / "README.md").write_text(model_card(dim, question, report, card, str(export_dir), cal, eval_card))
 
 
 def _jsonable(o):
@@ -581,7 +595,10 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
         raise FileNotFoundError(f"no shards folder {shards} (run `make shards DIM={dim}` first)")
     model, cfg = load_judge(model_dir, device)
     run_metrics = _read_json(run / "metrics.json")
-    card = read_card(shards) or (run_metrics or {}).get("data_card")
+    # the data the judge was trained on (recorded by train) and the data it is evaluated on: the same
+    # card unless the test pairs come from another build (make real's av_consistency: 5 s clips)
+    eval_card = read_card(shards)
+    card = (run_metrics or {}).get("data_card") or eval_card
 
     scored, bad = {}, {}
     bad_file = report_dir / "bad_samples.jsonl"
@@ -637,5 +654,6 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
                 "chosen_defect")} | {"key": p["meta"].get("key") or p["meta"].get("__key__")},  # the sample key
                 "z_chosen": p["z_chosen"], "z_rejected": p["z_rejected"]})) + "\n"
             for p in scored[split]))
-    export(run, export_dir, model, cfg, chosen, report, card, run_metrics)
+    export(run, export_dir, model, cfg, chosen, report, card, run_metrics,
+           eval_card=eval_card if eval_card and eval_card != card else None)
     return report

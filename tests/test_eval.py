@@ -447,6 +447,7 @@ def test_evaluate_end_to_end(tmp_path):
         assert m in report["calibration"]["test"]
     scorer = Scorer.from_pretrained(exp)
     assert scorer.calibrator.method == "temperature"
+    assert "eval_data_card" not in json.loads((exp / "metrics.json").read_text())  # trained and tested on one build
 
 
 def test_evaluate_whole_clips_scores_each_pair_clip_as_eval_score_does(tmp_path):
@@ -464,6 +465,8 @@ def test_evaluate_whole_clips_scores_each_pair_clip_as_eval_score_does(tmp_path)
                                   splits={"val": 0.5, "test": 0.5})
     run = tmp_path / "run"
     make_export(run / "model", window_seconds=0.8, use_pooled=True)  # pooled: the clip logit is the windows' mean
+    train_card = {"dim": "lip_sync", "recipe": "lip_sync", "window_seconds": 0.8, "command": "the training build"}
+    (run / "metrics.json").write_text(json.dumps({"data_card": train_card}))
     rep = {mode: tmp_path / f"report_{mode}" for mode in ("whole", "window")}
     for mode, flags in (("whole", ["--whole-clips"]), ("window", ["--cache-dir", str(tmp_path / "cache")])):
         assert main(["evaluate", "--dim", "lip_sync", "--shards", str(shards), "--run", str(run), "--export",
@@ -489,6 +492,12 @@ def test_evaluate_whole_clips_scores_each_pair_clip_as_eval_score_does(tmp_path)
     assert differs  # the window mode judged the first 0.8 s only
     cal = json.loads((tmp_path / "export_whole" / "calibration.json").read_text())
     assert cal["fitted_on"] == "val" and cal["n"] == report["calibration"]["n_val_clips"]
+    # the export says what the judge was trained on, and that its test pairs came from another build
+    metrics = json.loads((tmp_path / "export_whole" / "metrics.json").read_text())
+    assert metrics["data_card"] == train_card
+    assert metrics["eval_data_card"] == json.loads((shards / "card.json").read_text())
+    readme = (tmp_path / "export_whole" / "README.md").read_text()
+    assert readme.index("`the training build`") < readme.index("## Evaluation data") < readme.index("scored whole")
 
 
 # ----------------------------------------------------------------------------- status, offset, clip decision
