@@ -178,8 +178,7 @@ def decode_pair(sample: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]
     Only the format's members are decoded, by us: json with json.loads, the mp4s by ffmpeg. Never
     WebDataset's .decode(), whose default handlers unpickle .pyd / .pickle and torch.load .pth members.
     """
-    item = raw_pair(sample)
-    item["info"] = {}
+    item: dict[str, Any] = {**_pair_meta(sample), "info": {}}
     for side in SIDES:
         try:
             inputs, info = preprocess_clip(sample[f"{side}.mp4"], cfg, return_info=True)
@@ -190,17 +189,22 @@ def decode_pair(sample: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]
     return item
 
 
-def raw_pair(sample: dict[str, Any], cfg: PreprocessConfig | None = None) -> dict[str, Any]:
-    """A raw sample (checked by check_sample) -> {"key", "url", "meta", "chosen.mp4", "rejected.mp4"}: the
-    json parsed (json.loads only), the mp4s left as bytes, for readers that cut the clips themselves."""
+def _pair_meta(sample: dict[str, Any]) -> dict[str, Any]:
+    """{"key", "url", "meta"} of a raw sample: its json parsed with json.loads, nothing else decoded."""
     try:
         meta = json.loads(sample["json"])
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         raise BadSample(f"invalid json ({err})") from None
     if not isinstance(meta, dict):
         raise BadSample(f"json is a {type(meta).__name__}, not an object")
-    return {"key": sample["__key__"], "url": str(sample.get("__url__", "")), "meta": meta,
-            **{f"{side}.mp4": sample[f"{side}.mp4"] for side in SIDES}}
+    return {"key": sample["__key__"], "url": str(sample.get("__url__", "")), "meta": meta}
+
+
+def raw_pair(sample: dict[str, Any], cfg: PreprocessConfig | None = None) -> dict[str, Any]:
+    """A raw sample (checked by check_sample) -> {"key", "url", "meta", "chosen.mp4", "rejected.mp4"}: the
+    json parsed, the mp4s left as bytes, for readers that cut the clips themselves (cfg: unused, the
+    signature decode_pair's)."""
+    return {**_pair_meta(sample), **{f"{side}.mp4": sample[f"{side}.mp4"] for side in SIDES}}
 
 
 def iter_raw_pairs(shards_dir: str | Path, split: str) -> Iterator[dict[str, Any]]:
