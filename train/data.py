@@ -39,8 +39,9 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -200,10 +201,9 @@ def _pair_meta(sample: dict[str, Any]) -> dict[str, Any]:
     return {"key": sample["__key__"], "url": str(sample.get("__url__", "")), "meta": meta}
 
 
-def raw_pair(sample: dict[str, Any], cfg: PreprocessConfig | None = None) -> dict[str, Any]:
+def raw_pair(sample: dict[str, Any]) -> dict[str, Any]:
     """A raw sample (checked by check_sample) -> {"key", "url", "meta", "chosen.mp4", "rejected.mp4"}: the
-    json parsed, the mp4s left as bytes, for readers that cut the clips themselves (cfg: unused, the
-    signature decode_pair's)."""
+    json parsed, the mp4s left as bytes, for readers that cut the clips themselves."""
     return {**_pair_meta(sample), **{f"{side}.mp4": sample[f"{side}.mp4"] for side in SIDES}}
 
 
@@ -213,13 +213,13 @@ def iter_raw_pairs(shards_dir: str | Path, split: str) -> Iterator[dict[str, Any
     shards = list_shards(shards_dir, split)
     if not shards:
         raise FileNotFoundError(f"no {split} shards in {shards_dir}")
-    yield from _pipeline([str(s.path) for s in shards], None, decode=raw_pair)
+    yield from _pipeline([str(s.path) for s in shards], raw_pair)
 
 
-def _decode_or_bad(sample: dict[str, Any], cfg: PreprocessConfig | None, decode=decode_pair) -> dict[str, Any]:
-    """decode(sample, cfg), or {"bad": {"shard", "key", "reason"}} for a broken sample (ShardFormatError still stops)."""
+def _decode_or_bad(sample: dict[str, Any], decode: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """decode(sample), or {"bad": {"shard", "key", "reason"}} for a broken sample (ShardFormatError still stops)."""
     try:
-        return decode(check_sample(sample), cfg)
+        return decode(check_sample(sample))
     except ShardFormatError:
         raise
     except Exception as err:  # corrupt input must not stop a run; a systematic failure trips the threshold
@@ -236,7 +236,8 @@ def _open_shards(src: Iterator[dict]) -> Iterator[dict]:
             yield {**sample, "stream": stream}
 
 
-def _pipeline(urls: list[str], cfg: PreprocessConfig | None, shuffle: int = 0, seed: int = 0, decode=decode_pair):
+def _pipeline(urls: list[str], decode: Callable[[dict[str, Any]], dict[str, Any]], shuffle: int = 0, seed: int = 0):
+    """The samples of `urls`, each through decode (decode_pair with a config, or raw_pair) or as a bad record."""
     import webdataset as wds
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -246,7 +247,7 @@ def _pipeline(urls: list[str], cfg: PreprocessConfig | None, shuffle: int = 0, s
     stages += [_open_shards, tar_file_expander, group_by_keys]
     if shuffle:
         stages += [wds.filters.shuffle(shuffle, seed=seed)]
-    return wds.DataPipeline(*stages, _sample_split_by_worker, wds.filters.map(lambda s: _decode_or_bad(s, cfg, decode)))
+    return wds.DataPipeline(*stages, _sample_split_by_worker, wds.filters.map(lambda s: _decode_or_bad(s, decode)))
 
 
 def check_bad_share(split: str, bad: list[dict[str, Any]], total: int, max_bad_fraction: float | None) -> None:
@@ -332,7 +333,7 @@ def build_cache(shards: list[ShardInfo], cfg: PreprocessConfig, cache_dir: str |
         return stats
     t0 = time.time()
     workers = num_workers if num_workers is not None else _default_workers()
-    ds = _pipeline([str(s.path) for s in todo], cfg)
+    ds = _pipeline([str(s.path) for s in todo], partial(decode_pair, cfg=cfg))
     by_url: dict[str, list[dict]] = {str(s.path): [] for s in todo}
     bad_by_url: dict[str, list[dict]] = {str(s.path): [] for s in todo}
     expected = sum(s.count or 0 for s in todo)
@@ -734,7 +735,8 @@ class StreamingPairs(IterableDataset):
         self.epoch = epoch
 
     def __iter__(self):
-        for item in _pipeline(self.urls, self.cfg, shuffle=self.shuffle, seed=self.seed + self.epoch):
+        for item in _pipeline(self.urls, partial(decode_pair, cfg=self.cfg), shuffle=self.shuffle,
+                              seed=self.seed + self.epoch):
             if "bad" in item:  # skipped here; load_split is where bad samples are counted
                 continue
             yield {"chosen": item["chosen"], "rejected": item["rejected"], "meta": dict(item["meta"], __key__=item["key"])}
