@@ -602,21 +602,17 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
 
     scored, bad = {}, {}
     bad_file = report_dir / "bad_samples.jsonl"
+    bad_limit = DEFAULT_MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction
     for split in ("val", "test"):
         if not has_split(shards, split):
             print(f"[eval] no {split} shards in {shards}", file=sys.stderr)
             scored[split] = []
             continue
-        bad_limit = DEFAULT_MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction
-        if whole_clips:
-            try:
+        try:
+            if whole_clips:
                 scored[split], bad[split] = score_pair_clips(model, cfg, shards, split, progress=progress,
                                                              device=device, max_bad_fraction=bad_limit)
-            except TooManyBadSamples as err:
-                write_bad_samples(bad_file, [b for v in bad.values() for b in v] + err.bad)
-                raise
-            continue
-        try:
+                continue
             ds = load_split(str(shards), split, cfg, cache_dir=str(cache_dir) if cache_dir else None,
                             num_workers=workers, log=lambda *a: print(*a, file=sys.stderr),
                             max_bad_fraction=bad_limit)
