@@ -160,6 +160,12 @@ def is_done(work: Path, stage: Stage) -> bool:
 
 
 # ----------------------------------------------------------------------------- the plan
+def eval_shards_of(recipe: Recipe, work: Path) -> Path:
+    """The shards the recipe's judges are evaluated on: WORK/shards/<dim>, or with eval_window the
+    second build's WORK/eval_shards/<dim>."""
+    return work / ("eval_shards" if recipe.eval_window else "shards") / recipe.dim
+
+
 def plan(recipe: Recipe, src: Path, extra: Path, work: Path, seeds: int, config: str | None = None,
          donors: Path | None = None, workers: int = 2) -> list[Stage]:
     """The stages of one dimension's recipe, in order."""
@@ -168,10 +174,15 @@ def plan(recipe: Recipe, src: Path, extra: Path, work: Path, seeds: int, config:
     shards = work / "shards" / dim
     cache = ["--cache-dir", _arg(work / "cache")]
     stages = []
-    build = ["-m", "perturb", "build", "--src", _arg(src), "--dim", dim, "--out", _arg(work / "shards"),
-             "--workers", str(workers), "--seed", "0", *recipe.shard_flags, "--cards", _arg(work / "cards")]
-    if donors is not None:
-        build += ["--donors", _arg(donors)]
+
+    def build_argv(out: str, cards: str, flags: Sequence[str]) -> list[str]:
+        """perturb build of SRC into WORK/<out>, its cards in WORK/<cards>; with the donors, which every
+        split's pairs draw on."""
+        argv = ["-m", "perturb", "build", "--src", _arg(src), "--dim", dim, "--out", _arg(work / out),
+                "--workers", str(workers), "--seed", "0", *flags, "--cards", _arg(work / cards)]
+        return argv + (["--donors", _arg(donors)] if donors is not None else [])
+
+    build = build_argv("shards", "cards", recipe.shard_flags)
     if recipe.train_extra_manifest:
         build += ["--train-extra", _arg(extra), "--train-extra-manifest", recipe.train_extra_manifest]
     if recipe.train_voices:
@@ -180,14 +191,13 @@ def plan(recipe: Recipe, src: Path, extra: Path, work: Path, seeds: int, config:
     manifests = [ROOT / m for m in (manifest, recipe.train_extra_manifest) if m]
     recipe_inputs = [ROOT / "perturb" / "recipes" / f"{dim}.yaml", *manifests]
     stages.append(Stage("shards", build, [shards / "card.json", shards / "manifest.json"], inputs=recipe_inputs))
-    eval_shards, whole = shards, []
+    eval_shards = eval_shards_of(recipe, work)
+    whole = ["--whole-clips"] if recipe.eval_window else []
     if recipe.eval_window:
-        eval_shards, whole = work / "eval_shards" / dim, ["--whole-clips"]
+        # the same build with the evaluation window (train-only material left out: it is in no test pair)
         flags = list(recipe.shard_flags)
         flags[flags.index("--window") + 1] = f"{recipe.eval_window:g}"
-        stages.append(Stage("eval shards", ["-m", "perturb", "build", "--src", _arg(src), "--dim", dim,
-                                            "--out", _arg(work / "eval_shards"), "--workers", str(workers), "--seed", "0",
-                                            *flags, "--cards", _arg(work / "eval_cards")],
+        stages.append(Stage("eval shards", build_argv("eval_shards", "eval_cards", flags),
                             [eval_shards / "card.json", eval_shards / "manifest.json"], inputs=recipe_inputs))
     init: list[str] = []
     if recipe.pretrain:
@@ -412,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             run_stage(work, st)
 
     reports = [json.loads((work / "reports" / f"seed{i}" / "report.json").read_text()) for i in range(args.seeds)]
-    card = json.loads((work / ("eval_shards" if recipe.eval_window else "shards") / recipe.dim / "card.json").read_text())
+    card = json.loads((eval_shards_of(recipe, work) / "card.json").read_text())
     n_sources = sum(1 for s in card.get("sources", []) if s.get("split") == "test") or None
     table = results_table(reports, recipe, n_sources)
     (work / "table.md").write_text(table + "\n")

@@ -77,7 +77,7 @@ def test_dry_lists_the_documented_commands_and_runs_nothing(tmp_path, capsys, mo
         real.main(["--dim", "lip_sync", "--src", str(src), "--extra", str(tmp_path / "none"), "--dry"])
 
     # av_consistency trains on 2 s windows and is judged on a second build's 5 s clips, whole
-    real.main(["--dim", "av_consistency", "--src", str(src), "--work", str(work), "--dry"])
+    real.main(["--dim", "av_consistency", "--src", str(src), "--donors", str(donors), "--work", str(work), "--dry"])
     cmds = [shlex.split(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [c[1:4] for c in cmds[:2]] == [["-m", "perturb", "build"]] * 2
     assert _flag(cmds[0], "--window") == ["2"] and _flag(cmds[1], "--window") == ["5"]
@@ -85,7 +85,8 @@ def test_dry_lists_the_documented_commands_and_runs_nothing(tmp_path, capsys, mo
     same = list(cmds[1])
     for flag in ("--window", "--out", "--cards"):
         same[same.index(flag) + 1] = cmds[0][cmds[0].index(flag) + 1]
-    assert same == cmds[0]      # otherwise the same build: sources, manifest (its pinned splits), seed
+    assert same == cmds[0]      # otherwise the same build: sources, manifest (its pinned splits), seed, donors
+    assert _flag(cmds[1], "--donors") == [str(donors)]
     trains = [c for c in cmds if c[1:3] == ["-m", "train"]]
     evals = [c for c in cmds if c[1:3] == ["-m", "eval"]]
     assert all(_flag(c, "--shards") == [str(work / "shards" / "av_consistency")] for c in trains)
