@@ -54,11 +54,15 @@ def opening_and_loudness(video: torch.Tensor, audio: torch.Tensor, bands: np.nda
     return opening, mel.reshape(len(bands), len(video), -1).mean(axis=(0, 2))
 
 
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r of two equal-length series (0 when either is constant)."""
+    x, y = a - a.mean(), b - b.mean()
+    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum() + 1e-12))
+
+
 def mouth_energy_correlation(video: torch.Tensor, audio: torch.Tensor, bands: np.ndarray) -> float:
     """video (T, 2 * len(POINTS)) landmark features, audio (n_mels, R*T) log-mel -> Pearson r."""
-    opening, loudness = opening_and_loudness(video, audio, bands)
-    x, y = opening - opening.mean(), loudness - loudness.mean()
-    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum() + 1e-12))
+    return pearson(*opening_and_loudness(video, audio, bands))
 
 
 def pair_wins(pairs: "PairDataset", bands: np.ndarray) -> np.ndarray:

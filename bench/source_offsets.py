@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.mouth_energy_baseline import (landmark_arguments, landmark_preprocess,  # noqa: E402
-                                         opening_and_loudness, speech_bands)
+                                         opening_and_loudness, pearson, speech_bands)
 
 if TYPE_CHECKING:
     from train.data import PairDataset
@@ -43,10 +43,7 @@ def lagged_correlations(opening: np.ndarray, loudness: np.ndarray, max_lag: int)
     n = len(opening)
     out = np.zeros(2 * max_lag + 1)
     for i, k in enumerate(range(-max_lag, max_lag + 1)):
-        a = opening[max(0, -k): n - max(0, k)]
-        b = loudness[max(0, k): n - max(0, -k)]
-        a, b = a - a.mean(), b - b.mean()
-        out[i] = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))
+        out[i] = pearson(opening[max(0, -k): n - max(0, k)], loudness[max(0, k): n - max(0, -k)])
     return out
 
 
