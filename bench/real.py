@@ -20,7 +20,9 @@ table is also written to WORK/table.md.
 Resume: a stage is skipped when its outputs exist and WORK/.stages/<stage>.json says it finished with
 the same arguments and inputs (config, recipe, shard checksums, model weights). The stamp is removed
 before a stage starts and written after it succeeds, so a run killed anywhere finishes when re-run;
-the stages themselves resume their own partial work (perturb staging, train checkpoints).
+the stages themselves resume their own partial work (perturb staging, train checkpoints). Files are
+written aside (`.<name>.tmp<PID>`) and renamed into place; the ones a killed run left behind are
+removed when the next run starts (remove_stale_temporaries).
 """
 from __future__ import annotations
 
@@ -29,19 +31,22 @@ import hashlib
 import json
 import math
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Pattern, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = "../shared/realvids"  # beside the repository (DEVELOPERS.md "Real data")
 DEFAULT_SRC = f"{REAL}/clips"
 DEFAULT_EXTRA = f"{REAL}/clips-extra"
 
-# The build flags of BENCHMARKS.md "Real footage": 2 s windows so the 3 s GRID clips count, 1 s hop,
+# The build flags of docs/benchmarks/training.md: 2 s windows so the 3 s GRID clips count, 1 s hop,
 # 4 pairs per window, splits by source (GRID speaker s2's two clips are one group in the manifest).
 REAL_SHARD_FLAGS = ("--manifest", "data_cards/manifests/realvids_clips.csv", "--window", "2", "--hop", "1",
                     "--pairs-per-window", "4", "--splits", "0.6,0.2,0.2")
@@ -75,7 +80,7 @@ RECIPES: dict[str, Recipe] = {
     "lip_sync": Recipe(
         "lip_sync",
         config="train/configs/realvids/lip_sync.yaml",
-        pretrain=False,       # sync pretraining lost on val (BENCHMARKS.md "lip_sync ablation")
+        pretrain=False,       # sync pretraining lost on val (docs/benchmarks/lip_sync.md "Ablation")
         sync_offsets=True,
         severity_labels=OFFSET_BUCKETS),
     "voice_identity": Recipe(
@@ -89,14 +94,14 @@ RECIPES: dict[str, Recipe] = {
         "audio_quality",
         config="train/configs/realvids/audio_quality.yaml",
         donors=f"{REAL}/speech",      # babble voices besides the other sources of the split
-        # 19 train sources were few (BENCHMARKS.md "audio_quality"): EXTRA's LRS2 clips and the train
+        # 19 train sources were few (docs/benchmarks/audio_quality.md): EXTRA's LRS2 clips and the train
         # split's donor recordings join training; val / test pairs are byte-identical to a build without
         train_extra_manifest="data_cards/manifests/realvids_clips_extra_train.csv",
         train_voices=True),
     # mismatch donors are the other sources of the same split (no --donors needed)
     # trained on 2 s windows (every speaker counts, the 3 s GRID clips too), judged on the recipe's 5 s
-    # clips the way `eval score` judges a video: one decision over the clip's windows (BENCHMARKS.md
-    # "av_consistency": 5 s training windows lost the short clips' speakers and did no better)
+    # clips the way `eval score` judges a video: one decision over the clip's windows (docs/benchmarks/
+    # av_consistency.md: 5 s training windows lost the short clips' speakers and did no better)
     "av_consistency": Recipe(
         "av_consistency",
         config="train/configs/realvids/av_consistency.yaml",
@@ -235,6 +240,30 @@ def plan(recipe: Recipe, src: Path, extra: Path, work: Path, seeds: int, config:
 def _show(argv: Sequence[str]) -> str:
     """The command as run from the repository root."""
     return shlex.join([_arg(Path(sys.executable)), *argv])
+
+
+TMP_NAME = re.compile(r"\..+\.tmp(\d+)")  # what run_stage writes aside: .<name>.tmp<PID>
+def remove_stale_temporaries(folders: Sequence[Path], pattern: Pattern[str] = TMP_NAME) -> list[Path]:
+    """Remove the temporaries in `folders` (names matching `pattern`, whose group 1 is the writer's
+    PID) that a killed run left: their writer is no longer running, or they are older than a day. A
+    running writer's own stay. Returns what was removed."""
+    from perturb.pipeline import STALE_AGE_S, pid_running
+
+    removed = []
+    for folder in folders:
+        for path in folder.iterdir() if folder.is_dir() else ():
+            m = pattern.fullmatch(path.name)
+            if m is None:
+                continue
+            try:
+                old = time.time() - path.lstat().st_mtime > STALE_AGE_S
+            except OSError:
+                continue
+            if old or not pid_running(int(m.group(1))):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() \
+                    else path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def run_stage(work: Path, stage: Stage) -> None:
@@ -410,11 +439,13 @@ def main(argv: list[str] | None = None) -> int:
     work = _abs(args.work) if args.work else ROOT / "real" / args.dim
 
     stages = plan(recipe, src, extra, work, args.seeds, config=args.config, donors=donors, workers=args.workers)
-    if args.dry:
+    if args.dry:  # a dry run writes nothing and removes nothing
         for st in stages:
             done = "  # done, would be skipped" if is_done(work, st) else ""
             print(_show(st.argv) + (f" > {_arg(st.stdout_to)}" if st.stdout_to else "") + done)
         return 0
+    # what a killed run wrote aside: stage stdout (.sync_offsets.md.tmp<PID>), stamps, sync_offsets' --out
+    remove_stale_temporaries(sorted({work, work / ".stages", *(st.stdout_to.parent for st in stages if st.stdout_to)}))
     for st in stages:
         if is_done(work, st):
             print(f"[real] {st.name}: done, skipped", flush=True)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shlex
 import sys
 import tempfile
@@ -33,7 +35,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.real import remove_stale_temporaries  # noqa: E402
 from perturb import media  # noqa: E402
+
+# the copies are made in a folder named after this process, so a later run removes what a killed one left
+TMP_PREFIX = "avbench_sync_offsets."
+TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"(\d+)\..*")
 
 
 def shifted_copy(src: Path, offset_ms: float, out: Path) -> Path:
@@ -86,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     files = [src_dir / s["file"] for s in card["sources"] if s.get("split") == args.split]
     frame_ms = 1000.0 / scorer.cfg.fps
     rows, records, swaps = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
+    remove_stale_temporaries([Path(tempfile.gettempdir())], TMP_NAME)
+    with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{os.getpid()}.") as tmp:
         for f in files:
             source = f
             if args.transcode:  # an argument list, never a shell string
@@ -106,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                     r = scorer.score_file(swapped_copy(source, donor, Path(tmp) / f"{f.stem}_swap.mp4"))
                     swaps.append({"file": f.name, "soundtrack_of": donor.name, "score": r["score"]})
                     print(json.dumps(swaps[-1]), file=sys.stderr, flush=True)
-    if args.out:
-        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in records + swaps))
+    if args.out:  # aside, then renamed: a kill leaves no half file (make real removes the aside one)
+        out = Path(args.out)
+        aside = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        aside.write_text("".join(json.dumps(r) + "\n" for r in records + swaps))
+        os.replace(aside, out)
     offs = [0.0, *args.offsets]
     rows.append("| clip | windows | " + " | ".join(f"{o:+.0f} ms: est (conf), score" for o in offs) + " |")
     rows.append("|---|---|" + "---|" * len(offs))

@@ -11,6 +11,14 @@ RATINGS_HELP = """ratings CSV formats (header row required):
 paths are matched to the scores exactly, then by absolute path, then by unique file name."""
 
 
+def _resume_args(parser: argparse.ArgumentParser, where: str) -> None:
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help=f"skip the videos whose records are already in {where} (the default)")
+    g.add_argument("--overwrite", action="store_true",
+                   help=f"start over: empty {where}'s records instead of resuming")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -52,11 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "plus \"windows\": {dim: [{start, end, score}]} for videos longer than one "
                        "window (or always with --windows). A file that cannot be read gives a line "
                        "with \"error\" and the batch goes on; the exit status is 1 only when every "
-                       "video failed.")
+                       "video failed (130 / 143 when stopped by SIGINT / SIGTERM: the records written to --out "
+                       "are kept, and the same command resumes).")
     s.add_argument("--scorer", action="append", required=True, metavar="DIR",
                    help="export folder (repeat for several dimensions)")
     s.add_argument("videos", nargs="+", metavar="VIDEO")
-    s.add_argument("--out", default=None, help="also write the results to a .jsonl or .csv file")
+    s.add_argument("--out", default=None,
+                   help="also write the results to a .jsonl or .csv file, each record as its file finishes "
+                        "(OUT.settings.json beside it names the judges); a run stopped by Ctrl-C / SIGTERM / a "
+                        "kill keeps the records written, and the same command resumes: the videos already in "
+                        "OUT are skipped. Records of other judges or other settings are never mixed in: "
+                        "the run stops with one line")
+    _resume_args(s, "--out")
     s.add_argument("--windows", action="store_true", help="per-window scores for every video")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -76,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also keep files the judge cannot judge properly when their score passes: "
                         "no_face, too_short, no_audio (default: only status ok is kept)")
     f.add_argument("src", nargs="+", metavar="SRC", help="video files or folders")
-    f.add_argument("--out-dir", default=".", help="where kept.txt and rejected.txt go (default .)")
+    f.add_argument("--out-dir", default=".", help="where kept.txt and rejected.txt go (default .), a line "
+                   "as each file finishes; the same command resumes a stopped run, skipping the videos already "
+                   "listed (another --min / --keep-status splits those again without scoring them)")
+    _resume_args(f, "--out-dir")
     f.add_argument("--batch-size", type=int, default=8)
     f.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (a judge with encoders of its own); repeatable")
@@ -119,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         import_plugins(args.plugin)
     if args.cmd == "evaluate":
         from perturb.shard_format import ShardFormatError
-        from train.data import TooManyBadSamples
+        from train.data import ShardReadError, TooManyBadSamples
+        from train.model import JudgeLoadError
 
         from .evaluate import evaluate
 
@@ -128,8 +147,14 @@ def main(argv: list[str] | None = None) -> int:
                      calibration=args.calibration, cache_dir=args.cache_dir, batch_size=args.batch_size,
                      n_boot=args.n_boot, device=_device(args.device), progress=not args.no_progress,
                      workers=args.workers, max_bad_fraction=args.max_bad_fraction, whole_clips=args.whole_clips)
+        except ShardReadError as err:  # a location or file that cannot be read as given
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         except ShardFormatError as err:  # an invalid or hostile shard: one line, nothing decoded
             print(f"error: invalid shard: {err}", file=sys.stderr)
+            return 2
+        except JudgeLoadError as err:  # e.g. pickled weights only: refused, nothing unpickled
+            print(f"error: {err}", file=sys.stderr)
             return 2
         except TooManyBadSamples as err:
             print(f"error: too many bad samples: {err} (all listed in {args.report}/bad_samples.jsonl; "

@@ -15,7 +15,10 @@ Fitting uses Platt's smoothed targets (y=1 -> (N+ + 1)/(N+ + 2), y=0 -> 1/(N- + 
 parametric maps: with perfectly separable validation data plain NLL drives T -> 0 (or a -> inf);
 the smoothed targets keep the fit finite and change nothing noticeable on realistic data.
 
-Serialised as calibration.json: {"method", "params", "fitted_on": "val", "n"}.
+Serialised as calibration.json: {"method", "params", "fitted_on": "val", "n"}. Loading checks it
+(an export is untrusted input): a known method, the keys it needs, finite numbers of the right type,
+isotonic breakpoints of equal length and non-decreasing; anything else is a one-line ValueError
+naming the file (a NaN temperature would otherwise score every video 0.0 with status ok).
 `torch_transform` gives the same map on tensors (differentiable) for rewards; isotonic's torch map
 is the piecewise-linear interpolation, whose gradient is zero on flat steps, so a fitted isotonic
 calibrator also carries a temperature fit in params["fallback"] and `differentiable()` returns it
@@ -24,14 +27,66 @@ calibrator also carries a temperature fit in params["fallback"] and `differentia
 from __future__ import annotations
 
 import json
+import numbers
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 EPS = 1e-3
+MAX_JSON_BYTES = 16 * 1024 * 1024  # a JSON file of an export (calibration, config, ...) is small; cap what is read
 _LOGT_BOUNDS = (np.log(1e-2), np.log(1e2))
 _A_MAX = 1e2
+
+
+def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """The JSON value in `path`, or a one-line ValueError naming it: larger than max_bytes, not UTF-8,
+    not JSON, or nested so deeply that the parser runs out of recursion (200k levels of [[[ ... )."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(max_bytes + 1)  # read at most the cap: a huge (or endless) file costs nothing
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
+    if len(raw) > max_bytes:
+        raise ValueError(f"{path}: larger than {max_bytes // (1024 * 1024)} MB, the limit for a JSON file of an export")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to read") from None
+
+
+def _number(params: dict[str, Any], key: str, method: str, default: float | None = None) -> float:
+    """params[key] as a finite float; a missing key (without a default), a string, a bool or a
+    non-finite value is a ValueError naming the key."""
+    if key not in params:
+        if default is None:
+            raise ValueError(f"{method} calibration: params.{key} is missing")
+        return float(default)
+    v = params[key]
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ValueError(f"{method} calibration: params.{key} must be a number, got {v!r}")
+    v = float(v)
+    if not np.isfinite(v):
+        raise ValueError(f"{method} calibration: params.{key} must be finite, got {v}")
+    return v
+
+
+def _numbers(params: dict[str, Any], key: str, method: str) -> np.ndarray:
+    """params[key] as a 1-d float64 array of finite numbers (a list of numbers in the JSON)."""
+    if key not in params:
+        raise ValueError(f"{method} calibration: params.{key} is missing")
+    v = params[key]
+    if not isinstance(v, (list, tuple)) or any(isinstance(e, bool) or not isinstance(e, numbers.Real) for e in v):
+        raise ValueError(f"{method} calibration: params.{key} must be a list of numbers")
+    arr = np.asarray(v, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{method} calibration: params.{key} holds non-finite values")
+    return arr
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -122,13 +177,27 @@ class Calibrator:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Calibrator":
-        method = d.get("method", "temperature")
-        if method not in CALIBRATORS:
+        """The calibrator `to_dict` gave, checked: a ValueError says what is wrong with `d`."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a calibration is a JSON object, got {type(d).__name__}")
+        for key in ("method", "params"):
+            if key not in d:
+                raise ValueError(f"calibration has no {key!r}")
+        method = d["method"]
+        if not isinstance(method, str) or method not in CALIBRATORS:
             raise ValueError(f"unknown calibration method {method!r}; known: {sorted(CALIBRATORS)}")
+        if not isinstance(d["params"], dict):
+            raise ValueError(f"{method} calibration: params must be a JSON object, got {type(d['params']).__name__}")
+        n = d.get("n", 0)
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ValueError(f"calibration n must be a count (an integer >= 0), got {n!r}")
+        fitted_on = d.get("fitted_on", "val")
+        if not isinstance(fitted_on, str):
+            raise ValueError(f"calibration fitted_on must be a string, got {fitted_on!r}")
         obj = CALIBRATORS[method]()
-        obj._load_params(d.get("params", {}))
-        obj.n = int(d.get("n", 0))
-        obj.fitted_on = d.get("fitted_on", "val")
+        obj._load_params(d["params"])
+        obj.n = int(n)
+        obj.fitted_on = fitted_on
         obj.fitted = True
         return obj
 
@@ -137,7 +206,12 @@ class Calibrator:
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibrator":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """calibration.json, checked (module docstring); a ValueError names the file."""
+        d = read_json(path)
+        try:
+            return cls.from_dict(d)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params}, n={self.n})"
@@ -197,7 +271,7 @@ class TemperatureScaling(Calibrator):
         return {"temperature": self.temperature}
 
     def _load_params(self, params):
-        self.temperature = float(params.get("temperature", 1.0))
+        self.temperature = _number(params, "temperature", self.method)
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -239,7 +313,7 @@ class PlattScaling(Calibrator):
         return {"a": self.a, "b": self.b}
 
     def _load_params(self, params):
-        self.a, self.b = float(params.get("a", 1.0)), float(params.get("b", 0.0))
+        self.a, self.b = _number(params, "a", self.method), _number(params, "b", self.method)
         if self.a < 0:
             raise ValueError(f"Platt slope must be >= 0 for a monotone map, got {self.a}")
 
@@ -300,15 +374,23 @@ class IsotonicCalibration(Calibrator):
                 "fallback": self.fallback.to_dict()}
 
     def _load_params(self, params):
-        self.eps = float(params.get("eps", EPS))
-        self.x = np.asarray(params.get("x", [0.0, 1.0]), dtype=np.float64)
-        self.y = np.asarray(params.get("y", [self.eps, 1.0 - self.eps]), dtype=np.float64)
+        self.eps = _number(params, "eps", self.method, default=EPS)
+        if not 0 <= self.eps < 0.5:
+            raise ValueError(f"isotonic calibration: params.eps must be in [0, 0.5), got {self.eps}")
+        self.x = _numbers(params, "x", self.method)
+        self.y = _numbers(params, "y", self.method)
         if len(self.x) != len(self.y) or len(self.x) < 2:
-            raise ValueError("isotonic params need matching x and y with >= 2 points")
+            raise ValueError(f"isotonic calibration: params.x and params.y need the same length, >= 2 "
+                             f"(got {len(self.x)} and {len(self.y)})")
         if np.any(np.diff(self.x) < 0) or np.any(np.diff(self.y) < 0):
-            raise ValueError("isotonic breakpoints must be non-decreasing")
+            raise ValueError("isotonic calibration: breakpoints params.x and params.y must be non-decreasing")
+        if self.y[0] < 0 or self.y[-1] > 1:
+            raise ValueError("isotonic calibration: params.y are probabilities, in [0, 1]")
         fb = params.get("fallback")
-        self.fallback = Calibrator.from_dict(fb) if fb else TemperatureScaling()
+        try:
+            self.fallback = Calibrator.from_dict(fb) if fb is not None else TemperatureScaling()
+        except ValueError as err:
+            raise ValueError(f"isotonic calibration: params.fallback: {err}") from None
 
 
 CALIBRATORS: dict[str, type[Calibrator]] = {

@@ -11,23 +11,38 @@ dimension, status, error):
 confidence, for judges that compare audio and picture over offsets. "windows" is present for videos
 longer than one window, or always with --windows. A file that cannot be read or scored gives a line
 with "error" and the batch goes on. Exit status: 0 when at least one video was scored (or none was
-given), 1 when every video failed.
+given), 1 when every video failed, 130 / 143 when stopped by SIGINT / SIGTERM.
+
+--out is written as the records finish, one whole line per write, and OUT.settings.json beside it
+names the judges (a digest of each export's weights, config, preprocessing and calibration) and
+--windows. Ctrl-C or SIGTERM stops within a moment: the queued files are cancelled, the worker
+processes (and their ffmpeg) killed, and one line says how many files were scored. Running the same
+command again resumes (the default, or --resume): the videos already in --out are skipped, by path as
+given; a last line torn by kill -9 is cut off. Records of other judges or settings are refused with
+one line, never mixed; --overwrite starts over. An --out that cannot be written fails before the
+first file.
 
 filter: scores the videos (files, or folders searched recursively for video extensions), keeps
 those whose score is >= --min on every dimension and whose status is ok (or listed in
 --keep-status), and writes OUT_DIR/kept.txt and OUT_DIR/rejected.txt: one line per video,
 tab-separated: path, then dim=score for each dimension, then status=... when it is not ok (and
 error=... for a file that failed, which is rejected). `cut -f1 kept.txt` gives the paths.
---min is a number for every dimension, or DIM=NUMBER (repeatable) per dimension.
+--min is a number for every dimension, or DIM=NUMBER (repeatable) per dimension. The two files are
+written and resumed as score's --out (OUT_DIR/filter.settings.json names the judges, --min and
+--keep-status); a re-run with another --min / --keep-status splits the earlier lines again from
+their scores (6 decimals) instead of scoring those files again.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -47,6 +62,8 @@ def load_scorers(dirs: Sequence[str], device: str | None = None, batch_size: int
     for d in dirs:
         try:
             s = Scorer.from_pretrained(d, device=device, batch_size=batch_size)
+        except (ValueError, FileNotFoundError) as exc:  # a fault of the export, said in one line naming the file
+            raise SystemExit(f"error: cannot load the judge in {d}: {' '.join(str(exc).split())[:500]}")
         except Exception as exc:
             raise SystemExit(f"error: cannot load the judge in {d}: {type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:300]}")
@@ -144,10 +161,34 @@ def default_workers() -> int:
 _WORKER_JOB: dict[str, Any] = {}  # the judges of this worker process (inherited through fork, or loaded)
 
 
+def _die_with_parent(parent: int | None) -> None:
+    """Linux: this process gets SIGKILL when the process that started it dies (even by kill -9), so
+    no worker outlives an `eval score` killed outright; elsewhere nothing."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: the parent's stop still kills us
+        return
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+
 def _worker_start(dirs: list[str], batch_size: int, always_windows: bool, plugins: Sequence[str],
-                  next_core: Any = None) -> None:
+                  next_core: Any = None, parent: int | None = None) -> None:
     import torch
 
+    # The main process alone decides when to stop (Ctrl-C, SIGTERM) and then kills each worker's process
+    # group: a worker leads its own group, so a Ctrl-C at the terminal does not reach it or its ffmpeg
+    # (a decode cut short there would come back as an error record and be kept), and it does not run
+    # the main process's handler it inherited through fork.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
+    _die_with_parent(parent)
     torch.set_num_threads(1)  # the workers are the parallelism; torch's own threads would only compete
     # (not cv2.setNumThreads: in a process forked after OpenCV's thread pool ran, it never returns)
     if next_core is not None:  # one worker per core: this one takes the next core (its ffmpeg children too)
@@ -207,34 +248,246 @@ def score_videos(scorers: Sequence, paths: Sequence[str], workers: int = 1, alwa
 
     next_core = context.Value("i", 0) if pin_cores and hasattr(os, "sched_setaffinity") and \
         workers >= usable_cores() else None
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
+                               initargs=(dirs, batch_size, always_windows, tuple(plugins), next_core, os.getpid()))
+    futures: list = []
+    handed = 0        # records yielded, in the order of `paths`
+    finished = False  # every record yielded: the workers are shut down normally
     try:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
-                                 initargs=(dirs, batch_size, always_windows, tuple(plugins), next_core)) as pool:
-            futures = [pool.submit(_score_in_worker, p) for p in paths]
-            for p, fut in zip(paths, futures):
-                try:
-                    yield fut.result()
-                except Exception as exc:  # a worker died (killed, out of memory): report, go on
-                    yield {"path": p, "scores": {}, "status": {s.dim: "unreadable" for s in scorers},
-                           "error": f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'worker died'}"}
+        futures = [pool.submit(_score_in_worker, p) for p in paths]
+        for p, fut in zip(paths, futures):
+            try:
+                rec = fut.result()
+            except Exception as exc:  # a worker died (killed, out of memory): report, go on
+                rec = {"path": p, "scores": {}, "status": {s.dim: "unreadable" for s in scorers},
+                       "error": f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'worker died'}"}
+            handed += 1
+            yield rec
+        finished = True
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM (Interrupted) while waiting for a file
+        # stop now: no queued file starts, the workers and their ffmpeg are killed; the files already
+        # finished out of order are still handed over (they are done work), then the interrupt goes on
+        _stop_pool(pool)
+        for fut in futures[handed:]:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                yield fut.result()
+        raise
     finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:  # interrupted, or the caller stopped early (an error, a closed generator): nothing must linger
+            _stop_pool(pool)
         _WORKER_JOB.clear()
 
 
-def _write_out(records: list[dict[str, Any]], out: str, dims: list[str]) -> None:
-    out_p = Path(out)
-    out_p.parent.mkdir(parents=True, exist_ok=True)
-    if out_p.suffix.lower() == ".csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["path", *dims, "status", "error"])
-        for r in records:
-            odd = sorted({st for st in r.get("status", {}).values() if st != "ok"})
-            w.writerow([r["path"], *[("" if r["scores"].get(d) is None else f"{r['scores'][d]:.6f}")
-                                     for d in dims], ",".join(odd) or "ok", r.get("error", "")])
-        out_p.write_text(buf.getvalue())
+def _stop_pool(pool) -> None:
+    """Cancel the pool's queued files and kill its workers with their process groups (their ffmpeg)
+    at once; ProcessPoolExecutor.shutdown alone would wait for every running file."""
+    # _processes (pid -> Process) is the executor's only handle on its workers (CPython since 3.2)
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.pid is None:
+            continue
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group the worker leads (_worker_start)
+        except OSError:  # not (yet) a group leader, or gone
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        proc.join(timeout=5)
+    if manager is not None:
+        # the executor's thread sees its workers gone and ends; let it finish now: left running into
+        # interpreter exit, it races concurrent.futures' exit hook (EBADF on its closed wake-up pipe)
+        manager.join(timeout=5)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during `score` / `filter`: the records finished so far are kept."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum  # what a shell reports for a process stopped by that signal
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted in the main thread (SIGTERM would otherwise end this process
+    at once, leaving the workers running and the output unsaid); a second signal while stopping is
+    ignored, so the clean-up is not cut short. The previous handlers are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
+
+
+# ----------------------------------------------------------------------------- resumable outputs
+SETTINGS_SUFFIX = ".settings.json"   # score --out OUT: OUT.settings.json says which judges wrote OUT
+FILTER_SETTINGS = "filter.settings.json"
+
+
+class _LineFile:
+    """A text file that records are appended to as they finish, one whole line per os.write on an
+    O_APPEND descriptor: a kill leaves whole lines only (a line torn by kill -9 or a full disk is
+    cut off when the file is read back, _read_lines)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8", "surrogateescape")
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError as err:
+            raise SystemExit(f"error: cannot write {self.path}: {err.strerror or err}; the records written "
+                             f"before are kept, re-run the same command to resume") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """Fail before the first file (not after all of them) when `path` cannot be appended to."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory")
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666))
+        if not existed:  # only a probe: the real file is made once the judges have loaded
+            path.unlink()
+    except OSError as err:
+        raise SystemExit(f"error: cannot write {what} {path}: {err.strerror or err}") from None
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The whole lines of a file written by _LineFile; a torn last line is cut off the file."""
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        keep = raw.rfind(b"\n") + 1
+        print(f"# {path}: dropped an unfinished last line (the run writing it was killed)", file=sys.stderr)
+        os.truncate(path, keep)
+        raw = raw[:keep]
+    return [ln.rstrip("\r") for ln in raw.decode("utf-8", "surrogateescape").split("\n")[:-1]]
+
+
+def _judge_ids(scorers: Sequence) -> list[dict[str, str]]:
+    """Who wrote a record: each judge's dimension and a digest of the export files that decide its
+    scores (weights, config, preprocessing, calibration)."""
+    out = []
+    for s in scorers:
+        h = hashlib.sha256()
+        folder = Path(s.path) if s.path else None
+        names = sorted(f.name for f in folder.iterdir() if f.is_file() and (
+            f.name in ("config.json", "preprocessing.json", "calibration.json") or ".safetensors" in f.name)) \
+            if folder and folder.is_dir() else []
+        for name in names:
+            h.update(name.encode() + b"\0")
+            with open(folder / name, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        out.append({"dim": s.dim, "sha256": h.hexdigest() if names else "unknown"})
+    return sorted(out, key=lambda d: d["dim"])
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_settings(path: Path) -> dict[str, Any] | None:
+    try:
+        d = json.loads(path.read_text())
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _refuse_other_judges(out: str, n: int, settings_file: Path, settings: dict[str, Any] | None,
+                         judges: list[dict[str, str]]) -> None:
+    """Records of other judges are never mixed with these: one line, and how to start over."""
+    if settings is None:
+        why = f"no readable {settings_file.name} beside it says which judges wrote them"
+    elif settings.get("judges") != judges:
+        theirs = [j.get("dim", "?") for j in settings.get("judges") or [] if isinstance(j, dict)]
+        why = (f"other exports of {', '.join(theirs)} (other weights, preprocessing or calibration) wrote them"
+               if theirs == [j["dim"] for j in judges] else f"other judges ({', '.join(theirs) or '?'}) wrote them")
     else:
-        out_p.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return
+    raise SystemExit(f"error: {out} already holds {n} record{'s' if n != 1 else ''}, but {why}: use another "
+                     f"output, or --overwrite to start over")
+
+
+def _csv_row(rec: dict[str, Any], dims: list[str]) -> str:
+    buf = io.StringIO()
+    odd = sorted({st for st in rec.get("status", {}).values() if st != "ok"})
+    csv.writer(buf).writerow([rec["path"], *[("" if rec["scores"].get(d) is None else f"{rec['scores'][d]:.6f}")
+                                             for d in dims], ",".join(odd) or "ok", rec.get("error", "")])
+    return buf.getvalue()
+
+
+def _open_score_out(args, scorers: Sequence, dims: list[str]) -> tuple[_LineFile, dict[str, bool]]:
+    """(--out opened for appending, {path: scored ok} of the records it already holds).
+
+    By default a run resumes: the records already in --out (written by the same judges, with the same
+    --windows) are kept and their files skipped; --overwrite starts over."""
+    out = Path(args.out)
+    is_csv = out.suffix.lower() == ".csv"
+    settings_file = out.with_name(out.name + SETTINGS_SUFFIX)
+    settings = {"command": "score", "judges": _judge_ids(scorers),
+                "format": "csv" if is_csv else "jsonl", **({} if is_csv else {"windows": bool(args.windows)})}
+    header = io.StringIO()
+    csv.writer(header).writerow(["path", *dims, "status", "error"])
+    done: dict[str, bool] = {}
+    lines = [] if args.overwrite else _read_lines(out)
+    if lines and not (is_csv and lines == [header.getvalue().rstrip("\r\n")]):
+        theirs = _read_settings(settings_file)
+        _refuse_other_judges(args.out, len(lines) - is_csv, settings_file, theirs, settings["judges"])
+        if theirs != settings:
+            what = (f"{'without' if args.windows else 'with'} --windows"
+                    if theirs.get("windows") != settings.get("windows")
+                    else ", ".join(f"{k}={theirs.get(k)!r}" for k in settings if theirs.get(k) != settings[k]))
+            raise SystemExit(f"error: {args.out} was written with other settings ({what}, says {settings_file.name}): "
+                             f"run it as it was, use another output, or --overwrite to start over")
+        try:
+            if is_csv:
+                rows = list(csv.reader(lines))
+                if rows[0] != ["path", *dims, "status", "error"]:
+                    raise ValueError(f"its columns {rows[0]} are not {['path', *dims, 'status', 'error']}")
+                done = {r[0]: not r[-1] for r in rows[1:] if r}
+            else:
+                for ln in lines:
+                    rec = json.loads(ln)
+                    if not isinstance(rec, dict) or not isinstance(rec.get("path"), str):
+                        raise ValueError(f"a line is not a record: {ln[:80]!r}")
+                    done[rec["path"]] = "error" not in rec
+        except (ValueError, IndexError, RecursionError, csv.Error) as err:
+            raise SystemExit(f"error: {args.out} is not an output of `eval score` ({err}): use another "
+                             f"output, or --overwrite to start over") from None
+        return _LineFile(out), done
+    with open(out, "w", encoding="utf-8", newline="") as fh:  # new, empty or --overwrite: start over
+        fh.write(header.getvalue() if is_csv else "")
+    _write_json_atomic(settings_file, settings)
+    return _LineFile(out), done
 
 
 def _on_gpu(args) -> bool:
@@ -265,9 +518,18 @@ def _one_torch_thread_on_cpu(args) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _until_stopped(command, args) -> int:
+    """Run a scoring command (one torch thread on CPU) until it ends or a signal stops it."""
+    try:
+        with _one_torch_thread_on_cpu(args), _stop_on_signals():
+            return command(args)
+    except Interrupted as stop:  # before the first file (loading the judges): nothing to keep
+        print("interrupted: no file was scored", file=sys.stderr)
+        return stop.exit_code
+
+
 def cmd_score(args) -> int:
-    with _one_torch_thread_on_cpu(args):
-        return _cmd_score(args)
+    return _until_stopped(_cmd_score, args)
 
 
 def _cmd_score(args) -> int:
@@ -275,30 +537,49 @@ def _cmd_score(args) -> int:
 
     from train.device import describe_device
 
+    if args.out:
+        _check_writable(Path(args.out), "--out")
     scorers = load_scorers(args.scorer, device=args.device, batch_size=args.batch_size)
     dims = [s.dim for s in scorers]
-    workers = max(1, min(_workers(args), len(args.videos)))
+    out, done = _open_score_out(args, scorers, dims) if args.out else (None, {})
+    todo = [v for v in args.videos if v not in done]
+    workers = max(1, min(_workers(args), len(todo)))
     # the header and the summary go to stderr: stdout stays one JSON line per video
     print(f"# eval score: {', '.join(dims)} on {describe_device(args.device or 'cpu')}, {len(args.videos)} videos, "
           f"{workers} worker process{'es' if workers > 1 else ''}, batch size {args.batch_size}"
           f"{_landmark_note(scorers)}", file=sys.stderr)
-    records, seconds, t0 = [], 0.0, time.perf_counter()
-    for rec in score_videos(scorers, args.videos, workers=workers, always_windows=True, plugins=args.plugin):
-        wins = rec.get("windows", {})
-        seconds += max((w[-1]["end"] for w in wins.values() if w), default=0.0)  # the span that was scored
-        if not args.windows and all(len(w) <= 1 for w in wins.values()):
-            rec.pop("windows", None)  # one window: its score is the clip's score (--windows keeps it)
-        records.append(rec)
-        sys.stdout.write(json.dumps(rec) + "\n")
-        sys.stdout.flush()
+    if len(todo) < len(args.videos):
+        print(f"# resuming: {len(args.videos) - len(todo)} of {len(args.videos)} videos already in {args.out} "
+              f"are skipped (--overwrite starts over)", file=sys.stderr)
+    oks = [done[v] for v in args.videos if v in done]  # whether each video's record is a score, not an error
+    n_new, seconds, t0 = 0, 0.0, time.perf_counter()
+    try:
+        with contextlib.closing(score_videos(scorers, todo, workers=workers, always_windows=True,
+                                            plugins=args.plugin)) as records:
+            for rec in records:
+                wins = rec.get("windows", {})
+                seconds += max((w[-1]["end"] for w in wins.values() if w), default=0.0)  # the span scored
+                if not args.windows and all(len(w) <= 1 for w in wins.values()):
+                    rec.pop("windows", None)  # one window: its score is the clip's score (--windows keeps it)
+                line = json.dumps(rec) + "\n"
+                if out is not None:  # first: a record on disk survives whatever stops this run next
+                    out.write(_csv_row(rec, dims) if args.out.lower().endswith(".csv") else line)
+                n_new += 1
+                oks.append("error" not in rec)
+                sys.stdout.write(line)
+                sys.stdout.flush()
+    except Interrupted as stop:
+        where = f", records in {args.out}; re-run the same command to resume" if out is not None else ""
+        print(f"interrupted: {len(oks)} of {len(args.videos)} files scored{where}", file=sys.stderr)
+        return stop.exit_code
+    finally:
+        if out is not None:
+            out.close()
     wall = time.perf_counter() - t0
-    print(f"# scored {len(records)} videos, {seconds:.1f} s of video in {wall:.1f} s: "
-          f"{seconds / max(wall, 1e-9):.1f}x real time, {len(records) / max(wall, 1e-9):.2f} videos/s", file=sys.stderr)
-    if args.out:
-        _write_out(records, args.out, dims)
-    n_ok = sum(1 for r in records if "error" not in r)
-    if records and n_ok == 0:
-        print(f"all {len(records)} videos failed", file=sys.stderr)
+    print(f"# scored {n_new} videos, {seconds:.1f} s of video in {wall:.1f} s: "
+          f"{seconds / max(wall, 1e-9):.1f}x real time, {n_new / max(wall, 1e-9):.2f} videos/s", file=sys.stderr)
+    if oks and not any(oks):
+        print(f"all {len(oks)} videos failed", file=sys.stderr)
         return 1
     return 0
 
@@ -316,48 +597,123 @@ def expand_sources(srcs: Iterable[str]) -> list[str]:
 
 def parse_min(values: Sequence[str] | None, dims: Sequence[str]) -> dict[str, float]:
     """Per-dimension thresholds: default 0.5; a plain number sets all; DIM=X overrides one."""
+    def number(v: str, x: str) -> float:
+        try:
+            f = float(x)
+        except ValueError:
+            raise ValueError(f"--min {v}: {x!r} is not a number") from None
+        if f != f:  # NaN: every comparison false, every video rejected without a word
+            raise ValueError(f"--min {v}: not a number")
+        return f
+
     thr = {d: 0.5 for d in dims}
     for v in values or []:
         if "=" not in v:
-            thr = {d: float(v) for d in dims}
+            thr = {d: number(v, v) for d in dims}
     for v in values or []:
         if "=" in v:
             d, x = v.split("=", 1)
             if d not in thr:
                 raise ValueError(f"--min {v}: unknown dimension {d!r} (have {list(dims)})")
-            thr[d] = float(x)
+            thr[d] = number(v, x)
     return thr
 
 
 def cmd_filter(args) -> int:
-    with _one_torch_thread_on_cpu(args):
-        return _cmd_filter(args)
+    return _until_stopped(_cmd_filter, args)
+
+
+def _filter_line(line: str, dims: Sequence[str]) -> tuple[str, dict[str, float], list[str], bool]:
+    """(path, scores, statuses other than ok, failed) of a kept.txt / rejected.txt line."""
+    cols = line.split("\t")
+    prefixes = tuple(f"{d}=" for d in dims) + ("status=", "error=")
+    j = len(cols)
+    while j > 1 and cols[j - 1].startswith(prefixes):
+        j -= 1
+    scores, odd, failed = {}, [], False
+    for c in cols[j:]:
+        key, _, val = c.partition("=")
+        if key == "status":
+            odd = [st for st in val.split(",") if st]
+        elif key == "error":
+            failed = True
+        else:
+            scores[key] = float(val)
+    return "\t".join(cols[:j]), scores, odd, failed
+
+
+def _kept(scores: dict[str, float], odd: Sequence[str], failed: bool, thr: dict[str, float],
+          keep_status: set[str]) -> bool:
+    return not failed and all(d in scores and scores[d] >= thr[d] for d in thr) and \
+        all(st in keep_status for st in odd)
 
 
 def _cmd_filter(args) -> int:
+    out_dir = Path(args.out_dir)
+    kept_file, rejected_file = out_dir / "kept.txt", out_dir / "rejected.txt"
+    for f in (kept_file, rejected_file):
+        _check_writable(f, "--out-dir")
     scorers = load_scorers(args.scorer, device=args.device, batch_size=args.batch_size)
     dims = [s.dim for s in scorers]
-    thr = parse_min(args.min, dims)
+    try:
+        thr = parse_min(args.min, dims)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     keep_status = {st.strip() for v in (args.keep_status or []) for st in v.split(",") if st.strip()}
     videos = expand_sources(args.src)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kept, rejected = [], []
-    for rec in score_videos(scorers, videos, workers=_workers(args), plugins=args.plugin):
-        p = rec["path"]
-        cols = [f"{d}={rec['scores'][d]:.6f}" for d in dims if d in rec["scores"]]
-        odd = sorted({st for st in rec["status"].values() if st != "ok"})
-        cols += [f"status={','.join(odd)}"] if odd else []
-        if "error" in rec:
-            rejected.append("\t".join([p, *cols, "error=" + rec["error"].replace("\t", " ")]))
-            continue
-        ok = all(rec["scores"][d] >= thr[d] for d in dims) and all(st in keep_status for st in odd)
-        (kept if ok else rejected).append("\t".join([p, *cols]))
-    (out_dir / "kept.txt").write_text("".join(line + "\n" for line in kept))
-    (out_dir / "rejected.txt").write_text("".join(line + "\n" for line in rejected))
-    print(json.dumps({"kept": len(kept), "rejected": len(rejected), "min": thr,
-                      "kept_file": str(out_dir / "kept.txt"),
-                      "rejected_file": str(out_dir / "rejected.txt")}))
+    settings_file = out_dir / FILTER_SETTINGS
+    settings = {"command": "filter", "judges": _judge_ids(scorers), "min": thr, "keep_status": sorted(keep_status)}
+    earlier = [] if args.overwrite else [ln for f in (kept_file, rejected_file) for ln in _read_lines(f) if ln]
+    done: set[str] = set()
+    if earlier:  # resume: the files already decided are skipped
+        theirs = _read_settings(settings_file)
+        _refuse_other_judges(str(out_dir), len(earlier), settings_file, theirs, settings["judges"])
+        try:
+            parsed = [(ln, *_filter_line(ln, dims)) for ln in earlier]
+        except ValueError as err:
+            raise SystemExit(f"error: {out_dir} holds lines that are not `eval filter` output ({err}): use "
+                             f"another --out-dir, or --overwrite to start over") from None
+        done = {p for _, p, *_ in parsed}
+        if theirs != settings:  # another --min / --keep-status: the earlier files are split again
+            keep = [ln for ln, _, sc, odd, failed in parsed if _kept(sc, odd, failed, thr, keep_status)]
+            drop = [ln for ln, _, sc, odd, failed in parsed if not _kept(sc, odd, failed, thr, keep_status)]
+            for f, lines in ((kept_file, keep), (rejected_file, drop)):
+                tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
+                tmp.write_bytes("".join(ln + "\n" for ln in lines).encode("utf-8", "surrogateescape"))
+                os.replace(tmp, f)
+            print(f"# {len(earlier)} earlier records split again for the new --min / --keep-status", file=sys.stderr)
+    else:
+        for f in (kept_file, rejected_file):
+            f.write_bytes(b"")
+    _write_json_atomic(settings_file, settings)
+    todo = [v for v in videos if v not in done]
+    if done:
+        print(f"# resuming: {len(videos) - len(todo)} of {len(videos)} videos already in {kept_file.name} / "
+              f"{rejected_file.name} are skipped (--overwrite starts over)", file=sys.stderr)
+    kept, rejected = _LineFile(kept_file), _LineFile(rejected_file)
+    n_done = len(videos) - len(todo)
+    try:
+        with contextlib.closing(score_videos(scorers, todo, workers=_workers(args), plugins=args.plugin)) as records:
+            for rec in records:
+                p = rec["path"]
+                cols = [f"{d}={rec['scores'][d]:.6f}" for d in dims if d in rec["scores"]]
+                odd = sorted({st for st in rec["status"].values() if st != "ok"})
+                cols += [f"status={','.join(odd)}"] if odd else []
+                if "error" in rec:
+                    cols.append("error=" + rec["error"].replace("\t", " ").replace("\n", " "))
+                ok = _kept(rec["scores"], odd, "error" in rec, thr, keep_status)
+                (kept if ok else rejected).write("\t".join([p, *cols]) + "\n")
+                n_done += 1
+    except Interrupted as stop:
+        print(f"interrupted: {n_done} of {len(videos)} files scored, records in {kept_file} and "
+              f"{rejected_file}; re-run the same command to resume", file=sys.stderr)
+        return stop.exit_code
+    finally:
+        kept.close()
+        rejected.close()
+    n_kept, n_rejected = (sum(1 for ln in _read_lines(f) if ln) for f in (kept_file, rejected_file))
+    print(json.dumps({"kept": n_kept, "rejected": n_rejected, "min": thr, "resumed": len(videos) - len(todo),
+                      "kept_file": str(kept_file), "rejected_file": str(rejected_file)}))
     return 0
 
 

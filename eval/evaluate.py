@@ -581,8 +581,9 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
              device: str = "cpu", progress: bool = True, workers: int | None = None,
              max_bad_fraction: float | None = None, whole_clips: bool = False) -> dict[str, Any]:
     """The whole `evaluate` command; returns the report dict (whole_clips: see the module docstring)."""
-    from perturb.shard_format import is_url, location_exists
-    from train.data import DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, has_split, load_split, read_card, write_bad_samples
+    from perturb.shard_format import is_url
+    from train.data import (DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, check_location, has_split, load_split,
+                            read_card, write_bad_samples)
     from train.model import load_judge
 
     t0 = time.time()
@@ -591,8 +592,10 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
     model_dir = run / "model"
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"no trained judge at {model_dir} (run `make train DIM={dim}` first)")
-    if not location_exists(shards):
+    # a missing folder or an unreachable URL is one line before anything is loaded or written
+    if not is_url(shards) and not shards.is_dir():
         raise FileNotFoundError(f"no shards folder {shards} (run `make shards DIM={dim}` first)")
+    check_location(shards, ("val", "test"))
     model, cfg = load_judge(model_dir, device)
     run_metrics = _read_json(run / "metrics.json")
     # the data the judge was trained on (recorded by train) and the data it is evaluated on: the same

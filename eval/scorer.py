@@ -35,18 +35,25 @@ uses the exported calibration itself.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .calibration import Calibrator, IdentityCalibration, load_calibrator
+from .calibration import Calibrator, IdentityCalibration, load_calibrator, read_json
 
 
 # unbatched ranks of train.preprocess.make_inputs: video (T, C, H, W), audio (n_mels, R*T)
 VIDEO_NDIM, AUDIO_NDIM = 4, 2
 MIN_SECONDS = 0.5  # less picture or sound than this is too little to judge (status too_short)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file of an export (calibration.read_json: size cap, nesting), else a ValueError."""
+    d = read_json(path)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: must hold a JSON object, got {type(d).__name__}")
+    return d
 
 
 def _stack_inputs(items: Sequence[dict[str, Any]]):
@@ -78,13 +85,25 @@ class Scorer:
                         plugins: list[str] | None = None) -> "Scorer":
         """Load an export folder. `calibration` overrides calibration.json (a path or a dict);
         `plugins`: modules to import first (judges whose encoders are not part of avbench)."""
-        from train.model import load_judge
+        from train.encoders import import_plugins
+        from train.model import load_weights
+        from train.preprocess import PreprocessConfig
 
+        import_plugins(plugins)  # first, as load_weights does: a plugin may register preprocessing too
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"not an exported judge (no config.json): {path}")
         device = device or "cpu"
-        model, cfg = load_judge(path, device, plugins)
+        # an export is untrusted input: its JSON files are read with a size cap and checked here, each
+        # fault one ValueError naming the file, before any weight is loaded
+        _json_object(path / "config.json")
+        pre_file = path / "preprocessing.json"
+        if not pre_file.is_file():
+            raise FileNotFoundError(f"not an exported judge (no preprocessing.json): {path}")
+        try:
+            cfg = PreprocessConfig.from_dict(_json_object(pre_file))
+        except (TypeError, ValueError) as err:
+            raise ValueError(str(err) if str(err).startswith(str(pre_file)) else f"{pre_file}: {err}") from None
         if calibration is not None:
             cal = load_calibrator(calibration)
         elif (path / "calibration.json").is_file():
@@ -93,10 +112,11 @@ class Scorer:
             cal = IdentityCalibration()
         meta: dict[str, Any] = {}
         if (path / "metrics.json").is_file():
-            try:
-                meta = json.loads((path / "metrics.json").read_text())
-            except json.JSONDecodeError:
-                meta = {}
+            meta = _json_object(path / "metrics.json")
+            for key in ("dim", "question"):
+                if meta.get(key) is not None and not isinstance(meta[key], str):
+                    raise ValueError(f"{path / 'metrics.json'}: {key} must be a string, got {meta[key]!r}")
+        model = load_weights(path, device, plugins)
         dim = meta.get("dim") or getattr(model.config, "dim", None) or path.name
         question = meta.get("question") or getattr(model.config, "question", None)
         return cls(model, cfg, cal, dim=dim, question=question, batch_size=batch_size,

@@ -15,8 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--demo", action="store_true", help="generate and use the embedded demo corpus")
     b.add_argument("--dim", default="lip_sync", help="dimension (names the output folder and the default recipe)")
     b.add_argument("--recipe", help="recipe name or YAML path (default: the dimension's recipe)")
-    b.add_argument("--out", default="shards", help="output root, a folder or an fsspec URL (s3://bucket/shards): "
-                   "shards go to OUT/<dim>/<split>-%%06d.tar")
+    b.add_argument("--out", default="shards", help="output root, a folder or an fsspec URL (s3://bucket/shards; "
+                   "file:///abs/path is that folder): shards go to OUT/<dim>/<split>-%%06d.tar; one build at a "
+                   "time per OUT/<dim> (OUT/<dim>/.build.lock)")
     b.add_argument("--workers", type=int, default=2, help="local processes (one source per task; local backend)")
     b.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local: a process pool here; ray: Ray Data tasks on a Ray cluster (pip install -e .[ray])")
@@ -60,30 +61,40 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from .operators import ConfigError
-    from .pipeline import build
+    from .pipeline import BuildError, ManifestError, build, environment_fault
+    from .recipe import parse_splits
 
     src_dir, donors = args.src, args.donors
-    if args.demo:
-        from .demo_corpus import make_demo_corpus
-
-        make_demo_corpus(args.demo_dir)
-        src_dir = args.demo_dir
-        if donors is None and (Path(args.demo_dir) / "speech").is_dir():
-            donors = str(Path(args.demo_dir) / "speech")
     try:
+        if args.demo:
+            from .demo_corpus import make_demo_corpus
+
+            make_demo_corpus(args.demo_dir)
+            src_dir = args.demo_dir
+            if donors is None and (Path(args.demo_dir) / "speech").is_dir():
+                donors = str(Path(args.demo_dir) / "speech")
         result = build(src_dir, args.dim, out=args.out, seed=args.seed, workers=args.workers,
                        recipe=args.recipe, window_seconds=args.window, max_windows=args.max_windows,
                        hop_seconds=args.hop, pairs_per_window=args.pairs_per_window,
-                       splits=dict(zip(("train", "val", "test"), map(float, args.splits.split(",")))) if args.splits else None,
+                       splits=parse_splits(args.splits) if args.splits else None,
                        max_side=args.max_side, donors=donors, manifest=args.manifest,
                        train_extra=args.train_extra, train_extra_manifest=args.train_extra_manifest,
                        train_voices=args.train_voices,
                        cards_dir=args.cards, max_count=args.max_count, max_bytes=args.max_mb << 20,
                        backend=args.backend, ray_address=args.ray_address, work_dir=args.work,
                        command=["python", "-m", "perturb", *(argv if argv is not None else sys.argv[1:])])
-    except (ConfigError, FileNotFoundError) as err:  # a bad recipe or path: one line, no traceback
+    except (ConfigError, ManifestError, FileNotFoundError) as err:  # a bad recipe, manifest or path: one line
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BuildError as err:  # the machine, the output, another build: one line, no source rejected for it
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # e.g. the disk filled while the demo corpus was written
+        fault = environment_fault(err)
+        if fault is None:
+            raise
+        print(f"error: {fault}", file=sys.stderr)
+        return 1
     card = result["card"]
     print(f"{card['pairs']} pairs in {len(result['shards'])} shards under {result['out_dir']} "
           f"({card['counts_per_split']}){' published to ' + result['out_url'] if 'out_url' in result else ''}; "

@@ -8,6 +8,7 @@ side capped), AAC audio at 16 kHz mono. Analysis audio is float32 mono at 16 kHz
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -72,13 +73,24 @@ class MediaError(RuntimeError):
     """A file ffmpeg cannot read or write; the message is a one-line reason for rejects.jsonl."""
 
 
+# a write failure of the machine (disk full, quota, read-only): ffmpeg's last line may only say
+# "Nothing was written into output file", so the line naming the cause is the reason given
+_MACHINE_FAULTS = tuple(os.strerror(e) for e in (errno.ENOSPC, errno.EDQUOT, errno.EROFS))
+
+
+def ffmpeg_failure(stderr: str, returncode: int) -> MediaError:
+    """The MediaError of a failed ffmpeg run: the line naming a machine fault if any, else the last line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    named = [ln for ln in lines if any(fault in ln for fault in _MACHINE_FAULTS)]
+    return MediaError(named[-1] if named else lines[-1] if lines else f"ffmpeg exited with {returncode}")
+
+
 def run_ffmpeg(args: list[str], input_bytes: bytes | None = None) -> bytes:
     """Run ffmpeg with an argument list; return stdout, raise MediaError with stderr's last line."""
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args]
     proc = subprocess.run(cmd, input=input_bytes, capture_output=True)
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-        raise MediaError(lines[-1] if lines else f"ffmpeg exited with {proc.returncode}")
+        raise ffmpeg_failure(proc.stderr.decode("utf-8", "replace"), proc.returncode)
     return proc.stdout
 
 
@@ -152,8 +164,7 @@ def probe_and_decode_audio(path: str | Path, sr: int = CANONICAL_SR, start: floa
     if not info.has_audio:
         return info, None
     if proc.returncode != 0:
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        raise MediaError(lines[-1] if lines else f"ffmpeg exited with {proc.returncode}")
+        raise ffmpeg_failure(text, proc.returncode)
     return info, np.frombuffer(proc.stdout, dtype=np.float32).copy()
 
 
@@ -309,8 +320,7 @@ class FrameStream:
         self._proc.stdout.close()
         if self._proc.wait() != 0:
             self._err.seek(0)
-            lines = [ln for ln in self._err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-            raise MediaError(lines[-1] if lines else f"ffmpeg exited with {self._proc.returncode}")
+            raise ffmpeg_failure(self._err.read().decode("utf-8", "replace"), self._proc.returncode)
 
     def close(self) -> None:
         """Stop ffmpeg if it is still decoding (the caller needs no more frames)."""

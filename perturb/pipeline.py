@@ -11,10 +11,21 @@ writes the data card. A killed build re-run with the same command skips the sour
 tar is complete and re-packs: no duplicate, no missing pair.
 
 With `out` an fsspec URL (s3://bucket/shards), the build runs in a local work folder (staging,
-canonical cache, the shards) and then publishes OUT/<dim>/'s files to the URL, manifest.json last.
+canonical cache, the shards) and then publishes OUT/<dim>/'s files to the URL, manifest.json last;
+the URL is checked (known protocol, writable) before any work, and a file:// URL is its local folder.
+
+Whose fault: only a fault of the source itself (unreadable, too short, broken stream, an operator
+crashing on it) rejects a source. A fault of the machine -- disk full (ENOSPC / EDQUOT), I/O error,
+read-only or unwritable output, a pool worker killed -- stops the build with one line
+(BuildEnvironmentError), rejects nothing, leaves no temporaries, and the same command run again
+finishes the build (environment_fault; ffmpeg's failures are told apart by its message and by the
+free space where it wrote). One build at a time writes OUT/<dim>/: build_lock (`.build.lock`).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -23,11 +34,13 @@ import multiprocessing
 import os
 import re
 import shutil
+import socket
 import sys
 import tarfile
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,7 +52,7 @@ from .media import VIDEO_EXTS, sha256_file
 from .clip import Clip
 from .operators import OperatorContext, Transform, get_operator, modifies_video, replay
 from .operators.timing import shift_audio
-from .recipe import SPLITS, Recipe, derive_seed, load_recipe
+from .recipe import SPLITS, Recipe, check_build_values, derive_seed, load_recipe
 from .shard_format import check_shard, split_member_name
 
 PIPELINE_VERSION = "4"  # 2: timing ops read the audio context around the window; 3: grain (WSOLA) keep_pitch drift
@@ -55,6 +68,149 @@ AUDIO_EXTS = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
 
 class Rejected(Exception):
     """A source that cannot give pairs; the message is the reason recorded in rejects.jsonl."""
+
+
+class ManifestError(ValueError):
+    """A source manifest that cannot be used as written (unreadable, no file column, a row pinned to
+    a split that names no source, ...): one line naming the manifest."""
+
+
+class BuildError(RuntimeError):
+    """A build stopped for a reason outside every source: the message is one line for the user."""
+
+
+class BuildEnvironmentError(BuildError):
+    """The machine failed the build (disk full, I/O error, read-only or unwritable output, a worker
+    killed): no source is rejected for it; the same command run again finishes the build."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+class BuildLocked(BuildError):
+    """Another build holds OUT/<dim>/ (build_lock)."""
+
+
+# OSError numbers that are the machine's fault, never a source's: the build stops, nothing is rejected
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE})
+# ... and these too, unless the file is the source itself (a source nobody may read is the source's fault)
+ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+# how ffmpeg words them (MediaError carries its last stderr line)
+FFMPEG_ENVIRONMENT_TEXT = {os.strerror(e): e for e in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)}
+# ffmpeg failed writing into a folder with less free than this: the disk was full (its partial outputs
+# may already be gone, and ffmpeg's last line may not say so: "Nothing was written into output file")
+LOW_SPACE_BYTES = 16 << 20
+
+
+def _ffmpeg_fault(err: media.MediaError) -> OSError | None:
+    """The OSError an ffmpeg failure stands for when its message names the machine's fault."""
+    text = str(err)
+    for strerror, code in FFMPEG_ENVIRONMENT_TEXT.items():
+        if strerror in text:
+            return OSError(code, f"{strerror} (ffmpeg: {text})")
+    if os.strerror(errno.EACCES) in text and "Error opening output" in text:  # not the source (input)
+        return OSError(errno.EACCES, f"{os.strerror(errno.EACCES)} (ffmpeg: {text})")
+    return None
+
+
+def _low_space(folder: Path) -> OSError | None:
+    """OSError(ENOSPC) when the file system of `folder` is (nearly) full, in bytes or in inodes."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free < LOW_SPACE_BYTES or (st.f_files and not st.f_favail):
+        return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free >> 20} MiB free)", str(folder))
+    return None
+
+
+@contextlib.contextmanager
+def _ffmpeg_writing_to(folder: Path) -> Iterator[None]:
+    """Around ffmpeg runs writing into `folder`: a MediaError that is the machine's fault (its message,
+    or the folder's file system full right now, before the partial outputs are removed) is raised as
+    that OSError, so it stops the build instead of rejecting the source."""
+    try:
+        yield
+    except media.MediaError as err:
+        fault = _ffmpeg_fault(err) or _low_space(folder)
+        if fault is None:
+            raise
+        if fault.filename is None:
+            fault.filename = str(folder)
+        raise fault from err
+
+
+def _is_source(filename: Any, source_paths: tuple[str, ...]) -> bool:
+    if not filename:
+        return False
+    real = os.path.realpath(str(filename))
+    return any(real == os.path.realpath(p) for p in source_paths)
+
+
+def environment_fault(err: BaseException, source_paths: tuple[str, ...] = (),
+                      source_id: str | None = None) -> BuildEnvironmentError | None:
+    """The one-line BuildEnvironmentError `err` stands for when it is the machine's fault, not a
+    source's; None otherwise. Reads OSError numbers (ENVIRONMENT_ERRNOS; EACCES / EPERM unless on one
+    of `source_paths`), ffmpeg's messages, a dead pool worker, and what they were raised from."""
+    where = f" (at source {source_id})" if source_id else ""
+    seen = 0
+    while err is not None and seen < 8:
+        seen += 1
+        if isinstance(err, BuildEnvironmentError):
+            return err
+        if isinstance(err, BrokenProcessPool):
+            return BuildEnvironmentError(
+                f"build stopped: a worker process died{where} (killed by a signal: out of memory?); none "
+                "was rejected for it: run the same command again, with fewer --workers if memory is short, "
+                "finished sources are kept")
+        os_err = _ffmpeg_fault(err) if isinstance(err, media.MediaError) else err
+        if isinstance(os_err, OSError) and (os_err.errno in ENVIRONMENT_ERRNOS or (
+                os_err.errno in ACCESS_ERRNOS and not _is_source(os_err.filename, source_paths))):
+            what = os_err.strerror or os.strerror(os_err.errno)
+            path = f": {os_err.filename}" if os_err.filename else ""
+            fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space or raise the quota",
+                   errno.EIO: "check the disk", errno.EMFILE: "raise the open-file limit (ulimit -n)",
+                   errno.ENFILE: "close other programs"}.get(os_err.errno, "make the output folder writable")
+            return BuildEnvironmentError(" ".join(
+                f"build stopped: {what}{path}{where}; not a fault of any source, so none was rejected for it: "
+                f"{fix} and run the same command again (finished sources are kept)".split()), os_err.errno)
+        err = err.__cause__
+    return None
+
+
+def build_lock_owner(path: Path) -> str:
+    """Who holds a build lock, from what its holder wrote in it: 'pid P on HOST since TIME'."""
+    try:
+        owner = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        owner = {}
+    if not isinstance(owner, dict) or not owner:
+        return "owner unknown"
+    return f"pid {owner.get('pid', '?')} on {owner.get('host', '?')} since {owner.get('since', '?')}"
+
+
+@contextlib.contextmanager
+def build_lock(out_dir: Path) -> Iterator[Path]:
+    """Hold `<out_dir>/.build.lock` (flock, exclusive) while building into out_dir; BuildLocked, naming
+    the holder (pid, host, start) and the lock, when another build holds it. The kernel drops the
+    lock when its holder dies, so the file a killed build leaves behind blocks nobody."""
+    path = Path(out_dir) / ".build.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildLocked(f"another build is writing {out_dir} ({build_lock_owner(path)}; lock {path}): "
+                              "wait for it to finish, or stop it, and run again") from None
+        owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "since": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": sys.argv}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass(frozen=True)
@@ -100,12 +256,19 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 
 def _write_atomically(path: Path, write) -> None:
+    """Write `path` through a temporary beside it, then rename; a failed write (a full disk) leaves
+    neither a partial `path` nor the temporary."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _write_json_atomically(path: Path, obj: Any) -> None:
@@ -221,17 +384,19 @@ def canonical_windows(source: Source, windows: list[tuple[float, float]], size: 
         cache_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{os.getpid()}.", dir=cache_root))
         try:
-            outs, track = media.canonicalise_windows(source.path, tmp, windows, size)
-            if source.av_offset_ms:
-                _correct_sound_lag(outs, windows, track, source.av_offset_ms, tmp)
-            frames = media.count_video_frames([o for o in outs if o.is_file()], tmp)
+            with _ffmpeg_writing_to(tmp):
+                outs, track = media.canonicalise_windows(source.path, tmp, windows, size)
+                if source.av_offset_ms:
+                    _correct_sound_lag(outs, windows, track, source.av_offset_ms, tmp)
+                frames = media.count_video_frames([o for o in outs if o.is_file()], tmp)
             # frames.json is written last: its presence marks a complete entry
             (tmp / "frames.json").write_text(json.dumps(
                 [frames.pop(0) if o.is_file() else 0 for o in outs]))
             try:
                 os.rename(tmp, entry)
             except OSError:  # another worker finished the same entry first: keep theirs
-                pass
+                if not (entry / "frames.json").is_file():
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     frames = json.loads((entry / "frames.json").read_text())
@@ -303,6 +468,8 @@ def check_source(source: Source, job: Job) -> dict[str, Any]:
     try:
         info = _canonical_source(source, job)[0]
     except (Rejected, media.MediaError) as err:
+        if environment_fault(err, (source.path,)):
+            raise  # the machine's fault: the build stops, the source is not rejected
         return {**result, "status": "rejected", "reason": str(err)}
     return {**result, "status": "ok", "duration": info.duration}
 
@@ -327,7 +494,7 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
         context_seconds = max(AUDIO_CONTEXT_SECONDS, transform.audio_context_seconds())
         samples = []
         audio_only: list[tuple[Path, np.ndarray, Path]] = []  # sides of every window, muxed together
-        with tempfile.TemporaryDirectory(prefix="avbench_") as tmp:
+        with tempfile.TemporaryDirectory(prefix="avbench_") as tmp, _ffmpeg_writing_to(Path(tmp)):
             for wi, (window_file, (start, end)) in enumerate(zip(window_files, windows)):
                 original = window_clip(track, start, end, str(window_file),
                                        meta={"source_id": source.source_id, "window": [start, end]},
@@ -355,9 +522,16 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
         summary.update(status="ok", pairs=len(samples), windows=len(windows), duration=info.duration,
                        probe=json.loads(media.probe_json(info)))
     except (Rejected, media.MediaError) as err:
+        if environment_fault(err, (source.path,)):
+            raise  # the machine's fault: the build stops, the source is neither rejected nor done
         summary.update(status="rejected", reason=str(err), pairs=0)
         return summary  # not marked done: a rejected source is re-checked (cheaply) on re-runs
-    _write_json_atomically(_done_marker(source, job), summary)
+    try:
+        _write_json_atomically(_done_marker(source, job), summary)
+    except BaseException:  # (a full disk) not done: no tar without its marker is left behind
+        with contextlib.suppress(OSError):
+            (staging / f"{source.source_id}.tar").unlink()
+        raise
     return summary
 
 
@@ -444,51 +618,112 @@ def _plan_pair(recipe: Recipe, transform: Transform, job: Job, source: Source, w
 
 # ----------------------------------------------------------------------------- planning
 
-def read_manifest(manifest: str | Path) -> dict[str, dict[str, str]]:
+MANIFEST_COLUMNS = ("file", "path", "licence", "license", "group", "speaker", "source_id", "av_offset_ms", "split")
+
+
+def _examples(names: list[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def _warn(message: str) -> None:
+    """A warning the user should see: one line on stderr."""
+    print(" ".join(f"warning: {message}".split()), file=sys.stderr, flush=True)
+
+
+def read_manifest(manifest: str | Path) -> dict[str, dict[str, Any]]:
     """A source manifest (JSON list, or CSV with a header) as {file name: row}; rows name their
-    file by `file` or `path` and may carry licence, group / speaker, source_id, av_offset_ms and split."""
+    file by `file` or `path` and may carry licence, group / speaker, source_id, av_offset_ms and split.
+
+    UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"); column names are matched without
+    case and surrounding spaces, other columns (notes) are allowed. ManifestError in one line for a
+    file that is not UTF-8 or does not parse, no file / path column, a column that looks like a
+    misspelt known one ('spilt'), a row naming no file, a file listed twice.
+    """
+    import difflib
+
     manifest = Path(manifest)
-    if manifest.suffix == ".csv":
+    try:
+        text = manifest.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{manifest}: not UTF-8 text (byte {err.start}): save it as UTF-8 "
+                            "(in Excel: CSV UTF-8)") from None
+    if manifest.suffix.lower() == ".csv":
         import csv
 
-        with manifest.open() as fh:
-            entries = list(csv.DictReader(fh))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            entries: Any = list(reader)
+        except csv.Error as err:
+            raise ManifestError(f"{manifest}: not a readable CSV file ({err})") from None
+        columns = [c for c in reader.fieldnames or [] if c is not None]
     else:
-        entries = json.loads(manifest.read_text())
-    return {Path(row.get("file") or row.get("path") or "").name: row for row in entries}
+        try:
+            entries = json.loads(text)
+        except ValueError as err:
+            raise ManifestError(f"{manifest}: not valid JSON ({err})") from None
+        if not isinstance(entries, list) or not all(isinstance(r, dict) for r in entries):
+            raise ManifestError(f"{manifest}: a JSON manifest is a list of objects, one per file")
+        columns = list(dict.fromkeys(k for r in entries for k in r))
+    names = {str(c).strip().lower() for c in columns}
+    if columns and not names & {"file", "path"}:
+        raise ManifestError(f"{manifest}: no 'file' or 'path' column to name each row's video (columns: "
+                            f"{', '.join(repr(c) for c in columns)}; known: {', '.join(MANIFEST_COLUMNS)})")
+    for name in sorted(names - set(MANIFEST_COLUMNS)):
+        close = difflib.get_close_matches(name, MANIFEST_COLUMNS, n=1, cutoff=0.8)
+        if close:
+            raise ManifestError(f"{manifest}: unknown column {name!r}: did you mean {close[0]!r}? "
+                                f"(known: {', '.join(MANIFEST_COLUMNS)})")
+    rows: dict[str, dict[str, Any]] = {}
+    row_of: dict[str, int] = {}
+    for i, entry in enumerate(entries, 1):
+        row = {str(k).strip().lower(): v.strip() if isinstance(v, str) else v
+               for k, v in entry.items() if k is not None}
+        if all(v in (None, "") for v in row.values()):  # a spreadsheet's empty row (",,,")
+            continue
+        # matched by file name; a Windows path names its file after the last backslash
+        name = re.split(r"[\\/]", str(row.get("file") or row.get("path") or ""))[-1]
+        if not name:
+            raise ManifestError(f"{manifest}: row {i} names no file (empty 'file' / 'path')")
+        if name in rows:
+            raise ManifestError(f"{manifest}: {name} is listed twice (rows {row_of[name]} and {i}); "
+                                "a manifest matches files by name")
+        rows[name], row_of[name] = row, i
+    return rows
 
 
 def _av_offset(row: dict[str, Any], manifest: Path | None) -> float:
-    """A manifest row's av_offset_ms (empty: 0), or ValueError naming the file."""
+    """A manifest row's av_offset_ms (empty: 0), or ManifestError naming the file."""
     value = str(row.get("av_offset_ms") or "").strip()
     try:
         offset = float(value) if value else 0.0
     except ValueError:
-        raise ValueError(f"{manifest}: av_offset_ms of {row.get('file') or row.get('path')!r} is not a number: "
+        raise ManifestError(f"{manifest}: av_offset_ms of {row.get('file') or row.get('path')!r} is not a number: "
                          f"{value!r}") from None
     if not math.isfinite(offset) or abs(offset) > 2000:
-        raise ValueError(f"{manifest}: av_offset_ms of {row.get('file') or row.get('path')!r} must be within "
+        raise ManifestError(f"{manifest}: av_offset_ms of {row.get('file') or row.get('path')!r} must be within "
                          f"+-2000 ms, got {value!r}")
     return offset
 
 
 def _pinned_split(row: dict[str, Any], manifest: Path | None) -> str:
-    """A manifest row's split ('' when empty: assign_splits chooses), or ValueError naming the file."""
+    """A manifest row's split ('' when empty: assign_splits chooses), or ManifestError naming the file."""
     split = str(row.get("split") or "").strip()
     if split and split not in SPLITS:
-        raise ValueError(f"{manifest}: split of {row.get('file') or row.get('path')!r} must be one of "
+        raise ManifestError(f"{manifest}: split of {row.get('file') or row.get('path')!r} must be one of "
                          f"{', '.join(SPLITS)} or empty, got {split!r}")
     return split
 
 
-def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[Source]:
+def find_sources(src: str | Path, manifest: str | Path | None = None, warn_unlisted: bool = True) -> list[Source]:
     """Video files under `src` (recursive), with licence / group from an optional manifest.
 
     The manifest (JSON list, or CSV with a header) has rows {file|path, licence, group|speaker, source_id,
     av_offset_ms, split}: av_offset_ms is the source's own sound lag (> 0: the sound comes late), measured
     e.g. with bench/source_offsets.py; its canonical windows are cut in sync. split pins the source (and
     its group) to train / val / test, so builds with other windows keep the same held-out sources;
-    empty: assign_splits chooses.
+    empty: assign_splits chooses. Rows match files by name: a row pinned to a split that names no
+    video is a ManifestError (one line); other rows naming no video, and (warn_unlisted) videos the
+    manifest does not list, are one warning line each, with the count and a few names.
     """
     src = Path(src)
     if not src.is_dir():
@@ -496,6 +731,22 @@ def find_sources(src: str | Path, manifest: str | Path | None = None) -> list[So
     manifest = Path(manifest) if manifest else (src / "manifest.json" if (src / "manifest.json").is_file() else None)
     rows = read_manifest(manifest) if manifest else {}
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
+    if manifest:
+        found = {p.name for p in files}
+        unmatched = [name for name in rows if name not in found]
+        pinned = [f"{name} ({_pinned_split(rows[name], manifest)})" for name in unmatched
+                  if _pinned_split(rows[name], manifest)]
+        if pinned:
+            raise ManifestError(f"{manifest}: {len(pinned)} rows pinned to a split name no video under {src}: "
+                                f"{_examples(pinned)}; rows match files by name (extension included): fix the "
+                                "names or remove the rows")
+        if unmatched:
+            _warn(f"{manifest}: {len(unmatched)} of its {len(rows)} rows name no video under {src} "
+                  f"({_examples(unmatched)}); they are ignored")
+        unlisted = [str(p.relative_to(src)) for p in files if p.name not in rows]
+        if unlisted and warn_unlisted:
+            _warn(f"{manifest}: {len(unlisted)} of the {len(files)} videos under {src} are not listed "
+                  f"({_examples(unlisted)}): licence unknown, split chosen by the build")
     sources, seen = [], set()
     for path in files:
         row = rows.get(path.name, {})
@@ -555,10 +806,10 @@ def assign_splits(sources: list[Source], fractions: dict[str, float], seed: int,
         if not s.split:
             continue
         if split_of.get(s.group, s.split) != s.split:
-            raise ValueError(f"group {s.group!r} is pinned to two splits ({split_of[s.group]}, {s.split}); "
+            raise ManifestError(f"group {s.group!r} is pinned to two splits ({split_of[s.group]}, {s.split}); "
                              f"a speaker's sources must share one")
         if s.split not in names:
-            raise ValueError(f"{s.source_id} is pinned to {s.split}, which the split fractions give no share")
+            raise ManifestError(f"{s.source_id} is pinned to {s.split}, which the split fractions give no share")
         split_of[s.group] = s.split
     for g, split in split_of.items():
         filled[split] += group_weight[g]
@@ -576,13 +827,18 @@ def train_only_sources(folder: str | Path, manifest: str | Path | None, taken: s
     assign_splits, so the val / test sources, their pairs and their donor pools are what a build
     without them makes. With a manifest only the files it lists are used (the way to leave out a clip
     whose speaker may be in val or test). Their ids must differ from the main sources' ids."""
-    found = find_sources(folder, manifest)
+    found = find_sources(folder, manifest, warn_unlisted=not manifest)  # with one: the unlisted are left out
     if manifest:
         listed = read_manifest(manifest)
         found = [s for s in found if Path(s.path).name in listed]
+    elsewhere = [f"{Path(s.path).name} ({s.split})" for s in found if s.split not in ("", "train")]
+    if elsewhere:
+        raise ManifestError(f"{manifest or Path(folder) / 'manifest.json'}: {len(elsewhere)} train-extra sources "
+                            f"are pinned to another split: {_examples(elsewhere)}; --train-extra sources are train "
+                            "only: remove their split or list them in --manifest")
     clash = sorted({s.source_id for s in found} & taken)
     if clash:
-        raise ValueError(f"train_extra: source ids also in the main sources: {', '.join(clash)}")
+        raise ManifestError(f"train_extra: source ids also in the main sources: {', '.join(clash)}")
     return [replace(s, split="train") for s in found]
 
 
@@ -603,12 +859,18 @@ def voice_sources(paths: tuple[str, ...], folder: Path) -> list[Source]:
             seconds = media.probe(path).duration
             if not seconds:
                 raise ValueError(f"train_voices: no duration for {path}")
-            media.run_ffmpeg(["-y", "-f", "lavfi", "-i", "color=c=black:s=64x64:r=25", "-i", str(path),
-                              "-map", "0:v", "-map", "1:a", "-t", f"{seconds:.3f}", "-c:v", "libx264",
-                              "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "flac", "-fflags", "+bitexact",
-                              "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1",
-                              "-f", "matroska", str(tmp)])
-            tmp.rename(video)
+            try:
+                with _ffmpeg_writing_to(folder):
+                    media.run_ffmpeg(["-y", "-f", "lavfi", "-i", "color=c=black:s=64x64:r=25", "-i", str(path),
+                                      "-map", "0:v", "-map", "1:a", "-t", f"{seconds:.3f}", "-c:v", "libx264",
+                                      "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "flac",
+                                      "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact",
+                                      "-map_metadata", "-1", "-f", "matroska", str(tmp)])
+                tmp.rename(video)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
         out.append(Source(source_id=sid, path=str(video.resolve()), group=sid,
                           licence=f"see the donors folder ({Path(path).name})", split="train"))
     return out
@@ -665,7 +927,8 @@ def _worker_init(parent_pid: int) -> None:
 STALE_AGE_S = 24 * 3600  # a temporary older than this is stale whatever its PID says (PIDs get reused)
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Whether process `pid` exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -695,7 +958,7 @@ def clean_stale_temporaries(out_dir: Path, canonical_dir: Path) -> list[Path]:
             old = now - path.stat().st_mtime > STALE_AGE_S
         except OSError:
             continue
-        if old or (m is not None and not _pid_running(int(m.group(1)))):
+        if old or (m is not None and not pid_running(int(m.group(1)))):
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -782,20 +1045,35 @@ def _map_sources(fn, sources: list[Source], job: Job, pool: ProcessPoolExecutor 
                 bar.update()
             return results
         futures = {pool.submit(fn, s, job): s for s in sources}
-        for fut in as_completed(futures):
-            s = futures[fut]
-            try:
-                results[s.source_id] = fut.result()
-            except Exception as err:
-                results[s.source_id] = _internal_error(s, err)
-            bar.update()
+        try:
+            for fut in as_completed(futures):
+                s = futures[fut]
+                try:
+                    results[s.source_id] = fut.result()
+                except Exception as err:
+                    results[s.source_id] = _internal_error(s, err)
+                bar.update()
+        except BaseException:  # the build stops: start no other source (build() waits for the running ones)
+            for fut in futures:
+                fut.cancel()
+            raise
     return results
 
 
 def _internal_error(source: Source, err: Exception) -> dict[str, Any]:
-    """The summary of a source whose task crashed: a crash in one source must not stop the build."""
-    return {"source_id": source.source_id, "path": source.path, "status": "rejected",
-            "reason": f"internal error: {err!r}"}
+    """The summary of a source whose task crashed: a crash in one source must not stop the build.
+
+    A fault of the machine (environment_fault: disk full, I/O error, unwritable output, a killed
+    worker) is no crash of the source: it is raised as BuildEnvironmentError, which stops the build.
+    """
+    fault = environment_fault(err, (source.path,), source.source_id)
+    if fault is not None:
+        raise fault from err
+    if isinstance(err, OSError) and _is_source(err.filename, (source.path,)):
+        reason = f"cannot read the file: {err.strerror or err}"
+    else:
+        reason = f"internal error: {err!r}"
+    return {"source_id": source.source_id, "path": source.path, "status": "rejected", "reason": reason}
 
 
 def _run_in_scratch(row: dict[str, Any], fn, job: Job) -> dict[str, Any]:
@@ -806,11 +1084,15 @@ def _run_in_scratch(row: dict[str, Any], fn, job: Job) -> dict[str, Any]:
         try:
             summary = fn(source, replace(job, staging_dir=tmp))
         except Exception as err:
-            summary = _internal_error(source, err)
+            try:
+                summary = _internal_error(source, err)
+            except BuildEnvironmentError as fault:  # the node's fault: the driver stops the build
+                return {"summary": json.dumps({"source_id": source.source_id}), "marker": b"", "tar": b"",
+                        "stop": json.dumps([str(fault), fault.errno])}
         marker, tar = Path(tmp) / f"{source.source_id}.json", Path(tmp) / f"{source.source_id}.tar"
         done = marker.is_file()
         return {"summary": json.dumps(summary), "marker": marker.read_bytes() if done else b"",
-                "tar": tar.read_bytes() if done and tar.is_file() else b""}
+                "tar": tar.read_bytes() if done and tar.is_file() else b"", "stop": ""}
 
 
 def _map_sources_ray(fn, sources: list[Source], job: Job, desc: str, progress: bool) -> dict[str, dict[str, Any]]:
@@ -833,6 +1115,8 @@ def _map_sources_ray(fn, sources: list[Source], job: Job, desc: str, progress: b
     rows = rows.map(_run_in_scratch, fn_kwargs={"fn": fn, "job": job}, num_cpus=1)
     with tqdm(total=len(todo), desc=desc, unit="src", disable=not progress) as bar:
         for row in rows.iter_rows():
+            if row["stop"]:
+                raise BuildEnvironmentError(*json.loads(row["stop"]))
             summary = json.loads(row["summary"])
             if row["marker"]:
                 if row["tar"]:
@@ -866,11 +1150,14 @@ def init_ray(address: str | None = None, **kw: Any) -> None:
 
 
 def publish(local_dir: Path, url: str) -> None:
-    """Copy a build's files (shards, rejects.jsonl, card, manifest.json last) to a URL; drop stale shards there."""
+    """Copy a build's files (shards, rejects.jsonl, card, manifest.json last) to a URL; drop stale shards there.
+
+    A publish that fails part-way is finished by publishing again (build() says so)."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url)
     root = root.rstrip("/")
+    fs.makedirs(root, exist_ok=True)  # object stores: nothing; folder-like stores need the folder
     files = sorted((p for p in local_dir.iterdir() if p.is_file() and not p.name.startswith(".")),
                    key=lambda p: p.name == "manifest.json")
     for f in files:
@@ -924,20 +1211,79 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     out: a folder or an fsspec URL; for a URL the build happens in `work_dir` (default
     cache/build/<url as a name>, kept for resuming) and is then published there.
     """
-    if isinstance(out, str) and "://" in out:
-        local = Path(work_dir or Path(__file__).resolve().parents[1] / "cache" / "build" / safe_id(out))
-        result = build(src, dim, local, seed=seed, workers=workers, recipe=recipe, window_seconds=window_seconds,
-                       max_windows=max_windows, max_side=max_side, hop_seconds=hop_seconds,
-                       pairs_per_window=pairs_per_window, splits=splits, donors=donors, manifest=manifest,
-                       train_extra=train_extra, train_extra_manifest=train_extra_manifest,
-                       train_voices=train_voices, cards_dir=cards_dir, max_count=max_count, max_bytes=max_bytes, progress=progress,
-                       command=command, backend=backend, ray_address=ray_address)
-        publish(result["out_dir"], f"{out.rstrip('/')}/{dim}")
-        return {**result, "out_url": f"{out.rstrip('/')}/{dim}"}
+    check_build_values(window_seconds, hop_seconds, pairs_per_window, max_windows, max_side, splits)  # before anything is made
+    recipe_obj = load_recipe(recipe or dim)  # a bad recipe is refused before anything is written
+    root, url = resolve_out(out, dim, work_dir)  # a URL: checked (protocol, writable) before any work
+    try:
+        out_dir = root / dim
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with build_lock(out_dir):  # held until published: a second build into OUT stops at once
+            result = _build_locked(src, dim, root, recipe_obj, seed=seed, workers=workers, recipe=recipe,
+                                   window_seconds=window_seconds, max_windows=max_windows, max_side=max_side,
+                                   hop_seconds=hop_seconds, pairs_per_window=pairs_per_window, splits=splits,
+                                   donors=donors, manifest=manifest, train_extra=train_extra,
+                                   train_extra_manifest=train_extra_manifest, train_voices=train_voices,
+                                   cards_dir=cards_dir, max_count=max_count, max_bytes=max_bytes, progress=progress,
+                                   command=command, backend=backend, ray_address=ray_address)
+            if url is None:
+                return result
+            try:
+                publish(result["out_dir"], f"{url}/{dim}")
+            except Exception as err:  # the network or the store, after the whole build: keep it, say so
+                raise BuildError(" ".join(
+                    f"publishing to {url}/{dim} failed: {type(err).__name__}: {err}; the build itself is "
+                    f"complete in {out_dir}: run the same command again to publish it".split())) from err
+            return {**result, "out_url": f"{url}/{dim}"}
+    except OSError as err:  # the machine's fault outside any source (out unwritable, disk full while packing)
+        fault = environment_fault(err)
+        if fault is None:
+            raise
+        raise fault from err
+
+
+def resolve_out(out: str | Path, dim: str, work_dir: str | Path | None = None) -> tuple[Path, str | None]:
+    """(local folder the build writes OUT/<dim>/ into, URL it then publishes to or None).
+
+    A folder is itself; file:///abs/path is that folder. Any other URL must name a protocol fsspec
+    knows and be writable (a small object is written and removed under URL/<dim>), or BuildError in
+    one line before any work; its build happens in `work_dir` (default cache/build/<url as a name>).
+    """
+    if not (isinstance(out, str) and "://" in out):
+        return Path(out), None
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    url = out.rstrip("/")
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except Exception as err:  # an unknown protocol (ValueError), its package missing (ImportError), ...
+        raise BuildError(" ".join(f"--out {out}: {type(err).__name__}: {err}".split())) from err
+    if isinstance(fs, LocalFileSystem):
+        return Path(root), None
+    target = f"{root.rstrip('/')}/{dim}"
+    check = f"{target}/.avbench-write-check-{socket.gethostname()}-{os.getpid()}"
+    try:
+        fs.makedirs(target, exist_ok=True)
+        fs.pipe_file(check, b"avbench write check\n")
+        fs.rm_file(check)
+    except Exception as err:  # unreachable, no credentials, no bucket, read-only
+        raise BuildError(" ".join(f"--out {out}: cannot write to {url}/{dim} ({type(err).__name__}: {err}); "
+                                  "nothing was built".split())) from err
+    return Path(work_dir or Path(__file__).resolve().parents[1] / "cache" / "build" / safe_id(out)), url
+
+
+def _build_locked(src: str | Path, dim: str, out: Path, recipe_obj: Recipe, seed: int, workers: int,
+                  recipe: str | Path | None,
+                  window_seconds: float | None, max_windows: int, max_side: int, hop_seconds: float | None,
+                  pairs_per_window: int | None, splits: dict[str, float] | None, donors: str | Path | None,
+                  manifest: str | Path | None, train_extra: str | Path | None,
+                  train_extra_manifest: str | Path | None, train_voices: bool, cards_dir: str | Path | None,
+                  max_count: int, max_bytes: int, progress: bool, command: list[str] | None, backend: str,
+                  ray_address: str | None) -> dict[str, Any]:
+    """build() into the local folder `out`, whose OUT/<dim>/ build() has locked."""
     from .cards import write_card
 
     t0 = time.time()
-    recipe_obj = load_recipe(recipe or dim)
     recipe_path = str(Path(recipe) if recipe and Path(recipe).suffix else Path(__file__).parent / "recipes" / f"{recipe or dim}.yaml")
     window = float(window_seconds or recipe_obj.window_seconds)
     out_dir = Path(out) / dim
@@ -946,8 +1292,8 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     key_parts = [PIPELINE_VERSION, recipe_obj.source_text, seed, window, max_windows, max_side, hop_seconds or 0,
                  pairs_per_window or 0, fractions, str(Path(donors).resolve()) if donors else ""]
     if train_extra:  # only then: a build without it keeps its key (and its staged pairs)
-        key_parts += [str(Path(train_extra).resolve()),
-                      Path(train_extra_manifest).read_text() if train_extra_manifest else ""]
+        key_parts += [str(Path(train_extra).resolve()),  # (not UTF-8: read_manifest says so in one line)
+                      Path(train_extra_manifest).read_text(errors="surrogateescape") if train_extra_manifest else ""]
     if train_voices:
         key_parts.append("train_voices")
     config_key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:12]
@@ -1005,6 +1351,12 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
                                    + tuple(d for d in external_split[split] if d not in wrapped) for split in SPLITS})
         # pass 2: pairs
         done = _map_sources(process_source, split_sources, job, pool, f"{dim}: sources", progress)
+    except BaseException:
+        if isinstance(pool, ProcessPoolExecutor):  # the sources running finish (or fail) first
+            pool.shutdown(cancel_futures=True)
+        with contextlib.suppress(OSError):
+            clean_stale_temporaries(out_dir, canonical_dir)  # what the stopped workers were writing
+        raise
     finally:
         if isinstance(pool, ProcessPoolExecutor):
             pool.shutdown()

@@ -5,6 +5,21 @@ node `{one_of: [...]}`, `{some_of: [...], n: [1, 2]}`, `{compose: [...]}` (each 
 `weight` only on the children of a one_of). Adding a dimension = adding a file to perturb/recipes/
 (or passing a path); no pipeline edit. Every key is checked: a typo is an error naming the key and
 the valid ones, never a silently ignored setting.
+
+Every number has a range (RANGES: key -> (lo, hi, why)), checked at load, so a typo cannot ask for
+a billion pairs or a nanosecond window; real recipes sit far inside them:
+    window_seconds     0.2 .. 30    seconds per window (default 5)
+    pairs_per_window   1 .. 50      integer (default 2)
+    graded_pairs       0 .. 1       share of the pairs (default 0)
+    severity.weights   0 .. 1000    relative weights of severity.levels (levels are among 1..5)
+    splits.<split>     0 .. 1000    relative shares of train / val / test (not all zero)
+    weight             0 .. 1000    relative weight of a one_of child
+    p                  0 .. 1       probability of applying a node
+The command-line overrides of `perturb build` are checked against the same table (check_build_values):
+--window as window_seconds, --pairs-per-window, --splits, and hop_seconds 0.1 .. 3600 (--hop),
+max_windows 0 .. 1000000 (--max-windows, 0 = all), max_side 32 .. 2048 (--max-side). Operator
+keywords are range-checked by each operator (perturb/operators). The file itself is read by
+perturb.shard_format.read_config_text / parse_config_yaml: at most 1 MB, no YAML aliases.
 """
 from __future__ import annotations
 
@@ -14,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from .operators import (REGISTRY, SEVERITY_LEVELS, Compose, ConfigError, OneOf, SomeOf, Transform,
                         check_keys, check_list, check_number, operator_keywords)
+from .shard_format import parse_config_yaml, read_config_text
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 SPLITS = ("train", "val", "test")
@@ -27,6 +42,20 @@ RECIPE_KEYS = ("dim", "question", "transform", "window_seconds", "pairs_per_wind
 SEVERITY_KEYS = ("levels", "weights")
 # keys a group node may have besides its children; `weight` is added under a one_of
 _GROUP_KEYS = {"one_of": ("p",), "some_of": ("n", "p"), "compose": ("p",)}
+# The range of every number of a recipe and of perturb build's overrides: (lo, hi, why). Integer
+# bounds mean the value must be an integer. Generous for real use, small enough that a typo cannot
+# exhaust memory (pairs and windows are planned as lists before any is made).
+RANGES: dict[str, tuple[float, float, str]] = {
+    "window_seconds": (0.2, 30.0, "seconds per window"),
+    "hop_seconds": (0.1, 3600.0, "seconds between window starts: a source gives duration / hop windows"),
+    "pairs_per_window": (1, 50, "pairs drawn from each window"),
+    "max_windows": (0, 1_000_000, "windows per source at most, 0 = all"),
+    "max_side": (32, 2048, "canonical longest side in pixels"),
+    "graded_pairs": (0.0, 1.0, "a share of the pairs"),
+    "severity.weights": (0.0, 1000.0, "relative weights"),
+    "splits": (0.0, 1000.0, "relative shares of the sources"),
+    "weight": (0.0, 1000.0, "relative weight of a one_of child"),
+}
 
 
 @dataclass
@@ -82,7 +111,7 @@ def _build(spec: Any, where: str, at: str, in_one_of: bool) -> Transform:
                 for i, c in enumerate(child_specs)]
     try:
         if kind == "one_of":
-            weights = [check_number(f"{at}.one_of[{i}]", "weight", c.get("weight", 1.0), 0.0)
+            weights = [check_value(f"{at}.one_of[{i}]", "weight", c.get("weight", 1.0))
                        for i, c in enumerate(child_specs)]
             return OneOf(children, weights=weights, p=spec.get("p", 1.0))
         if kind == "some_of":
@@ -93,6 +122,53 @@ def _build(spec: Any, where: str, at: str, in_one_of: bool) -> Transform:
         return Compose(children, p=spec.get("p", 1.0))
     except ConfigError as err:
         raise ConfigError(f"{where}: {at}: {err}") from None
+
+
+def check_value(where: str, name: str, value: Any, key: str | None = None) -> int | float:
+    """`value` if it is a number in RANGES[key or name] (an integer where the bounds are integers);
+    else ConfigError naming where, name, the value and the range."""
+    lo, hi, why = RANGES[key or name]
+    if isinstance(lo, int) and isinstance(hi, int):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ConfigError(f"{where}: {name} must be an integer in [{lo}, {hi}] ({why}), got {value!r}")
+    try:
+        x = check_number(where, name, value, lo, hi)
+    except ConfigError as err:
+        raise ConfigError(f"{err} ({why})") from None
+    return int(x) if isinstance(lo, int) and isinstance(hi, int) else x
+
+
+def check_build_values(window_seconds: Any = None, hop_seconds: Any = None, pairs_per_window: Any = None,
+                       max_windows: Any = 0, max_side: Any = None, splits: Any = None) -> None:
+    """perturb build's overrides of the recipe (--window, --hop, ...; None = not given) against RANGES;
+    ConfigError naming the flag, the value and the range."""
+    for flag, key, value in (("--window", "window_seconds", window_seconds), ("--hop", "hop_seconds", hop_seconds),
+                             ("--pairs-per-window", "pairs_per_window", pairs_per_window),
+                             ("--max-windows", "max_windows", max_windows), ("--max-side", "max_side", max_side)):
+        if value is not None:
+            check_value("perturb build", flag, value, key)
+    if splits is not None:
+        _check_splits("perturb build: --splits", splits)
+
+
+def parse_splits(text: str) -> dict[str, float]:
+    """--splits "0.6,0.2,0.2" -> {train: 0.6, val: 0.2, test: 0.2} (ranged by check_build_values)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != len(SPLITS):
+        raise ConfigError(f"perturb build: --splits {text!r}: give three numbers, train,val,test (e.g. 0.6,0.2,0.2)")
+    return dict(zip(SPLITS, values))
+
+
+def _check_splits(where: str, splits: Any) -> dict[str, float]:
+    """The split fractions of a mapping of train / val / test (each in RANGES["splits"], not all zero)."""
+    fractions = {k: check_value(where, f"splits.{k}", v, "splits")
+                 for k, v in _check_mapping(where, "splits", splits, SPLITS).items()}
+    if sum(fractions.values()) <= 0:
+        raise ConfigError(f"{where}: splits must not all be zero")
+    return fractions
 
 
 def _check_int(where: str, name: str, value: Any, lo: int) -> int:
@@ -122,9 +198,12 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     if not path.is_file():
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no recipe {name_or_path!r}; built-in recipes: {known}")
-    text = path.read_text()
     where = f"recipe {path}"
-    raw = yaml.safe_load(text)
+    try:  # at most 1 MB, no aliases (shard_format: perturb and train read their YAMLs alike)
+        text = read_config_text(path)
+        raw = parse_config_yaml(text, where)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of {', '.join(RECIPE_KEYS)}, got {raw!r}")
     check_keys(where, raw, RECIPE_KEYS)
@@ -139,20 +218,18 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
               check_list(where, "severity.levels", sev.get("levels", SEVERITY_LEVELS), min_length=1)]
     if any(x not in SEVERITY_LEVELS for x in levels):
         raise ConfigError(f"{where}: severity.levels must be among {list(SEVERITY_LEVELS)}, got {levels}")
-    weights = [check_number(where, "severity.weights[]", x, 0.0) for x in
+    weights = [check_value(where, "severity.weights[]", x, "severity.weights") for x in
                check_list(where, "severity.weights", sev.get("weights", [1.0] * len(levels)), length=len(levels))]
-    splits = _check_mapping(where, "splits", raw.get("splits", DEFAULT_SPLITS), SPLITS)
-    fractions = {k: check_number(where, f"splits.{k}", v, 0.0) for k, v in splits.items()}
-    for name, values in (("severity.weights", weights), ("splits", list(fractions.values()))):
-        if sum(values) <= 0:
-            raise ConfigError(f"{where}: {name} must not all be zero")
+    if sum(weights) <= 0:
+        raise ConfigError(f"{where}: severity.weights must not all be zero")
+    fractions = _check_splits(where, raw.get("splits", DEFAULT_SPLITS))
     recipe = Recipe(
         name=path.stem, dim=raw["dim"], question=raw["question"], transform_spec=raw["transform"],
-        window_seconds=check_number(where, "window_seconds", raw.get("window_seconds", 5.0), 0.0, lo_open=True),
-        pairs_per_window=_check_int(where, "pairs_per_window", raw.get("pairs_per_window", 2), 1),
+        window_seconds=check_value(where, "window_seconds", raw.get("window_seconds", 5.0)),
+        pairs_per_window=check_value(where, "pairs_per_window", raw.get("pairs_per_window", 2)),
         severity_levels=levels,
         severity_weights=weights,
-        graded_pairs=check_number(where, "graded_pairs", raw.get("graded_pairs", 0.0), 0.0, 1.0),
+        graded_pairs=check_value(where, "graded_pairs", raw.get("graded_pairs", 0.0)),
         splits=fractions,
         source_text=text,
     )

@@ -23,6 +23,7 @@ Two kinds of error, two reactions:
 """
 from __future__ import annotations
 
+import json
 import re
 import tarfile
 from contextlib import nullcontext
@@ -85,6 +86,44 @@ def check_shard(path: str | Path, fileobj: IO[bytes] | None = None) -> int:
     except tarfile.TarError as err:
         raise ShardFormatError(f"{name}: not a readable tar ({err})") from err
     return len(keys)
+
+
+# ----------------------------------------------------------------------------- JSON
+# json.loads recurses once per nesting level (RecursionError near 1000 levels) and reads a file of
+# any size into memory. Real sample metas are a few kB and a handful of levels deep; the files
+# readers parse (manifest.json, card.json, features.json, a feature shard's metas.json: up to 500
+# samples' metas) stay far below the file limit.
+MAX_SAMPLE_JSON_BYTES = 64 << 10
+MAX_SAMPLE_JSON_DEPTH = 32
+MAX_JSON_FILE_BYTES = 64 << 20
+MAX_JSON_DEPTH = 64
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def parse_json(data: bytes | str, max_bytes: int = MAX_JSON_FILE_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads with bounds: ValueError in one line (no location: the caller names the file or
+    sample) for JSON that does not parse, is over max_bytes, or nests deeper than max_depth."""
+    if len(data) > max_bytes:
+        raise ValueError(f"{len(data)} bytes, over the {max_bytes} byte limit")
+    try:
+        obj = json.loads(data)
+    except RecursionError:
+        raise ValueError(f"invalid json (nested deeper than {max_depth} levels)") from None
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"invalid json ({err})") from None
+    if isinstance(obj, (dict, list)) and _deeper_than(obj, max_depth):
+        raise ValueError(f"invalid json (nested deeper than {max_depth} levels)")
+    return obj
 
 
 # ----------------------------------------------------------------------------- locations
@@ -150,3 +189,60 @@ def check_sample(sample: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise BadSample(f"lacks {', '.join(missing)}")
     return sample
+
+
+# ----------------------------------------------------------------------------- configs
+# Recipes and training YAMLs come from users too (perturb build --recipe, python -m train --config),
+# and perturb and train both read them, so their one YAML reader lives beside the shard contract.
+# The real ones are a few kB, a handful of levels deep, and use no anchors.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 50
+
+
+def read_config_text(path: str | Path) -> str:
+    """The text of a recipe / config file, or ValueError in one line naming it (over MAX_CONFIG_BYTES,
+    not UTF-8)."""
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: over {MAX_CONFIG_BYTES} bytes; recipes and configs are a few kB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def parse_config_yaml(text: str, where: str | Path) -> Any:
+    """The data of a recipe / config YAML text (what yaml.safe_load gives), or ValueError in one line
+    naming `where` (the file): a syntax error, nesting deeper than MAX_CONFIG_DEPTH, or an alias
+    (`*name`). An alias repeats its anchor's whole subtree, so a kB of nested aliases expands to
+    billions of nodes (the "billion laughs"); no recipe or config needs one.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                alias = self.peek_event()
+                raise ValueError(f"{where}: YAML aliases (*{alias.anchor}) are not allowed in recipes/configs "
+                                 f"(line {alias.start_mark.line + 1}); write the value out")
+            self.depth += 1
+            if self.depth > MAX_CONFIG_DEPTH:
+                raise ValueError(f"{where}: nested deeper than {MAX_CONFIG_DEPTH} levels "
+                                 f"(line {self.peek_event().start_mark.line + 1})")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    loader = Loader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{where}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+    finally:
+        loader.dispose()

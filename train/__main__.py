@@ -38,24 +38,40 @@ CONFIG_SECTIONS = {"dim", "question", "seed", "plugins", "preprocess", "model", 
 
 
 def load_config(dim: str, path: str | None) -> dict[str, Any]:
-    """The training YAML; an unknown section, or an unknown key in preprocess:, train:, objectives: or
-    pretrain:, stops with one line naming it and the valid ones (model: is checked by JudgeConfig)."""
-    import yaml
+    """The training YAML; an unknown section, an unknown key in preprocess:, train:, objectives: or
+    pretrain:, or a number outside its range (PREPROCESS_RANGES, MODEL_RANGES, TRAIN_RANGES) stops with
+    one line naming it (model: keys are checked by JudgeConfig). The file: at most 1 MB, no YAML aliases."""
+    from perturb.shard_format import parse_config_yaml, read_config_text
 
-    from .arguments import check_keys, init_fields
-    from .preprocess import PreprocessConfig
+    from .arguments import check_keys, check_train_values, init_fields
+    from .model import MODEL_RANGES
+    from .preprocess import PREPROCESS_RANGES, PreprocessConfig, check_values
     from .trainers import check_config_sections
 
     p = Path(path) if path else CONFIG_DIR / f"{dim}.yaml"
     if not p.is_file():
         raise SystemExit(f"no training config {p} (write one or pass --config)")
-    cfg = yaml.safe_load(p.read_text()) or {}
-    unknown = sorted(set(cfg) - CONFIG_SECTIONS)
+    try:
+        cfg = parse_config_yaml(read_config_text(p), p) or {}
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"{p}: expected a mapping of sections ({', '.join(sorted(CONFIG_SECTIONS))}), "
+                         f"got {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - CONFIG_SECTIONS, key=str)
     if unknown:
         raise SystemExit(f"{p}: unknown section(s) {unknown}; valid: {sorted(CONFIG_SECTIONS)}")
+    for key in ("dim", "question"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], str):
+            raise SystemExit(f"{p}: {key} must be a string, got {cfg[key]!r}")
+    if not isinstance(cfg.get("plugins") or [], list) or not all(isinstance(m, str) for m in cfg.get("plugins") or []):
+        raise SystemExit(f"{p}: plugins must be a list of module names, got {cfg['plugins']!r}")
     try:
         check_keys("preprocess", cfg.get("preprocess"), init_fields(PreprocessConfig))
         check_config_sections(cfg)
+        check_values("preprocess", cfg.get("preprocess"), PREPROCESS_RANGES)
+        check_values("model", cfg.get("model"), MODEL_RANGES)
+        check_train_values(cfg)
     except ValueError as err:
         raise SystemExit(f"{p}: {err}") from None
     cfg["_path"] = str(p)
@@ -89,6 +105,16 @@ def resolve_preprocess(conf: dict[str, Any], plugins: list[str]) -> dict[str, An
     return pre
 
 
+def _ranged(name: str):
+    """An argparse type for an override of the config field `name`, within arguments.TRAIN_RANGES
+    (imported when the flag is given: --help stays fast)."""
+    def parse(text: str):
+        from .arguments import parse_override
+
+        return parse_override(name, text)
+    return parse
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,9 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="run directory (default runs/<dim>); spell it --run-dir under torchrun, whose own "
                          "parser takes --run for an abbreviation of its --run-path")
     ap.add_argument("--config", default=None, help="YAML (default train/configs/<dim>.yaml)")
-    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--max-steps", type=_ranged("max_steps"), default=None)
     ap.add_argument("--cache-dir", default=None, help="tensor cache (default cache/tensors or $AVBENCH_CACHE)")
-    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--seed", type=_ranged("seed"), default=None)
     ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints (start over)")
     ap.add_argument("--workers", type=int, default=None, help="preprocessing DataLoader workers")
     ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -119,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def init_from(model, init: str, shards: Path | str, log) -> dict[str, Any]:
     """Copy the weights of another run's judge (same names and shapes) into model; refuse a run
     pretrained on this dataset's val / test sources. Returns what metrics.json records."""
-    from .model import load_weights
+    from .model import JudgeLoadError, load_weights
     from .pretrain import held_out_files
 
     src = Path(init)
@@ -135,7 +161,10 @@ def init_from(model, init: str, shards: Path | str, log) -> dict[str, Any]:
     if leaked:
         raise SystemExit(f"--init {init} was pretrained on val/test sources of {shards}: {leaked}")
     own = model.state_dict()
-    theirs = load_weights(src).state_dict()
+    try:
+        theirs = load_weights(src).state_dict()
+    except JudgeLoadError as err:  # e.g. pickled weights only: refused, nothing unpickled
+        raise SystemExit(f"--init {init}: {err}") from None
     loaded = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
     if not loaded:
         raise SystemExit(f"--init {init}: none of its weights fit this model (another architecture?)")
@@ -159,13 +188,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from perturb.shard_format import is_url
 
-    from .data import (DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, load_split, precompute_video_features,
-                       read_card, write_bad_samples)
+    from .data import (DEFAULT_MAX_BAD_FRACTION, ShardReadError, TooManyBadSamples, check_location, load_split,
+                       precompute_video_features, read_card, write_bad_samples)
     from .device import describe_device
     from .encoders import import_plugins
     from .model import MODEL_VERSION, judge_config_for
     from .preprocess import PreprocessConfig
-    from .trainers import OBJECTIVES, judge_metrics, replace_dir
+    from .trainers import OBJECTIVES, NonFiniteLoss, judge_metrics, nonfinite_weights, replace_dir
 
     # cpu=True when there is no GPU: under torchrun / `accelerate launch --multi_gpu` this makes the
     # processes a gloo (MULTI_CPU) group; without it accelerate sees LOCAL_RANK, finds no CUDA and
@@ -184,6 +213,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plugins = import_plugins([*(conf.get("plugins") or []), *args.plugin])
     shards = args.shards if is_url(args.shards or "") else Path(args.shards or f"shards/{args.dim}")  # folder or URL
     run = Path(args.run or f"runs/{args.dim}")
+    try:  # before anything is created or removed: a URL that does not answer, a folder without the splits
+        missing = [s for s in ("train", "val") if s not in check_location(shards, ("train", "val"))]
+    except ShardReadError as err:
+        raise SystemExit(f"error: {err}") from None
+    if missing:
+        raise SystemExit(f"error: no {' or '.join(missing)} shards ({missing[0]}-*.tar, or feature shards with "
+                         f"features.json) in {shards}")
     ckpt_dir = run / "checkpoints" / args.objective  # objectives sharing a run dir never resume each other
     if args.no_resume and main_proc and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
@@ -193,7 +229,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
     # ---------------------------------------------------------------- data
-    pre = PreprocessConfig.from_dict(resolve_preprocess(conf, plugins))
+    try:  # the ranges are checked on load; here what depends on several fields (sr, hop and fps)
+        pre = PreprocessConfig.from_dict(resolve_preprocess(conf, plugins))
+    except ValueError as err:
+        raise SystemExit(f"{conf['_path']}: {err}") from None
     check_augment(conf, pre)
     card = read_card(shards)
     t0 = time.time()
@@ -266,18 +305,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides: dict[str, Any] = {"seed": seed, "output_dir": str(ckpt_dir), "resume_from_checkpoint": last}
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
-    training_args = config_cls.from_sections(conf, ("objectives", args.objective), **overrides)
-    trainer = trainer_cls(model, training_args, train_pairs, val_pairs)
+    try:  # what TrainingArguments / TRL refuse (an lr_scheduler_type, ...) is the YAML's fault too
+        training_args = config_cls.from_sections(conf, ("objectives", args.objective), **overrides)
+    except ValueError as err:
+        raise SystemExit(f"{conf['_path']}: {err}") from None
+    try:  # a NaN / inf loss (DPO's SFT warm start runs in the constructor) stops in one line
+        trainer = trainer_cls(model, training_args, train_pairs, val_pairs)
 
-    if last:
-        log(f"resuming from {last} (delete {ckpt_dir} or pass --no-resume to start over)")
-    else:
-        log(f"training {args.objective} judge for {args.dim}: {training_args.max_steps} steps, global batch "
-            f"{training_args.batch_size} ({world} process(es)), {sum(p.numel() for p in model.parameters())} "
-            f"parameters")
-    t_train = time.time()
-    train_out = trainer.train(resume_from_checkpoint=last)
-    train_s = time.time() - t_train
+        if last:
+            log(f"resuming from {last} (delete {ckpt_dir} or pass --no-resume to start over)")
+        else:
+            log(f"training {args.objective} judge for {args.dim}: {training_args.max_steps} steps, global batch "
+                f"{training_args.batch_size} ({world} process(es)), {sum(p.numel() for p in model.parameters())} "
+                f"parameters")
+        t_train = time.time()
+        train_out = trainer.train(resume_from_checkpoint=last)
+        train_s = time.time() - t_train
+        bad_weights = nonfinite_weights(trainer.accelerator.unwrap_model(trainer.model))
+        if bad_weights:  # the last step's update: never evaluated, never saved as the judge
+            raise NonFiniteLoss(f"weights {', '.join(bad_weights[:3])} are not finite after step "
+                                f"{trainer.state.global_step}: no judge written (lower the learning rate)")
+    except NonFiniteLoss as err:
+        raise SystemExit(f"error: {args.objective}: {err}") from None
 
     # ---------------------------------------------------------------- final eval + outputs
     jm = judge_metrics(trainer.accelerator.unwrap_model(trainer.model), val_pairs, training_args.eval_batch_pairs,
@@ -350,6 +399,23 @@ def _torn(checkpoint: Path) -> str | None:
         int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
     except (ValueError, KeyError, TypeError):
         return "trainer_state.json cut short"
+    return _nonfinite_checkpoint(checkpoint / "model.safetensors")
+
+
+def _nonfinite_checkpoint(weights: Path) -> str | None:
+    """Why a checkpoint's weights cannot be resumed: unreadable, or NaN / inf in them (a run before
+    the loss was checked could save such weights; resuming them trains nothing but NaN)."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return f"non-finite weights ({name})"
+    except Exception as err:  # safetensors' own error type: a file cut short or not safetensors
+        return f"model.safetensors unreadable ({type(err).__name__})"
     return None
 
 
@@ -370,7 +436,8 @@ def last_complete_checkpoint(ckpt_dir: Path, log=print, remove_torn: bool = True
         if reason is None:
             last = last or str(ckpt)
             continue
-        log(f"skipping torn checkpoint {ckpt} ({reason}: its save was interrupted); removed")
+        why = "not resumable" if reason.startswith(("non-finite", "model.safetensors")) else "its save was interrupted"
+        log(f"skipping torn checkpoint {ckpt} ({reason}: {why}); removed")
         if remove_torn:
             shutil.rmtree(ckpt, ignore_errors=True)
     return last
@@ -395,7 +462,11 @@ def _versions() -> dict[str, str]:
 if __name__ == "__main__":
     from perturb.shard_format import ShardFormatError
 
+    from train.data import ShardReadError
+
     try:
         main()
+    except ShardReadError as err:  # shards or feature shards that cannot be used as given
+        sys.exit(f"error: {err}")
     except ShardFormatError as err:  # an invalid or hostile shard: one line, nothing decoded
         sys.exit(f"error: invalid shard: {err}")

@@ -9,7 +9,9 @@
 A training YAML (train/configs/*.yaml) gives them in its `train:` section (shared by every trainer)
 and in `objectives: <name>:` / `pretrain:` (one trainer's own); `Config.from_sections(yaml, section,
 **overrides)` merges the three, in that order. `check_sections` refuses an unknown key in any of
-those sections, naming it and the valid ones.
+those sections, naming it and the valid ones. Every number has a range (TRAIN_RANGES), checked when
+the YAML is loaded (check_train_values), on a command-line override (parse_override) and when a config
+is built (JudgeArguments.__post_init__): an error names the key, the value and the range.
 """
 from __future__ import annotations
 
@@ -23,6 +25,52 @@ from typing import Any
 import torch
 import transformers
 from trl import DPOConfig, RewardConfig, SFTConfig
+
+from .preprocess import check_range, check_values, range_text
+
+# The range of every number of the train:, objectives: and pretrain: sections (and of the configs
+# built from them): key -> (lo, hi, why); integer bounds mean integers; None passes wherever a field
+# takes None ("unset"). Generous for real use; they stop a typo from asking for a billion-pair batch.
+TRAIN_RANGES: dict[str, tuple[float, float, str]] = {
+    "batch_size": (1, 4096, "pairs per step, all processes together"),
+    "per_device_train_batch_size": (1, 4096, "pairs per step and process"),
+    "per_device_eval_batch_size": (1, 4096, "clips per eval step and process"),
+    "eval_batch_pairs": (1, 4096, "pairs per batch of the val metrics"),
+    "max_steps": (-1, 10_000_000, "optimiser steps; -1: num_train_epochs decides"),
+    "num_train_epochs": (0.0, 100_000.0, "passes over the data when max_steps is -1"),
+    "max_train_minutes": (0.0, 525_600.0, "minutes, a year at most"),
+    "learning_rate": (0.0, 10.0, "optimiser step size"),
+    "weight_decay": (0.0, 10.0, "AdamW weight decay"),
+    "warmup_steps": (0.0, 10_000_000.0, "steps, or below 1 a share of the steps"),
+    "warmup_ratio": (0.0, 1.0, "a share of the steps"),
+    "max_grad_norm": (0.0, 1e6, "gradient clipping norm"),
+    "gradient_accumulation_steps": (1, 1024, "steps whose gradients add up"),
+    "label_smoothing_factor": (0.0, 1.0, "a probability"),
+    "logging_steps": (0.0, 10_000_000.0, "steps, or below 1 a share of the steps"),
+    "save_steps": (0.0, 10_000_000.0, "steps, or below 1 a share of the steps"),
+    "eval_steps": (0.0, 10_000_000.0, "steps, or below 1 a share of the steps"),
+    "save_total_limit": (1, 10_000, "checkpoints kept"),
+    "dataloader_num_workers": (0, 64, "DataLoader processes"),
+    "seed": (0, 2**32 - 1, "numpy takes seeds below 2**32"),
+    "margin_scale": (0.0, 100.0, "multiplier of the pair margin"),
+    "center_rewards_coefficient": (0.0, 100.0, "weight of the reward centring loss"),
+    "beta": (0.0, 100.0, "DPO temperature"),
+    "label_smoothing": (0.0, 0.5, "DPO label noise (conservative DPO)"),
+    "sft_warmup_steps": (0, 10_000_000, "SFT steps before DPO"),
+    "hop_seconds": (0.04, 60.0, "seconds between window starts (pretraining)"),
+}
+# the same for the fields of train.data.Augment (the `augment:` mapping of those sections)
+AUGMENT_RANGES: dict[str, tuple[float, float, str]] = {
+    "jitter": (0, 64, "pixels of translation"),
+    "flip": (0.0, 1.0, "a probability"),
+    "flicker": (0.0, 1.0, "per-frame gain spread"),
+    "video_noise": (0.0, 10.0, "noise level of the normalised picture"),
+    "freq_mask": (0, 128, "mel bins masked at most"),
+    "audio_noise": (0.0, 10.0, "noise level of the normalised log-mel"),
+    "time_warp": (0.0, 1.0, "clips stretched by up to 1 + time_warp"),
+    "landmark_affine": (0.0, 1.0, "scale / rotation spread of the landmarks"),
+    "landmark_noise": (0.0, 1.0, "jitter in eye distances"),
+}
 
 
 def init_fields(config_cls: type) -> set[str]:
@@ -53,6 +101,47 @@ def check_keys(where: str, section: Any, valid: set[str], elsewhere: Mapping[str
     raise ValueError(f"{where}: unknown key(s) {unknown}{hint}; valid keys: {sorted(valid)}")
 
 
+def check_augment(where: str, augment: Any) -> None:
+    """ValueError unless `augment` is true, false, None or a mapping of Augment fields within AUGMENT_RANGES."""
+    if augment is None or isinstance(augment, bool):
+        return
+    if not isinstance(augment, Mapping):
+        raise ValueError(f"{where}: augment must be true, false or a mapping of {', '.join(AUGMENT_RANGES)}, "
+                         f"got {augment!r}")
+    check_keys(f"{where}: augment", augment, set(AUGMENT_RANGES))
+    check_values(f"{where}: augment", dict(augment), AUGMENT_RANGES)
+
+
+def check_train_values(conf: Mapping[str, Any]) -> None:
+    """ValueError naming the section, key, value and range of a number outside TRAIN_RANGES in a
+    training YAML's seed, train:, objectives: and pretrain: sections (run check_sections first)."""
+    if conf.get("seed") is not None:
+        check_range("seed", "seed", conf["seed"], TRAIN_RANGES["seed"])
+    sections = [("train", conf.get("train")), ("pretrain", conf.get("pretrain")),
+                *((f"objectives: {name}", section) for name, section in (conf.get("objectives") or {}).items())]
+    for where, section in sections:
+        check_values(where, section, TRAIN_RANGES, none_ok=True)
+        check_augment(where, (section or {}).get("augment"))
+        warmup = (section or {}).get("sft_warmup_args")
+        if warmup is not None:
+            check_values(f"{where}: sft_warmup_args", warmup, TRAIN_RANGES, none_ok=True)
+            check_augment(f"{where}: sft_warmup_args", warmup.get("augment"))
+
+
+def parse_override(name: str, text: str) -> int | float:
+    """A command-line override of the config field `name` (--max-steps, --seed) within TRAIN_RANGES;
+    argparse.ArgumentTypeError (argparse's one-line usage error) otherwise."""
+    import argparse
+
+    lo, hi, _ = TRAIN_RANGES[name]
+    try:
+        value = int(text) if isinstance(lo, int) and isinstance(hi, int) else float(text)
+        return check_range("", name, value, TRAIN_RANGES[name])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if isinstance(lo, int) else 'a number'} "
+                                         f"in {range_text(TRAIN_RANGES[name])}") from None
+
+
 def check_sections(conf: Mapping[str, Any], objective_configs: Mapping[str, type], pretrain_config: type) -> None:
     """Refuse an unknown key in the YAML's train:, objectives: and pretrain: sections (ValueError)."""
     own = {**{f"objectives: {name}": init_fields(c) for name, c in objective_configs.items()},
@@ -69,6 +158,10 @@ def check_sections(conf: Mapping[str, Any], objective_configs: Mapping[str, type
 @dataclass
 class JudgeArguments:
     r"""What every judge trainer shares, on top of transformers' `TrainingArguments` and TRL's configs.
+
+    Every number (ours and the TrainingArguments / TRL fields a YAML sets) must lie in its TRAIN_RANGES
+    range, e.g. batch_size 1..4096, max_steps -1..10**7, learning_rate 0..10, seed 0..2**32-1; the
+    augment mapping's in AUGMENT_RANGES. A value outside is a ValueError naming it and the range.
 
     Parameters:
         > Batch and length of a training (the YAML's `train:` section)
@@ -87,8 +180,8 @@ class JudgeArguments:
         > Data
 
         augment (`bool` or `dict`, *optional*, defaults to `True`):
-            Augment the training clips: `True`, `False`, or a dict of `train.data.Augment` fields. Val clips
-            are never augmented.
+            Augment the training clips: `True`, `False`, or a dict of `train.data.Augment` fields (ranges:
+            AUGMENT_RANGES). Val clips are never augmented.
         dataloader_num_workers (`int`, *optional*, defaults to `0`):
             The tensor cache lives in memory: DataLoader workers would only add inter-process copies.
 
@@ -152,6 +245,10 @@ class JudgeArguments:
     disable_tqdm: bool | None = None
 
     def __post_init__(self):
+        for name, bounds in TRAIN_RANGES.items():
+            if getattr(self, name, None) is not None:
+                check_range(type(self).__name__, name, getattr(self, name), bounds)
+        check_augment(type(self).__name__, self.augment)
         if self.use_cpu is None:
             self.use_cpu = not torch.cuda.is_available()
         if self.disable_tqdm is None:  # a log file would fill with progress bars

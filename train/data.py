@@ -16,15 +16,21 @@ would leave workers idle).
 
 BAD SAMPLES: a sample whose json does not parse, that lacks a side, or whose media ffmpeg cannot
 read is skipped and listed (shard, key, reason) in its entry's metas.json "bad" and in
-PairDataset.bad; a split with more than `max_bad_fraction` of its samples bad stops with
-TooManyBadSamples (one line). Members outside the pair format are another matter: the shard is
-hostile or not ours, and perturb.shard_format.ShardFormatError stops everything.
+PairDataset.bad; so is a pair whose tensors hold NaN / inf or whose margin is not a finite number
+(load_split: one such value would turn every weight to NaN). A split with more than
+`max_bad_fraction` of its samples bad stops with TooManyBadSamples (one line). Members outside the
+pair format are another matter: the shard is hostile or not ours, and
+perturb.shard_format.ShardFormatError stops everything.
 
 LOCATIONS: shards may be a folder or an fsspec URL (s3://bucket/shards/lip_sync); a URL shard is
 streamed (its headers checked and its sha256 taken in one pass, then decoded in the cache pass),
 never copied whole, and the tensor cache stays local, keyed as above. FEATURE SHARDS
 (`python -m train.data featurize`) are cache entries written beside `features.json` at any
-location: given such a location, load_split reads the tensors and decodes no video.
+location: given such a location, load_split reads the tensors and decodes no video. Feature shards
+are untrusted too: features.json entries must be folder names inside the location, and every
+entry's metas.json and tensors are checked against each other and against the preprocessing
+(names, floating dtypes, shapes, row counts) before training; JSON files are capped
+(perturb.shard_format.MAX_JSON_FILE_BYTES, MAX_JSON_DEPTH). What fails is ShardReadError, one line.
 
 `stream_pairs` is the no-cache path (decode on the fly, shard shuffle + sample shuffle buffer),
 kept for the cache-vs-no-cache benchmark: `python -m train.data bench --shards DIR`.
@@ -35,6 +41,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -47,8 +54,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from perturb.media import MediaError, sha256_file  # the shared media layer, not perturb's internals
-from perturb.shard_format import (BadSample, ShardFormatError, check_sample, check_shard, is_url, join,  # the shard contract
-                                  list_location, location_exists, location_name, open_location)
+from perturb.shard_format import (MAX_JSON_FILE_BYTES, MAX_SAMPLE_JSON_BYTES, MAX_SAMPLE_JSON_DEPTH,  # the shard contract
+                                  BadSample, ShardFormatError, check_sample, check_shard, is_url, join, list_location,
+                                  location_exists, location_name, open_location, parse_json)
 
 from .preprocess import PreprocessConfig, preprocess_clip
 
@@ -65,6 +73,30 @@ class TooManyBadSamples(RuntimeError):
     def __init__(self, message: str, bad: list[dict[str, Any]]):
         super().__init__(message)
         self.bad = bad
+
+
+class ShardReadError(ShardFormatError):
+    """Shards that cannot be used as given: an unknown or unreachable location, no shards of a split, a
+    malformed manifest.json / card.json / features.json / metas.json, feature tensors that do not match
+    their record. The message is the one line to show; it names the location or file (and tensor)."""
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# A name inside the shards / feature folder: never a path out of it (no '/', '\\', '..', absolute).
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
+
+
+def _is_name(name: Any) -> bool:
+    return isinstance(name, str) and bool(_NAME.fullmatch(name)) and ".." not in name
 
 
 # ----------------------------------------------------------------------------------- shards
@@ -116,9 +148,16 @@ def list_shards(shards_dir: str | Path, split: str) -> list[ShardInfo]:
     url = is_url(shards_dir)
     shards_dir = shards_dir if url else Path(shards_dir)
     entries: list[dict[str, Any]] = []
-    manifest = _read_json(join(shards_dir, "manifest.json"))
+    where = join(shards_dir, "manifest.json")
+    manifest = _read_json(where)
     if manifest:
-        entries = [e for e in manifest.get("shards", []) if e.get("split") == split]
+        rows = manifest.get("shards", []) if isinstance(manifest, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(e, dict) for e in rows):
+            raise ShardReadError(f"{where}: not a shard manifest (an object whose shards is a list of objects)")
+        entries = [e for e in rows if e.get("split") == split]
+        for e in entries:  # a row names a shard inside the folder, never a path out of it
+            if not _is_name(e.get("file")):
+                raise ShardReadError(f"{where}: file {_short(e.get('file'))} is not a shard name inside {shards_dir}")
     if not entries:
         entries = [{"file": location_name(p), "split": split} for p in list_location(shards_dir, f"{split}-*.tar")]
     out = []
@@ -133,29 +172,59 @@ def list_shards(shards_dir: str | Path, split: str) -> list[ShardInfo]:
             sha = sha256_file(path)
         if e.get("sha256") and e["sha256"] != sha:
             print(f"[train.data] warning: {e['file']}: sha256 differs from manifest.json (shard rewritten?)")
-        out.append(ShardInfo(path, split, sha, e.get("count")))
+        count = e.get("count")  # only a progress hint: one that is not a number is left out
+        out.append(ShardInfo(path, split, sha, count if type(count) is int else None))
     return out
 
 
 def _read_json(location: str | Path) -> Any:
-    """A JSON file of a folder or URL, or None when there is none."""
+    """A JSON file of a folder or URL, or None when there is none; ShardReadError (one line naming the
+    file) when it cannot be read, is over MAX_JSON_FILE_BYTES, or is not JSON within parse_json's limits."""
     try:
         with open_location(location) as fh:
-            return json.loads(fh.read())
+            data = fh.read(MAX_JSON_FILE_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except (OSError, ValueError, ImportError) as err:  # a folder of that name, a host that does not answer
+        raise ShardReadError(f"{location}: cannot read it ({_one_line(err)})") from None
+    try:
+        return parse_json(data, MAX_JSON_FILE_BYTES)
+    except ValueError as err:
+        raise ShardReadError(f"{location}: {err}") from None
 
 
 def read_card(shards_dir: str | Path) -> dict[str, Any] | None:
-    return _read_json(join(shards_dir, "card.json"))
+    where = join(shards_dir, "card.json")
+    card = _read_json(where)
+    if card is not None and not isinstance(card, dict):
+        raise ShardReadError(f"{where}: not a data card (a JSON object)")
+    return card
 
 
 def has_split(shards_dir: str | Path, split: str) -> bool:
     """Whether a pair-shard or feature-shard location holds any of the split."""
-    features = _read_json(join(shards_dir, FEATURES_MANIFEST))
+    features = read_features_manifest(shards_dir)
     if features:
         return any(e["split"] == split for e in features["entries"])
     return bool(list_location(shards_dir, f"{split}-*.tar"))
+
+
+def check_location(shards_dir: str | Path, splits: tuple[str, ...] | list[str]) -> list[str]:
+    """Those of `splits` that the folder or URL holds as pair or feature shards, read from its listing
+    (or features.json) only; ShardReadError, one line, when it cannot be read at all: no such folder,
+    an unknown protocol, a host that does not answer. Readers call it before they create anything."""
+    if not is_url(shards_dir) and not Path(shards_dir).is_dir():
+        raise ShardReadError(f"no shards folder {shards_dir}")
+    try:
+        if is_url(shards_dir):
+            import fsspec
+
+            fsspec.core.url_to_fs(str(shards_dir))  # an unknown protocol, a missing s3fs / gcsfs: here
+        return [s for s in splits if has_split(shards_dir, s)]
+    except ShardFormatError:
+        raise
+    except Exception as err:  # whatever the filesystem raises (aiohttp, botocore, ...): the location is unusable
+        raise ShardReadError(f"cannot read shards at {shards_dir} ({_one_line(err)})") from None
 
 
 # ----------------------------------------------------------------------------------- decoding
@@ -193,9 +262,9 @@ def decode_pair(sample: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]
 def _pair_meta(sample: dict[str, Any]) -> dict[str, Any]:
     """{"key", "url", "meta"} of a raw sample: its json parsed with json.loads, nothing else decoded."""
     try:
-        meta = json.loads(sample["json"])
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise BadSample(f"invalid json ({err})") from None
+        meta = parse_json(sample["json"], MAX_SAMPLE_JSON_BYTES, MAX_SAMPLE_JSON_DEPTH)
+    except ValueError as err:  # it does not parse, or is too big or too deep to go into metas.json
+        raise BadSample(str(err) if str(err).startswith("invalid json") else f"json: {err}") from None
     if not isinstance(meta, dict):
         raise BadSample(f"json is a {type(meta).__name__}, not an object")
     return {"key": sample["__key__"], "url": str(sample.get("__url__", "")), "meta": meta}
@@ -363,19 +432,90 @@ def build_cache(shards: list[ShardInfo], cfg: PreprocessConfig, cache_dir: str |
     return stats
 
 
-def load_entry(entry: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A cache entry or feature shard (folder or URL): its tensors (safetensors) and metas."""
+def load_entry(entry: Path | str, cfg: PreprocessConfig | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A cache entry or feature shard (folder or URL): its tensors (safetensors) and metas, checked
+    against each other (check_metas) and, given the preprocessing cfg, against it (check_tensors).
+
+    Feature shards come from anyone: whatever does not match is ShardReadError, one line naming the
+    entry's file and tensor, before any training step."""
     from safetensors.torch import load, load_file
 
     metas = _read_json(join(entry, "metas.json"))
     if metas is None:
-        raise FileNotFoundError(f"no metas.json in {entry}")
+        raise ShardReadError(f"no metas.json in {entry}")
+    check_metas(metas, join(entry, "metas.json"), cfg)
     if not metas["keys"]:  # every sample bad: no tensors file
         return {}, metas
-    if not is_url(entry):  # a local file is mapped, not read into a buffer first
-        return load_file(str(join(entry, "tensors.safetensors"))), metas
-    with open_location(join(entry, "tensors.safetensors")) as fh:
-        return load(fh.read()), metas
+    where = join(entry, "tensors.safetensors")
+    try:
+        if not is_url(entry):  # a local file is mapped, not read into a buffer first
+            tensors = load_file(str(where))
+        else:
+            with open_location(where) as fh:
+                tensors = load(fh.read())
+    except FileNotFoundError:
+        raise ShardReadError(f"{where}: missing (metas.json lists {len(metas['keys'])} pairs)") from None
+    except Exception as err:  # safetensors' own error type for a corrupt file; OSError
+        raise ShardReadError(f"{where}: not a readable safetensors file ({_one_line(err)})") from None
+    if cfg is not None:
+        check_tensors(tensors, len(metas["keys"]), cfg, where)
+    return tensors, metas
+
+
+TENSOR_NAMES = tuple(f"{side}.{mod}" for side in SIDES for mod in ("video", "audio"))
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], n: int, cfg: PreprocessConfig, where: str | Path) -> None:
+    """ShardReadError naming `where` and the tensor unless tensors are exactly TENSOR_NAMES, floating
+    point, n rows each of the shapes cfg's preprocessing gives (PreprocessConfig.input_shapes)."""
+    missing, extra = sorted(set(TENSOR_NAMES) - set(tensors)), sorted(set(tensors) - set(TENSOR_NAMES))
+    if missing or extra:
+        raise ShardReadError(f"{where}: tensors {sorted(tensors)[:8]}; expected exactly {list(TENSOR_NAMES)}"
+                             f"{' (missing ' + ', '.join(missing) + ')' if missing else ''}")
+    video, audio = cfg.input_shapes()
+    for name in TENSOR_NAMES:
+        t = tensors[name]
+        if not t.is_floating_point():
+            raise ShardReadError(f"{where}: tensor {name} is {str(t.dtype).replace('torch.', '')}, not floating point")
+        shape = (n, *(video if name.endswith(".video") else audio))
+        if tuple(t.shape) != shape:
+            raise ShardReadError(f"{where}: tensor {name} has shape {list(t.shape)}, expected {list(shape)} "
+                                 f"({n} pairs in metas.json, preprocessing {cfg.fingerprint()})")
+
+
+def check_metas(metas: Any, where: str | Path, cfg: PreprocessConfig | None = None) -> None:
+    """ShardReadError naming `where` unless metas (a cache entry's or feature shard's metas.json) has
+    what readers use: keys (strings), metas and info (objects, one per key), bad (objects naming a
+    shard, key and reason), shard {file, sha256}, and, given cfg, its fingerprint. Fills in info."""
+    def fail(why: str) -> None:
+        raise ShardReadError(f"{where}: {why}")
+
+    if not isinstance(metas, dict):
+        fail("not an object")
+    keys = metas.get("keys")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        fail("keys is not a list of strings")
+    n = len(keys)
+    metas.setdefault("info", [{} for _ in range(n)])
+    for field in ("metas", "info"):
+        rows = metas.get(field)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            fail(f"{field} is not a list of objects")
+        if len(rows) != n:
+            fail(f"{len(rows)} {field} for {n} keys")
+    if not all(isinstance(r.get(side, {}), dict) for r in metas["info"] for side in SIDES):
+        fail("info is not a list of objects of objects")
+    bad = metas.setdefault("bad", [])
+    if not isinstance(bad, list) or not all(isinstance(b, dict) and all(isinstance(b.get(f), str)
+                                                                        for f in ("shard", "key", "reason"))
+                                            for b in bad):
+        fail("bad is not a list of {shard, key, reason} objects")
+    shard = metas.get("shard")
+    if not isinstance(shard, dict) or not all(isinstance(shard.get(f), str) for f in ("file", "sha256")):
+        fail("shard is not an object with a file and a sha256")
+    if cfg is not None and metas.get("fingerprint") != cfg.fingerprint():
+        fail(f"made with preprocessing {_short(metas.get('fingerprint'))}, not {cfg.fingerprint()} "
+             f"(what features.json and this config give)")
 
 
 # ----------------------------------------------------------------------------------- feature shards
@@ -383,15 +523,34 @@ def load_entry(entry: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, An
 FEATURES_MANIFEST = "features.json"
 
 
+def read_features_manifest(location: str | Path) -> dict[str, Any] | None:
+    """features.json of a feature-shard location (None: there is none), checked: a fingerprint and
+    entries {split, entry} whose entry is a folder name inside the location, never a path out of it."""
+    where = join(location, FEATURES_MANIFEST)
+    features = _read_json(where)
+    if features is None:
+        return None
+    if not isinstance(features, dict) or not isinstance(features.get("fingerprint"), str) \
+            or not isinstance(features.get("entries"), list):
+        raise ShardReadError(f"{where}: not a features manifest (an object with a fingerprint and a list of entries)")
+    for i, e in enumerate(features["entries"]):
+        if not isinstance(e, dict) or not isinstance(e.get("split"), str):
+            raise ShardReadError(f"{where}: entries[{i}] is not an object with a split and an entry")
+        if not _is_name(e.get("entry")):
+            raise ShardReadError(f"{where}: entries[{i}]: entry {_short(e.get('entry'))} is not a folder name "
+                                 f"inside {location} (letters, digits, '_', '-', '.'; no path)")
+    return features
+
+
 def _feature_entries(location: str | Path, features: dict[str, Any], split: str,
                      cfg: PreprocessConfig) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
     if features["fingerprint"] != cfg.fingerprint():
-        raise ValueError(f"feature shards at {location} were made with preprocessing {features['fingerprint']} "
-                         f"({features['preprocess']}), this config gives {cfg.fingerprint()}: run "
-                         f"`python -m train.data featurize` with this config")
-    entries = [load_entry(join(location, e["entry"])) for e in features["entries"] if e["split"] == split]
+        raise ShardReadError(f"feature shards at {location} were made with preprocessing {features['fingerprint']} "
+                             f"({_short(features.get('preprocess'), 400)}), this config gives {cfg.fingerprint()}: run "
+                             f"`python -m train.data featurize` with this config")
+    entries = [load_entry(join(location, e["entry"]), cfg) for e in features["entries"] if e["split"] == split]
     if not entries:
-        raise FileNotFoundError(f"no {split} feature shards in {location}")
+        raise ShardReadError(f"no {split} feature shards in {location}")
     return entries
 
 
@@ -413,7 +572,9 @@ def featurize_shard(shard: ShardInfo, cfg: PreprocessConfig, out: str | Path, nu
     target = join(out, name)
     row = {"split": shard.split, "entry": name, "shard": shard.name, "sha256": shard.sha256}
     if location_exists(join(target, "metas.json")):
-        return {**row, "count": len(_read_json(join(target, "metas.json"))["keys"])}
+        metas = _read_json(join(target, "metas.json"))
+        check_metas(metas, join(target, "metas.json"), cfg)
+        return {**row, "count": len(metas["keys"])}
     with tempfile.TemporaryDirectory(prefix="avbench_features_") as tmp:
         build_cache([shard], cfg, tmp, num_workers=num_workers, log=lambda *a: None,
                     max_bad_fraction=max_bad_fraction)
@@ -446,9 +607,10 @@ def featurize(shards_dir: str | Path, out: str | Path, cfg: PreprocessConfig, sp
     "ray" runs one Ray task per shard (1 CPU each) on the cluster at ray_address.
     """
     t0 = time.time()
-    shards = [s for split in splits if has_split(shards_dir, split) for s in list_shards(shards_dir, split)]
+    present = check_location(shards_dir, splits)  # an unreachable or empty location: one line, nothing written
+    shards = [s for split in present for s in list_shards(shards_dir, split)]
     if not shards:
-        raise FileNotFoundError(f"no pair shards in {shards_dir}")
+        raise ShardReadError(f"no pair shards ({'/'.join(splits)}-*.tar) in {shards_dir}")
     if backend == "ray":
         import ray
 
@@ -559,34 +721,76 @@ def load_split(shards_dir: str | Path, split: str, cfg: PreprocessConfig, cache_
                max_bad_fraction: float | None = DEFAULT_MAX_BAD_FRACTION) -> PairDataset:
     """All pairs of a split as a PairDataset, preprocessing (once) into the tensor cache as needed.
 
-    Bad samples are left out and listed in `.bad`; TooManyBadSamples when more than
-    max_bad_fraction of the split is bad (None: no limit).
+    Bad samples are left out and listed in `.bad`: those the cache pass found, and rows of the
+    tensors (feature shards or cache) holding NaN / inf or whose meta cannot train (unusable_rows);
+    TooManyBadSamples when more than max_bad_fraction of the split is bad (None: no limit). Every
+    entry is checked against cfg first (load_entry): a mismatch is ShardReadError, one line.
     """
-    features = _read_json(join(shards_dir, FEATURES_MANIFEST))
+    features = read_features_manifest(shards_dir)
     if features:
         entries = _feature_entries(shards_dir, features, split, cfg)
     else:
         shards = list_shards(shards_dir, split)
         if not shards:
-            raise FileNotFoundError(f"no {split} shards in {shards_dir}")
+            raise ShardReadError(f"no {split} shards in {shards_dir}")
         build_cache(shards, cfg, cache_dir, num_workers=num_workers, log=log, max_bad_fraction=max_bad_fraction)
-        entries = [load_entry(cache_entry(s, cfg, cache_dir)) for s in shards]
+        entries = [load_entry(cache_entry(s, cfg, cache_dir), cfg) for s in shards]
     parts, metas, keys, info, bad = [], [], [], [], []
     for t, m in entries:
+        bad += [{"split": split, **b} for b in m["bad"]]
+        unusable = unusable_rows(t, m["metas"])
+        if unusable:
+            keep = [i for i in range(len(m["keys"])) if i not in unusable]
+            bad += [{"split": split, "shard": m["shard"]["file"], "key": m["keys"][i], "reason": why}
+                    for i, why in sorted(unusable.items())]
+            t = {k: v[torch.tensor(keep, dtype=torch.long)] for k, v in t.items()} if keep else {}
+            m = {**m, **{f: [m[f][i] for i in keep] for f in ("keys", "metas", "info")}}
         if t:
             parts.append(t)
         metas += m["metas"]
         keys += m["keys"]
         info += m["info"]
-        bad += [{"split": split, **b} for b in m.get("bad", [])]
     check_bad_share(split, bad, len(keys) + len(bad), max_bad_fraction)
     if not parts:
-        raise FileNotFoundError(f"no readable {split} pairs in {shards_dir} ({len(bad)} bad samples)")
+        raise ShardReadError(f"no readable {split} pairs in {shards_dir} ({len(bad)} bad samples)")
     if bad:
         log(f"[train.data] {split}: {len(bad)} bad sample(s) skipped of {len(keys) + len(bad)}")
     tensors = {k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
     return PairDataset(tensors, metas, keys, info, card=read_card(shards_dir),
                        shards=[{"file": m["shard"]["file"], "sha256": m["shard"]["sha256"]} for _, m in entries], bad=bad)
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """Why a pair's meta cannot train (its margin, label or window would raise or poison the loss)."""
+    try:
+        margin = float(meta.get("margin") or 0.0)
+    except (TypeError, ValueError, OverflowError):
+        return f"margin {_short(meta.get('margin'))} is not a number"
+    if not abs(margin) <= torch.finfo(torch.float32).max:  # the batch holds it as float32: 1e300 is inf there
+        return f"margin {margin} is not finite (as float32)"
+    try:
+        clip_label(meta, "chosen")
+    except (TypeError, ValueError, OverflowError):
+        return f"chosen_severity {_short(meta.get('chosen_severity'))} is not an integer"
+    window = meta.get("window")
+    if window and not (isinstance(window, list) and len(window) == 2 and all(
+            type(w) in (int, float) and math.isfinite(w) for w in window)):
+        return f"window {_short(window)} is not [start, end] in seconds"
+    return None
+
+
+def unusable_rows(tensors: dict[str, torch.Tensor], metas: list[dict[str, Any]], chunk: int = 256) -> dict[int, str]:
+    """{row: reason} for the pairs that would poison training: NaN / inf anywhere in their tensors
+    (one such value turns every weight to NaN), or a meta _meta_problem refuses. Read in chunks of
+    rows, so the check needs little memory beside the tensors."""
+    out = {i: why for i, m in enumerate(metas) if (why := _meta_problem(m))}
+    for name in sorted(tensors):
+        t = tensors[name]
+        for i in range(0, len(t), chunk):
+            finite = torch.isfinite(t[i:i + chunk]).flatten(1).all(1)
+            for j in torch.nonzero(~finite).flatten().tolist():
+                out.setdefault(i + j, f"non-finite values (NaN or inf) in {name}")
+    return out
 
 
 @torch.no_grad()
@@ -933,6 +1137,31 @@ def benchmark(shards_dir: str | Path, split: str, cfg: PreprocessConfig, cache_d
     return res
 
 
+
+def _cli(args) -> None:
+    """python -m train.data's commands (parsed below)."""
+    pre = PreprocessConfig()
+    if args.config and args.cmd != "featurize":
+        from train.__main__ import load_config  # the checks of python -m train (size, aliases, ranges)
+
+        pre = PreprocessConfig.from_dict(load_config("", args.config).get("preprocess") or {})
+    if args.cmd == "featurize":  # the preprocessing python -m train will ask for: same config, same fingerprint
+        from train.__main__ import load_config, resolve_preprocess
+        from train.encoders import import_plugins
+
+        conf = load_config(args.dim, args.config)
+        pre = PreprocessConfig.from_dict(resolve_preprocess(conf, import_plugins([*(conf.get("plugins") or []),
+                                                                                   *args.plugin])))
+        print(json.dumps(featurize(args.shards, args.out, pre, tuple(args.splits.split(",")), backend=args.backend,
+                                   ray_address=args.ray_address, num_workers=args.workers)))
+    elif args.cmd == "bench":
+        print(json.dumps(benchmark(args.shards, args.split, pre, args.cache_dir, args.epochs, args.workers), indent=2))
+    else:
+        for sp in args.splits.split(","):
+            d = load_split(args.shards, sp, pre, args.cache_dir)
+            print(sp, len(d), d.face_sources)
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -961,23 +1190,12 @@ if __name__ == "__main__":
     c.add_argument("--cache-dir", default=None)
     c.add_argument("--config", default=None)
     args = ap.parse_args()
-    pre = PreprocessConfig()
-    if args.config and args.cmd != "featurize":
-        import yaml
+    try:
+        _cli(args)
+    except ShardReadError as err:  # shards that cannot be used as given: one line, nothing written
+        raise SystemExit(f"error: {err}") from None
+    except ShardFormatError as err:  # an invalid or hostile pair shard: one line, nothing decoded
+        raise SystemExit(f"error: invalid shard: {err}") from None
+    except TooManyBadSamples as err:
+        raise SystemExit(f"error: too many bad samples: {err}") from None
 
-        pre = PreprocessConfig.from_dict(yaml.safe_load(Path(args.config).read_text()).get("preprocess", {}))
-    if args.cmd == "featurize":  # the preprocessing python -m train will ask for: same config, same fingerprint
-        from train.__main__ import load_config, resolve_preprocess
-        from train.encoders import import_plugins
-
-        conf = load_config(args.dim, args.config)
-        pre = PreprocessConfig.from_dict(resolve_preprocess(conf, import_plugins([*(conf.get("plugins") or []),
-                                                                                   *args.plugin])))
-        print(json.dumps(featurize(args.shards, args.out, pre, tuple(args.splits.split(",")), backend=args.backend,
-                                   ray_address=args.ray_address, num_workers=args.workers)))
-    elif args.cmd == "bench":
-        print(json.dumps(benchmark(args.shards, args.split, pre, args.cache_dir, args.epochs, args.workers), indent=2))
-    else:
-        for sp in args.splits.split(","):
-            d = load_split(args.shards, sp, pre, args.cache_dir)
-            print(sp, len(d), d.face_sources)

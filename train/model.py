@@ -34,6 +34,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.utils import ModelOutput
 
 from .encoders import FREEZE_MODES, audio_encoder_class, import_plugins, video_encoder_class
+from .preprocess import check_values
 
 LABELS = ("no", "yes")
 N_SUMMARY = 3  # features per sync profile fed to the head (AVJudge.profile_summary)
@@ -45,8 +46,35 @@ _BASE_CONFIG_KEYS = {f.name for f in dataclasses.fields(PretrainedConfig)} | set
     "torch_dtype", "name_or_path", "_name_or_path", "num_labels", "model_type", "_commit_hash",
     "_attn_implementation_autoset", "attn_implementation", "use_cache"}  # Trainer sets use_cache
 
+# The range of every number of a judge's config (a training YAML's `model:` section, an export's
+# config.json): key -> (lo, hi, why); integer bounds mean integers, a list is checked item by item.
+# The input geometry (n_frames ... mel_per_frame) comes from the preprocessing and fits its ranges;
+# the widths bound the weights to a few hundred MB at most.
+MODEL_RANGES: dict[str, tuple[float, float, str]] = {
+    "n_frames": (1, 1800, "video frames per clip (window_seconds x fps)"),
+    "crop_size": (4, 256, "crop height and width in pixels"),
+    "channels": (1, 3, "1 grayscale, 3 colour"),
+    "n_mels": (1, 512, "audio feature rows"),
+    "mel_per_frame": (1, 3000, "mel frames per video frame (sr / (hop x fps))"),
+    "vis_widths": (1, 1024, "channels of the frame encoder's layers"),
+    "stem_stride": (1, 16, "stride of the frame encoder's first layer"),
+    "aud_widths": (1, 1024, "channels of the audio encoder's layers"),
+    "emb_dim": (1, 1024, "embedding width"),
+    "temporal_kernel": (1, 63, "frames seen by the temporal convolution"),
+    "max_offset_frames": (0, 250, "offsets of the sync profile, each way"),
+    "n_segments": (1, 16, "parts of the window with a profile of their own"),
+    "head_hidden": (1, 4096, "hidden width of the head"),
+    "dropout": (0.0, 1.0, "a probability"),
+    "grid_size": (1, 64, "grid cells (rows, columns) of the grid / quality encoders"),
+    "sync_aux_weight": (0.0, 100.0, "weight of the sync loss"),
+    "sync_aux_temperature": (0.01, 1000.0, "softmax temperature of the sync loss"),
+}
+
 
 class JudgeConfig(PretrainedConfig):
+    """The judge's architecture; every number is checked against MODEL_RANGES (ValueError naming the
+    field, the value and the range), whether it comes from a YAML or from an export's config.json."""
+
     model_type = "avbench_judge"
 
     def __init__(
@@ -87,6 +115,16 @@ class JudgeConfig(PretrainedConfig):
         if unknown:  # PretrainedConfig would keep a typo as an attribute and build the default
             fields = sorted(p for p in inspect.signature(JudgeConfig.__init__).parameters if p not in ("self", "kwargs"))
             raise ValueError(f"unknown judge config field(s) {unknown}; valid fields: {fields}")
+        given = dict(locals())  # the arguments, before any conversion
+        check_values("model", {k: given[k] for k in MODEL_RANGES}, MODEL_RANGES)
+        for name in ("use_motion", "use_pooled", "normalize_inputs"):
+            if not isinstance(given[name], bool):  # bool("false") would be True
+                raise ValueError(f"model: {name} must be true or false, got {given[name]!r}")
+        if any(not isinstance(v, (list, tuple)) or len(v) != 2 for v in (crop_size, grid_size)):
+            raise ValueError(f"model: crop_size and grid_size must be [rows, columns], got {crop_size!r}, {grid_size!r}")
+        for name in ("vis_widths", "aud_widths", "plugins"):
+            if not isinstance(given[name], (list, tuple)):
+                raise ValueError(f"model: {name} must be a list, got {given[name]!r}")
         self.dim = dim
         self.question = question
         self.n_frames = int(n_frames)
@@ -178,11 +216,35 @@ def normalize_audio(audio: torch.Tensor, mode: str = "cmvn") -> torch.Tensor:
     return audio / audio.std(dim=(-2, -1), keepdim=True).clamp_min(1e-3)
 
 
+class JudgeLoadError(ValueError):
+    """A judge folder that cannot be loaded for a reason the user can fix; the message is one line."""
+
+
+def require_safetensors(model_dir: str | Path, subfolder: str = "") -> None:
+    """Refuse a judge folder without safetensors weights before anything in it is read: pickled weights
+    (pytorch_model.bin, a .pt / .ckpt) would run code when loaded, and a judge is untrusted input."""
+    d = Path(model_dir) / subfolder
+    if not d.is_dir() or any(d.glob("*.safetensors")) or any(d.glob("*.safetensors.index.json")):
+        return  # not a local folder: transformers says what is wrong; safetensors present: loaded alone
+    other = sorted(f.name for f in d.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack"))
+    if other:
+        raise JudgeLoadError(f"{model_dir} has {other[0]} but no model.safetensors: only safetensors weights are loaded")
+    raise JudgeLoadError(f"{model_dir} has no model.safetensors (the judge's weights)")
+
+
 class AVJudge(PreTrainedModel):
     config_class = JudgeConfig
     base_model_prefix = "judge"
     main_input_name = "video"
     supports_gradient_checkpointing = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' from_pretrained on safetensors weights only (AutoModel.from_pretrained comes
+        here too): a folder with only pickled weights is refused and nothing is unpickled."""
+        require_safetensors(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        kwargs["use_safetensors"] = True
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def __init__(self, config: JudgeConfig):
         super().__init__(config)
@@ -413,8 +475,9 @@ def load_weights(model_dir: str | Path, device: str | torch.device = "cpu",
     err_text = (f"{model_dir}: the saved weights do not fit this version's judge (model version "
                 f"{MODEL_VERSION}); the judge was probably trained by an older avbench. Retrain it, or "
                 f"load it with the avbench commit that trained it.")
+    require_safetensors(model_dir)  # also for a plugin's judge class, which lacks AVJudge.from_pretrained's check
     try:
-        model, info = AutoModel.from_pretrained(str(model_dir), output_loading_info=True)
+        model, info = AutoModel.from_pretrained(str(model_dir), output_loading_info=True, use_safetensors=True)
     except RuntimeError as err:
         if "mismatch" not in str(err).lower():
             raise

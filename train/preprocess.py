@@ -52,10 +52,87 @@ VIDEO_NORMS = ("clip", "unit")
 FACE_DETECTORS = ("haar", "mediapipe")
 VIDEO_INPUTS = ("crop", "landmarks")
 
+# The range of every number of the preprocessing (a training YAML's `preprocess:` section, an export's
+# preprocessing.json): key -> (lo, hi, why); integer bounds mean the value must be an integer. Real
+# configs sit far inside them; the bounds keep one clip's tensors to a few hundred MB at most
+# (30 s x 60 fps of 256 x 256 crops; 30 s x 48 kHz / hop 16 mel frames of 256 bins).
+PREPROCESS_RANGES: dict[str, tuple[float, float, str]] = {
+    "window_seconds": (0.2, 30.0, "seconds per clip"),
+    "fps": (1, 60, "video frames per second"),
+    "sr": (8000, 48000, "audio sample rate in Hz"),
+    "crop_size": (4, 256, "crop height and width in pixels"),
+    "n_mels": (4, 256, "mel bins"),
+    "n_fft": (64, 8192, "FFT size in samples"),
+    "win_length": (16, 8192, "STFT window in samples, at most n_fft"),
+    "hop": (16, 4096, "samples per mel frame"),
+    "f_min": (0.0, 24000.0, "lowest mel frequency in Hz, below f_max"),
+    "f_max": (1.0, 24000.0, "highest mel frequency in Hz"),
+    "n_mfcc": (1, 128, "MFCC coefficients"),
+    "detect_frames": (1, 100, "frames searched for a face per window"),
+    "detect_max_side": (32, 4096, "longest side of a frame searched for a face, in pixels"),
+    "detect_scale_factor": (1.01, 3.0, "step between face-search scales (above 1)"),
+    "detect_min_neighbors": (0, 50, "neighbouring detections that confirm a face"),
+    "detect_min_face_frac": (0.0, 1.0, "a share of the shorter frame side"),
+    "mouth_center_y": (0.0, 1.0, "a share of the face height"),
+    "mouth_width": (0.05, 2.0, "a multiple of the face width"),
+    "face_scale": (0.1, 4.0, "a multiple of the face box side"),
+    "fallback_face_frac": (0.05, 1.0, "a share of the shorter frame side"),
+    "fallback_center_y": (0.0, 1.0, "a share of the frame height"),
+}
+MAX_LIST_ITEMS = 16  # a list-valued number (crop_size, widths) has at most this many items
+
+
+def check_range(where: str, name: str, value: Any, bounds: tuple[float, float, str]) -> Any:
+    """`value` if it is a number within bounds = (lo, hi, why), an integer where lo and hi are (a list:
+    each item); else ValueError in one line naming where, name, the value and the range."""
+    lo, hi, why = bounds
+    integer = isinstance(lo, int) and isinstance(hi, int)
+    if isinstance(value, (list, tuple)):
+        if not 1 <= len(value) <= MAX_LIST_ITEMS:
+            raise ValueError(f"{where}: {name} must be a list of 1 to {MAX_LIST_ITEMS} numbers, got "
+                             f"{len(value)}: {_short(value)}")
+        for item in value:
+            check_range(where, f"{name}[]", item, bounds)
+        return value
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    ok = isinstance(value, kinds) and not isinstance(value, (bool, np.bool_)) and lo <= value <= hi
+    if not ok:  # NaN fails lo <= value too
+        raise ValueError(f"{where}: {name} must be {'an integer' if integer else 'a number'} in "
+                         f"{range_text(bounds)}, got {_short(value)}")
+    return value
+
+
+def range_text(bounds: tuple[float, float, str]) -> str:
+    """"[lo, hi] (why)", integers written out in full."""
+    lo, hi, why = bounds
+    return f"[{lo if isinstance(lo, int) else f'{lo:g}'}, {hi if isinstance(hi, int) else f'{hi:g}'}] ({why})"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: an error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_values(where: str, section: Any, ranges: dict[str, tuple[float, float, str]],
+                 none_ok: bool = False) -> None:
+    """check_range every key of a config section (a mapping) that `ranges` names; None passes when
+    none_ok (a field whose None means "unset")."""
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        raise ValueError(f"{where}: must be a mapping of keys to values, not {type(section).__name__}")
+    for name, value in section.items():
+        if name in ranges and not (none_ok and value is None):
+            check_range(where, name, value, ranges[name])
+
 
 @dataclass
 class PreprocessConfig:
-    """Everything that decides what the model sees. JSON round-trips; fingerprint() keys caches."""
+    """Everything that decides what the model sees. JSON round-trips; fingerprint() keys caches.
+
+    Every number has a range (PREPROCESS_RANGES), checked on construction: a ValueError names the
+    field, the value and the range."""
 
     window_seconds: float = 5.0
     fps: int = 25
@@ -97,6 +174,17 @@ class PreprocessConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, part of the fingerprint
 
     def __post_init__(self) -> None:
+        check_values("preprocess", {f.name: getattr(self, f.name) for f in fields(self)}, PREPROCESS_RANGES)
+        if not isinstance(self.crop_size, (list, tuple)) or len(self.crop_size) != 2:
+            raise ValueError(f"preprocess: crop_size must be [height, width], got {self.crop_size!r}")
+        for name in ("grayscale", "use_profile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"preprocess: {name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"preprocess: extra must be a mapping, got {self.extra!r}")
+        if self.win_length > self.n_fft or self.f_min >= self.f_max:
+            raise ValueError(f"preprocess: needs win_length <= n_fft and f_min < f_max, got win_length "
+                             f"{self.win_length}, n_fft {self.n_fft}, f_min {self.f_min}, f_max {self.f_max}")
         self.crop_size = tuple(int(v) for v in self.crop_size)  # YAML / JSON give lists
         if self.crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")

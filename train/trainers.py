@@ -38,6 +38,9 @@ and checked when a trainer is built.
 
 Every trainer evaluates the judge the same way on the val pairs (`judge_metrics`): pairwise accuracy
 (score(chosen) > score(rejected)) and yes-vs-no AUC on single clips, next to its own val loss.
+
+A NaN / inf training loss stops every trainer before its optimizer step (NonFiniteLoss, one line, in
+every process at once), and no checkpoint is written from weights that are not finite.
 """
 from __future__ import annotations
 
@@ -147,6 +150,17 @@ class TimeBudget(TrainerCallback):
         return control
 
 
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN / inf loss or weights; the message is one line. Raised before the
+    optimizer step that would spread it and before any checkpoint of it is written."""
+
+
+def nonfinite_weights(model) -> list[str]:
+    """Names of the parameters and buffers of model that hold NaN or inf."""
+    return [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def replace_dir(new: Path, target: Path) -> None:
     """Put folder `new` at `target`, replacing what is there; `target` is never half-written."""
     old = target.with_name(f".{target.name}.old{os.getpid()}")
@@ -209,6 +223,12 @@ class _JudgeTrainerMixin:
         return
 
     def _save_checkpoint(self, model, trial):  # skip TRL's model-card writing (hub / trackio lookups)
+        # a finite loss can still come with non-finite gradients; weights that went NaN are never resumable
+        bad = nonfinite_weights(self.accelerator.unwrap_model(self.model))
+        if bad:
+            raise NonFiniteLoss(f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} are not finite at "
+                                f"step {self.state.global_step}: training stopped, no checkpoint written (lower "
+                                f"the learning rate)")
         return transformers.Trainer._save_checkpoint(self, model, trial)
 
     def _set_signature_columns_if_needed(self):
@@ -227,7 +247,22 @@ class _JudgeTrainerMixin:
         with self.maybe_activation_offload_context:
             out = transformers.Trainer.training_step(self, *args, **kwargs)
         self.timing["step_s"] += time.perf_counter() - t0
+        self._check_loss(out)
         return out
+
+    def _check_loss(self, loss: torch.Tensor) -> None:
+        """NonFiniteLoss, in every process at once, when a process's loss is NaN / inf: raised before the
+        optimizer step, so the weights and every checkpoint stay finite. transformers would only leave
+        the loss out of its log and step on. (Non-finite inputs never get here: load_split skips them.)"""
+        here = (~torch.isfinite(loss.detach())).any().float().reshape(1)
+        bad = here
+        if self.accelerator.num_processes > 1:  # one process's NaN reaches every one through the gradients
+            bad = self.accelerator.reduce(here.clone(), "sum")
+        if bad.item():
+            value = loss.detach().float().sum().item() if here.item() else "not finite in another process"
+            raise NonFiniteLoss(f"training loss is {value} at step {self.state.global_step + 1}: training stopped "
+                                f"before the optimizer step, no checkpoint written (lower the learning rate or "
+                                f"margin_scale)")
 
     # eval: the objective's own loss on val, plus the judge metrics on the val pairs
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
