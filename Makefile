@@ -52,7 +52,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m pip install -q torch==2.14.1 torchaudio==2.11.0
 	# dnsmos: the DNSMOS baseline of bench/dnsmos_baseline.py (speechmos's ONNX files + onnxruntime, ~30 MB;
 	# an extra, never imported by the judge); ray: Ray Data, fsspec / s3fs and moto, so the suite covers
-	# the scale-out backend (issue 10)
+	# the scale-out backend
 	$(PYTHON) -m pip install -q -e ".[test,dnsmos,ray]"
 	# MediaPipe FaceMesh (landmarks): Google's wheel without its pins (numpy<2, jax, opencv-contrib are
 	# not used by FaceMesh; train/landmarks.py says why this wheel)

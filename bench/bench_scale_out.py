@@ -1,4 +1,4 @@
-"""Local pool vs Ray Data backend, measured in the same run on the same corpus (issue 10).
+"""Local pool vs Ray Data backend, measured in the same run on the same corpus.
 
     python bench/bench_scale_out.py [--sources 12] [--seconds 30] [--cpus 2] [--max-count 16]
                                     [--out bench/out/scale_out.json]

@@ -1,4 +1,4 @@
-"""av_consistency operators, measured (issue 11): tempo and pitch ratios, SNR, filter attenuation,
+"""av_consistency operators, measured: tempo and pitch ratios, SNR, filter attenuation,
 time shift, mismatch donors (recorded, same split, similar voice), determinism."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Broken samples in well-formed shards are skipped and reported, not fatal (issue 9 item 6).
+"""Broken samples in well-formed shards are skipped and reported, not fatal.
 
 Tiny real shards (tests/train_fixtures.py) get three broken samples appended to one split: json
 that does not parse, a sample without its rejected side, an mp4 that is noise. Training and

@@ -1,4 +1,4 @@
-"""Training objectives as extension points (issue 14 item 6): strict training YAMLs, the knobs as
+"""Training objectives as extension points: strict training YAMLs, the knobs as
 documented Config fields, one trainer constructor shape, and the check of TRL / transformers
 private members."""
 from __future__ import annotations

@@ -473,7 +473,7 @@ def test_a_broken_file_beside_good_ones_changes_no_split(corpus, lip_build, tmp_
 def test_train_extra_sources_join_train_only_and_leave_val_and_test_byte_identical(corpus, tmp_path):
     """build(train_extra=...): the extra clips (those its manifest lists) make train pairs only; the
     val and test shards are the same bytes as a build without them, and no val / test pair's babble
-    voice is a train source (issue 11: more training data without moving the goalpost)."""
+    voice is a train source (more training data without moving the goalpost)."""
     import hashlib
 
     import yaml

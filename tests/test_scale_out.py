@@ -1,4 +1,4 @@
-"""Scale-out (issue 10): the Ray backend of perturb build and train.data featurize, shards on S3.
+"""Scale-out: the Ray backend of perturb build and train.data featurize, shards on S3.
 
 One local Ray (2 CPUs) and one S3 server (moto, on 127.0.0.1) serve the whole module: Ray starts
 in seconds, not milliseconds. Skipped when the `ray` extra is not installed.

@@ -2,7 +2,7 @@
 
 To add one: write a small class in a module here (or anywhere you import before building),
 decorate it with @register("my_op"), set `modifies`, declare its keywords in __init__ and implement
-sample_params, apply and defect_size (README "Add an operator or a dimension").
+sample_params, apply and defect_size (docs/extending.md).
 """
 from .base import (MODIFIES, REGISTRY, SEVERITY_LEVELS, Compose, ConfigError, OneOf, Operator,
                    OperatorContext, SomeOf, Transform, check_keys, check_list, check_number, check_probability,
