@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "scale_out.json"))
     args = ap.parse_args()
 
-    from train.__main__ import load_config, resolve_preprocess
+    from train.config import load_config, resolve_preprocess
     from train.data import featurize
     from train.preprocess import PreprocessConfig
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from train.__main__ import load_config, resolve_preprocess  # noqa: E402
+from train.config import load_config, resolve_preprocess  # noqa: E402
 from train.data import (PairDataset, features_manifest, load_split, precompute_video_features,  # noqa: E402
                         read_card, write_entry)
 from train.model import load_judge  # noqa: E402

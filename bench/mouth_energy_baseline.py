@@ -87,7 +87,7 @@ def landmark_arguments(description: str) -> argparse.ArgumentParser:
 
 def landmark_preprocess(config: str) -> PreprocessConfig:
     """The preprocessing of a training YAML whose judge reads landmarks (SystemExit otherwise)."""
-    from train.__main__ import load_config, resolve_preprocess
+    from train.config import load_config, resolve_preprocess
 
     conf = load_config("lip_sync", config)
     pre = PreprocessConfig.from_dict(resolve_preprocess(conf, list(conf.get("plugins") or [])))

@@ -260,7 +260,7 @@ def test_peak_rows_see_clipping_and_mel_stats_reads_them(voice):
     import torch
 
     from perturb.operators.audio_quality import hard_clip
-    from train.encoders import MelStats
+    from train.encoders.mel import MelStats
     from train.model import JudgeConfig
     from train.preprocess import PEAK_THRESHOLDS, PreprocessConfig, audio_features
 

@@ -104,7 +104,7 @@ def test_registration_checks_the_contract():
 
 
 def test_training_fills_and_checks_the_encoders_preprocessing_needs(tmp_path):
-    from train.__main__ import resolve_preprocess
+    from train.config import resolve_preprocess
 
     filled = resolve_preprocess({"model": {"frame_encoder": "light_asd", "audio_encoder": "light_asd"},
                                  "preprocess": {"window_seconds": 2.0}}, [])
@@ -124,14 +124,14 @@ ASD_MODEL = dict(frame_encoder="light_asd", audio_encoder="light_asd", emb_dim=1
 
 
 def _asd_pre() -> PreprocessConfig:
-    from train.__main__ import resolve_preprocess
+    from train.config import resolve_preprocess
 
     return PreprocessConfig.from_dict(resolve_preprocess({"model": ASD_MODEL, "preprocess": {"window_seconds": 0.4}}, []))
 
 
 def _random_light_asd_checkpoint(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
     """A state dict with the upstream file's keys and shapes (saved as upstream does, with torch.save)."""
-    from train.light_asd import LightASD
+    from train.encoders.light_asd import LightASD
 
     torch.manual_seed(seed)
     net = LightASD()
@@ -201,7 +201,7 @@ def test_frozen_features_cached_for_other_clips_are_encoded_again(tmp_path):
 
 
 def test_light_asd_wrong_files_fail_plainly(tmp_path):
-    from train.light_asd import load_light_asd
+    from train.encoders.light_asd import load_light_asd
 
     pre = _asd_pre()
     missing = AVJudge(judge_config_for(pre, pretrained=str(tmp_path / "nope.model"), **ASD_MODEL))
@@ -236,7 +236,7 @@ def test_light_asd_wrong_files_fail_plainly(tmp_path):
 
 @pytest.mark.skipif(not LIGHT_ASD.is_file(), reason="needs ../shared/pretrained/light-asd")
 def test_real_light_asd_checkpoint_loads_strictly():
-    from train.light_asd import load_light_asd
+    from train.encoders.light_asd import load_light_asd
 
     net = load_light_asd(LIGHT_ASD)
     assert sum(p.numel() for p in net.parameters()) == 1_021_636

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from perturb.operators import ConfigError
 from perturb.recipe import RECIPES_DIR, load_recipe
 from tests.test_recipes import error_of
 
@@ -36,7 +35,7 @@ def write_config(tmp_path: Path, text: str | None = None, **sections) -> Path:
 
 
 def config_error(path: Path) -> str:
-    from train.__main__ import load_config
+    from train.config import load_config
 
     with pytest.raises(SystemExit) as err:
         load_config("lip_sync", str(path))
@@ -196,7 +195,7 @@ def test_every_number_has_a_documented_range():
 
 
 def test_every_shipped_recipe_and_config_is_inside_the_ranges():
-    from train.__main__ import load_config
+    from train.config import load_config
 
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
         load_recipe(path)

@@ -29,7 +29,7 @@ def _has(module: str) -> bool:
 
 needs_model = pytest.mark.skipif(not (_has("train.model") and _has("train.preprocess")),
                                  reason="train/model.py or train/preprocess.py not there yet")
-needs_data = pytest.mark.skipif(not _has("train.data"), reason="train/data.py not there yet")
+needs_data = pytest.mark.skipif(not _has("train.data"), reason="train.data not there yet")
 
 
 def synthetic_logits(n: int, seed: int, overconfidence: float = 4.0, bias: float = 0.0):

@@ -234,7 +234,8 @@ def test_nonfinite_values_in_pair_shards_are_bad_samples_of_the_cache_path(tmp_p
 # --------------------------------------------------------------------------- non-finite loss, resume
 
 def test_a_nonfinite_loss_stops_training_in_one_line_before_a_checkpoint(tmp_path, monkeypatch):
-    from train.__main__ import _torn, main
+    from train.__main__ import main
+    from train.runs import torn_reason
     from train.trainers import JudgeRewardTrainer
 
     compute_loss = JudgeRewardTrainer.compute_loss
@@ -254,7 +255,7 @@ def test_a_nonfinite_loss_stops_training_in_one_line_before_a_checkpoint(tmp_pat
     assert "loss is nan at step 3" in msg and "\n" not in msg, msg
     ckpts = sorted(p.name for p in (run / "checkpoints" / "reward").glob("checkpoint-*"))
     assert ckpts == ["checkpoint-1", "checkpoint-2"]  # written before the NaN; none after it
-    assert all(_torn(run / "checkpoints" / "reward" / c) is None for c in ckpts)
+    assert all(torn_reason(run / "checkpoints" / "reward" / c) is None for c in ckpts)
     assert not (run / "model").exists()
 
 
@@ -268,7 +269,7 @@ def _checkpoint(path: Path, step: int, weight: float) -> Path:
 
 
 def test_a_checkpoint_with_nonfinite_weights_is_never_resumed(tmp_path):
-    from train.__main__ import last_complete_checkpoint
+    from train.runs import last_complete_checkpoint
 
     ckpt = tmp_path / "checkpoints"
     good = _checkpoint(ckpt / "checkpoint-2", 2, 0.5)

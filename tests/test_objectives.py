@@ -17,7 +17,7 @@ import yaml
 
 from tests.train_fixtures import TINY_MODEL, TINY_PREPROCESS, write_fixture_shards, write_tiny_config
 from train import private_members
-from train.__main__ import load_config
+from train.config import load_config
 from train.arguments import JudgeArguments, JudgeDPOConfig, JudgeRewardConfig, JudgeSFTConfig
 from train.data import load_split
 from train.model import AVJudge, judge_config_for

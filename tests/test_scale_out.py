@@ -133,7 +133,7 @@ def tiny_config(tmp_path_factory) -> Path:
 def features(s3_build, ray_address, tiny_config):
     """Feature shards of the S3 build's train and val, made on Ray from S3 to S3 with the preprocessing
     `python -m train --config tiny_config` asks for; (their URL, that PreprocessConfig, featurize's stats)."""
-    from train.__main__ import load_config, resolve_preprocess
+    from train.config import load_config, resolve_preprocess
     from train.data import featurize
     from train.preprocess import PreprocessConfig
 

@@ -148,7 +148,7 @@ def test_landmark_affine_maps_each_clips_points_by_its_own_bounded_scale_and_rot
     """Augment(landmark_affine=s): every clip's (x, y) points go through one 2x2 map R(angle) diag(sx, sy)
     with sx, sy in [1/(1+s), 1+s] and |angle| <= s/2, drawn per clip; landmark_noise adds jitter of
     that std; both are off by default."""
-    from train.__main__ import check_augment
+    from train.config import check_augment
     from train.preprocess import PreprocessConfig
 
     torch.manual_seed(0)
@@ -232,7 +232,7 @@ def test_incompatible_checkpoint_gives_a_plain_error(tmp_path):
 def test_grid_frame_encoder_sees_where_the_mouth_moves():
     """GridPool: a patch flickering in one grid cell lights up that cell's |difference| feature only,
     and the grid judge learns far fewer weights than the CNN one (no face templates to memorise)."""
-    from train.encoders import GridPool
+    from train.encoders.frames import GridPool
 
     t, h, w = 6, 32, 48
     x = torch.zeros(1, t, 1, h, w)
@@ -253,7 +253,7 @@ def test_grid_frame_encoder_sees_where_the_mouth_moves():
 def test_quality_stats_frame_encoder_measures_the_corruptions():
     """QualityStats: blur lowers and noise raises the sharpness cells, a repeated frame has the
     lowest motion, a red cast moves the red mean, a flat fill drops the local std."""
-    from train.encoders import QualityStats
+    from train.encoders.frames import QualityStats
 
     g = torch.Generator().manual_seed(0)
     base = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 68, 68, generator=g), 5, stride=1)  # (1, 3, 64, 64)

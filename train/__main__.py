@@ -25,95 +25,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import hashlib
 import json
-import platform
-import re
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-CONFIG_SECTIONS = {"dim", "question", "seed", "plugins", "preprocess", "model", "train", "objectives", "pretrain"}
-
-
-def load_config(dim: str, path: str | None) -> dict[str, Any]:
-    """The training YAML; an unknown section, an unknown key in preprocess:, train:, objectives: or
-    pretrain:, or a number outside its range (PREPROCESS_RANGES, MODEL_RANGES, TRAIN_RANGES) stops with
-    one line naming it (model: keys are checked by JudgeConfig). The file: at most 1 MB, no YAML aliases."""
-    from perturb.shard_format import parse_config_yaml, read_config_text
-
-    from .arguments import check_keys, check_train_values, init_fields
-    from .model import MODEL_RANGES
-    from .preprocess import PREPROCESS_RANGES, PreprocessConfig, check_values
-    from .trainers import check_config_sections
-
-    p = Path(path) if path else CONFIG_DIR / f"{dim}.yaml"
-    if not p.is_file():
-        raise SystemExit(f"no training config {p} (write one or pass --config)")
-    try:
-        cfg = parse_config_yaml(read_config_text(p), p) or {}
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
-    if not isinstance(cfg, dict):
-        raise SystemExit(f"{p}: expected a mapping of sections ({', '.join(sorted(CONFIG_SECTIONS))}), "
-                         f"got {type(cfg).__name__}")
-    unknown = sorted(set(cfg) - CONFIG_SECTIONS, key=str)
-    if unknown:
-        raise SystemExit(f"{p}: unknown section(s) {unknown}; valid: {sorted(CONFIG_SECTIONS)}")
-    for key in ("dim", "question"):
-        if cfg.get(key) is not None and not isinstance(cfg[key], str):
-            raise SystemExit(f"{p}: {key} must be a string, got {cfg[key]!r}")
-    if not isinstance(cfg.get("plugins") or [], list) or not all(isinstance(m, str) for m in cfg.get("plugins") or []):
-        raise SystemExit(f"{p}: plugins must be a list of module names, got {cfg['plugins']!r}")
-    try:
-        check_keys("preprocess", cfg.get("preprocess"), init_fields(PreprocessConfig))
-        check_config_sections(cfg)
-        check_values("preprocess", cfg.get("preprocess"), PREPROCESS_RANGES)
-        check_values("model", cfg.get("model"), MODEL_RANGES)
-        check_train_values(cfg)
-    except ValueError as err:
-        raise SystemExit(f"{p}: {err}") from None
-    cfg["_path"] = str(p)
-    return cfg
-
-
-def check_augment(conf: dict[str, Any], pre: Any) -> None:
-    """Landmark augmentations only where the video input is landmarks: another rank-3 input (a frozen
-    encoder's precomputed output) would be garbled silently."""
-    augment = (conf.get("train") or {}).get("augment")
-    if isinstance(augment, dict) and pre.video_input != "landmarks" and \
-            any(augment.get(k) for k in ("landmark_affine", "landmark_noise")):
-        raise SystemExit(f"{conf.get('_path')}: train: augment: landmark_affine / landmark_noise move landmark "
-                         f"points; this judge's video input is {pre.video_input!r}, not landmarks")
-
-
-def resolve_preprocess(conf: dict[str, Any], plugins: list[str]) -> dict[str, Any]:
-    """The YAML preprocess section with what the model's encoders need filled in (a conflict is an error)."""
-    from .encoders import preprocess_needs
-
-    model = conf.get("model") or {}
-    pre = dict(conf.get("preprocess") or {})
-    needs = preprocess_needs(model.get("frame_encoder", "cnn"), model.get("audio_encoder", "mel_conv"), plugins)
-    for key, value in needs.items():
-        given = pre.get(key, value)
-        if (list(given) if isinstance(given, (list, tuple)) else given) != \
-                (list(value) if isinstance(value, (list, tuple)) else value):
-            raise SystemExit(f"{conf.get('_path')}: preprocess {key}: {given!r} conflicts with the model's "
-                             f"encoders, which need {key}: {value!r}")
-        pre[key] = value
-    return pre
-
-
-def _ranged(name: str):
-    """An argparse type for an override of the config field `name`, within arguments.TRAIN_RANGES
-    (imported when the flag is given: --help stays fast)."""
-    def parse(text: str):
-        from .arguments import parse_override
-
-        return parse_override(name, text)
-    return parse
-
+from .config import check_augment, load_config, ranged, resolve_preprocess
+from .runs import init_from, last_complete_checkpoint, versions, write_text_atomically
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m train", description=__doc__,
@@ -126,9 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="run directory (default runs/<dim>); spell it --run-dir under torchrun, whose own "
                          "parser takes --run for an abbreviation of its --run-path")
     ap.add_argument("--config", default=None, help="YAML (default train/configs/<dim>.yaml)")
-    ap.add_argument("--max-steps", type=_ranged("max_steps"), default=None)
+    ap.add_argument("--max-steps", type=ranged("max_steps"), default=None)
     ap.add_argument("--cache-dir", default=None, help="tensor cache (default cache/tensors or $AVBENCH_CACHE)")
-    ap.add_argument("--seed", type=_ranged("seed"), default=None)
+    ap.add_argument("--seed", type=ranged("seed"), default=None)
     ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints (start over)")
     ap.add_argument("--workers", type=int, default=None, help="preprocessing DataLoader workers")
     ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -140,38 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "RUN/bad_samples.jsonl; stop when more than this share of a split is bad "
                          "(default 0.05; 1 = never stop)")
     return ap.parse_args(argv)
-
-
-def init_from(model, init: str, shards: Path | str, log) -> dict[str, Any]:
-    """Copy the weights of another run's judge (same names and shapes) into model; refuse a run
-    pretrained on this dataset's val / test sources. Returns what metrics.json records."""
-    from .model import JudgeLoadError, load_weights
-    from .pretrain import held_out_files
-
-    src = Path(init)
-    if (src / "model" / "config.json").is_file():
-        src = src / "model"
-    if not (src / "config.json").is_file():
-        raise SystemExit(f"--init {init}: no judge there (no config.json in it or in its model/)")
-    run_metrics = src.parent / "metrics.json"
-    info = json.loads(run_metrics.read_text()) if run_metrics.is_file() else {}
-    used = {Path(s["file"]).name for s in info.get("pretrain_sources") or [] if s.get("windows")}
-    held = held_out_files(shards)
-    leaked = sorted(used & set(held))
-    if leaked:
-        raise SystemExit(f"--init {init} was pretrained on val/test sources of {shards}: {leaked}")
-    own = model.state_dict()
-    try:
-        theirs = load_weights(src).state_dict()
-    except JudgeLoadError as err:  # e.g. pickled weights only: refused, nothing unpickled
-        raise SystemExit(f"--init {init}: {err}") from None
-    loaded = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
-    if not loaded:
-        raise SystemExit(f"--init {init}: none of its weights fit this model (another architecture?)")
-    model.load_state_dict(loaded, strict=False)
-    log(f"initialised {len(loaded)} of {len(own)} tensors from {src}")
-    return {"init": str(src), "init_tensors": len(loaded), "pretrain_sources": info.get("pretrain_sources"),
-            "pretrain_excluded_sources": info.get("excluded_sources")}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -299,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     state.wait_for_everyone()
     if main_proc:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomically(key_file, resume_key)
+        write_text_atomically(key_file, resume_key)
 
     # the YAML's train: + objectives: <objective>: sections, then the command line
     overrides: dict[str, Any] = {"seed": seed, "output_dir": str(ckpt_dir), "resume_from_checkpoint": last}
@@ -360,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "preprocess_fingerprint": pre.fingerprint(),
         "device": str(training_args.device), "device_name": describe_device(training_args.device),
         "torch_threads": torch.get_num_threads(),
-        "versions": _versions(), "config": conf.get("_path"),
+        "versions": versions(), "config": conf.get("_path"),
         "data_card": card, **init_info,
     }
     if main_proc:
@@ -384,89 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return metrics
 
 
-# What Trainer._save_checkpoint writes and a resume reads; trainer_state.json comes last, so a
-# checkpoint without it (or with it cut short) was interrupted. Rotation (save_total_limit) deletes
-# old checkpoints file by file, so a kill there tears an older one: every file is checked.
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
-
-
-def _torn(checkpoint: Path) -> str | None:
-    """Why a checkpoint folder cannot be resumed from, or None when it is complete."""
-    missing = [f for f in CHECKPOINT_FILES if not (checkpoint / f).is_file()]
-    if missing:
-        return f"no {', '.join(missing)}"
-    try:
-        int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
-    except (ValueError, KeyError, TypeError):
-        return "trainer_state.json cut short"
-    return _nonfinite_checkpoint(checkpoint / "model.safetensors")
-
-
-def _nonfinite_checkpoint(weights: Path) -> str | None:
-    """Why a checkpoint's weights cannot be resumed: unreadable, or NaN / inf in them (a run before
-    the loss was checked could save such weights; resuming them trains nothing but NaN)."""
-    import torch
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            for name in f.keys():
-                t = f.get_tensor(name)
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    return f"non-finite weights ({name})"
-    except Exception as err:  # safetensors' own error type: a file cut short or not safetensors
-        return f"model.safetensors unreadable ({type(err).__name__})"
-    return None
-
-
-def last_complete_checkpoint(ckpt_dir: Path, log=print, remove_torn: bool = True) -> str | None:
-    """The newest checkpoint-N whose save finished (None: start over).
-
-    Torn checkpoints -- a kill during a save or during the rotation of old ones -- are logged and
-    removed: Trainer would pick the newest folder and fail on it every time, and rotation keeps
-    the newest folders, so a torn one left in place could push out the complete ones.
-    """
-    if not ckpt_dir.is_dir():
-        return None
-    found = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
-                   key=lambda p: int(p.name.split("-")[1]), reverse=True)
-    last = None
-    for ckpt in found:
-        reason = _torn(ckpt)
-        if reason is None:
-            last = last or str(ckpt)
-            continue
-        why = "not resumable" if reason.startswith(("non-finite", "model.safetensors")) else "its save was interrupted"
-        log(f"skipping torn checkpoint {ckpt} ({reason}: {why}); removed")
-        if remove_torn:
-            shutil.rmtree(ckpt, ignore_errors=True)
-    return last
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _versions() -> dict[str, str]:
-    import accelerate
-    import torch
-    import transformers
-    import trl
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__, "accelerate": accelerate.__version__}
-
-
 if __name__ == "__main__":
-    from perturb.shard_format import ShardFormatError
+    from train.runs import run_command
 
-    from train.data import ShardReadError
-
-    try:
-        main()
-    except ShardReadError as err:  # shards or feature shards that cannot be used as given
-        sys.exit(f"error: {err}")
-    except ShardFormatError as err:  # an invalid or hostile shard: one line, nothing decoded
-        sys.exit(f"error: invalid shard: {err}")
+    run_command(main, "training")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .landmarks import EYE_CORNERS  # the eye corners turn the tracked ROI
+EYE_CORNERS = (33, 263)  # FaceMesh's outer eye corners: they turn the tracked ROI (and train.landmarks' face frame)
 
 LANDMARK_MODEL = "modules/face_landmark/face_landmark.tflite"
 DETECTOR_MODEL = "modules/face_detection/face_detection_short_range.tflite"

@@ -1,4 +1,5 @@
-"""Face landmarks (MediaPipe FaceMesh) for face boxes and for the `landmarks` front-end of the judge.
+"""Face landmarks (MediaPipe FaceMesh) for face boxes and for the `landmarks` front-end of the judge
+(train/encoders/landmarks.py).
 
 Why MediaPipe FaceMesh, and which wheel: it is the one landmark model that installs from PyPI with
 its weights inside the wheel (`mediapipe/modules/face_landmark/face_landmark.tflite` and the BlazeFace
@@ -28,16 +29,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from .encoders import VideoEncoder, register_video_encoder
+from .facemesh_litert import EYE_CORNERS  # the face frame's x axis (defined where LiteRT needs it too)
 
 # FaceMesh indices (mediapipe/python/solutions/face_mesh_connections.py FACEMESH_LIPS / FACE_OVAL)
 LIPS_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
 LIPS_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
 JAW = (132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361)
 POINTS = LIPS_OUTER + LIPS_INNER + JAW
-EYE_CORNERS = (33, 263)   # outer corners of the two eyes
 N_FEATURES = 2 * len(POINTS)
 INSTALL_HINT = ("the landmark route needs MediaPipe: pip install --no-deps mediapipe==0.10.21 absl-py attrs "
                 "flatbuffers 'protobuf>=4.25.3,<5' (the Makefile does this)")
@@ -202,26 +201,3 @@ def landmark_features(landmarks: np.ndarray) -> torch.Tensor:
     p = np.einsum("tij,tpj->tpi", rot, landmarks[:, POINTS] - origin) / dist
     p = p - p.mean(axis=0, keepdims=True)
     return torch.from_numpy(p.reshape(len(p), -1).astype(np.float32))
-
-
-@register_video_encoder("landmarks")
-class LandmarkMotion(VideoEncoder):
-    """Normalised lip and jaw landmarks (B, T, 114) -> (B, F, T): the coordinates and their frame
-    differences (velocity), mixed per frame by a 1x1 conv. Few weights, nothing of the face's look.
-    The judge's temporal convolutions then read their motion over time."""
-
-    preprocess_needs = {"video_input": "landmarks", "face_detector": "mediapipe"}
-    normalize_input = False  # already normalised per clip (landmark_features)
-    input_rank = 3
-
-    def __init__(self, config: Any):
-        super().__init__()
-        width = int(config.vis_widths[-1])
-        self.mix = nn.Sequential(nn.Conv1d(2 * N_FEATURES, width, 1, bias=False), nn.BatchNorm1d(width),
-                                 nn.ReLU(inplace=True))
-        self.n_features = width
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        x = video.transpose(1, 2)                                       # (B, 114, T)
-        vel = torch.cat([torch.zeros_like(x[..., :1]), x[..., 1:] - x[..., :-1]], dim=-1)
-        return self.mix(torch.cat([x, vel], dim=1))

@@ -1,6 +1,6 @@
 """AVJudge: a small audio-visual yes/no judge (transformers PreTrainedModel, safetensors checkpoints).
 
-    video (B, T, ...) --video encoder (config.frame_encoder, train/encoders.py)--> (B, F, T)
+    video (B, T, ...) --video encoder (config.frame_encoder, train/encoders/)--> (B, F, T)
                       --temporal conv1d--> v_t (B, D, T)                       one embedding per video frame
     audio (B, n_feat, R*T) --audio encoder (config.audio_encoder)--> a_t (B, D, T)   one per video frame
     SyncNet-like comparison: c_k = mean_t cos(v_t, a_{t+k}), k in [-K, K] -> a (2K+1) profile,
@@ -15,7 +15,7 @@ The judge contract (what eval/ and the trainers rely on; a judge of another arch
   decision_logit(video, audio) -> (B,), score(video, audio) -> (B,) = sigmoid(decision)
   Everything is differentiable with respect to both inputs (eval/ uses the score as an RLHF reward).
 
-Encoders are registered classes (train/encoders.py); build and load through the Auto classes
+Encoders are registered classes (train/encoders/); build and load through the Auto classes
 (AutoModel.from_config / from_pretrained, registered below). Sizes live in JudgeConfig: a larger
 variant is a config change (widths, emb_dim, head_hidden).
 """

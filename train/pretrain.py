@@ -33,6 +33,8 @@ from typing import Any
 
 from perturb.media import VIDEO_EXTS
 
+from .config import ranged
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m train.pretrain", description=__doc__,
@@ -47,22 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="pretrain without shards to check against (nothing is left out)")
     ap.add_argument("--run", default=None, help="run directory (default runs/<dim>_pretrain)")
     ap.add_argument("--config", default=None, help="YAML (default train/configs/<dim>.yaml)")
-    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--max-steps", type=ranged("max_steps"), default=None)
     ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--seed", type=ranged("seed"), default=None)
     ap.add_argument("--workers", type=int, default=None, help="preprocessing workers")
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     return ap.parse_args(argv)
-
-
-def held_out_files(shards: Path | str) -> dict[str, str]:
-    """{file name: split} of the val / test sources of a shard build (its card.json; {} without one)."""
-    from .data import read_card
-
-    card = read_card(shards) or {}
-    return {Path(s.get("file") or s["source_id"]).name: s["split"] for s in card.get("sources", [])
-            if s.get("split") in ("val", "test")}
 
 
 def find_videos(dirs: list[str]) -> list[Path]:
@@ -80,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     from transformers import AutoModel, set_seed
 
-    from .__main__ import last_complete_checkpoint, load_config, resolve_preprocess
+    from .config import load_config, resolve_preprocess
+    from .runs import held_out_files, last_complete_checkpoint
     from .data import load_split, load_windows, precompute_video_features
     from .encoders import import_plugins
     from .model import judge_config_for
@@ -178,4 +172,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from train.runs import run_command
+
+    run_command(main, "sync pretraining")

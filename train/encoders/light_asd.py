@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import AudioEncoder, VideoEncoder, register_audio_encoder, register_video_encoder
+from .base import AudioEncoder, VideoEncoder, register_audio_encoder, register_video_encoder
 
 DOWNLOAD_HINT = ("download weight/pretrain_AVA_CVPR.model from https://github.com/Junhua-Liao/Light-ASD "
                  "(MIT licence) and give its path")
