@@ -22,8 +22,10 @@ SPLITS  ?=
 # CARDS: folder for the data card (empty = data_cards/)
 CARDS   ?=
 OBJ     ?= reward
+# STEPS: training steps (default: the config's max_steps)
+STEPS   ?=
 CONFIG  ?=
-# INIT: a run to start from (make pretrain's RUN); PLUGINS: modules that register encoders of their own
+# INIT: a run to start from (make pretrain's RUN); PLUGINS: modules that register encoders or operators of their own
 INIT    ?=
 PLUGINS ?=
 PLUGIN_ARGS = $(foreach p,$(PLUGINS),--plugin $(p))
@@ -72,7 +74,8 @@ shards: $(STAMP)
 	  $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS),) \
 	  $(if $(SRC),--src $(SRC),--demo) $(if $(WINDOW),--window $(WINDOW),) $(if $(HOP),--hop $(HOP),) \
 	  $(if $(PAIRS),--pairs-per-window $(PAIRS),) $(if $(DONORS),--donors $(DONORS),) \
-	  $(if $(MANIFEST),--manifest $(MANIFEST),) $(if $(SPLITS),--splits $(SPLITS),) $(if $(CARDS),--cards $(CARDS),)
+	  $(if $(MANIFEST),--manifest $(MANIFEST),) $(if $(SPLITS),--splits $(SPLITS),) $(if $(CARDS),--cards $(CARDS),) \
+	  $(PLUGIN_ARGS)
 
 features: $(STAMP)
 	$(PYTHON) -m train.data featurize --dim $(DIM) --shards $(SHARDS) --out $(FEATURES) --backend $(BACKEND) \
@@ -80,6 +83,7 @@ features: $(STAMP)
 
 train: $(STAMP)
 	$(PYTHON) -m train --dim $(DIM) --objective $(OBJ) --shards $(SHARDS) --run $(RUN) $(if $(CONFIG),--config $(CONFIG),) \
+	  $(if $(STEPS),--max-steps $(STEPS),) \
 	  $(if $(INIT),--init $(INIT),) $(PLUGIN_ARGS)
 
 # self-supervised sync pretraining on untouched videos (SRC: one or more folders); the val/test

@@ -21,6 +21,14 @@ def _pair_records(out_dir: Path, shards: list[dict[str, Any]]) -> list[dict[str,
     return records
 
 
+def _operator_modifies(records: list[dict[str, Any]]) -> dict[str, str]:
+    """{operator: "audio" | "video" | "both"} of every operator the pairs applied."""
+    from .operators import get_operator
+
+    names = {r["operator"] for r in records} | {op["name"] for r in records for op in r.get("ops") or []}
+    return {name: get_operator(name).modifies for name in sorted(names)}
+
+
 def _param_ranges(records: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
     """Min / max of every numeric parameter, per operator (rejected and graded-chosen sides)."""
     ranges: dict[str, dict[str, list[float]]] = defaultdict(dict)
@@ -60,6 +68,8 @@ def card_dict(result: dict[str, Any]) -> dict[str, Any]:
         "pairs": len(records), "counts_per_split": dict(sorted(per_split.items())),
         "counts_per_operator": dict(sorted(per_op.items())),
         "counts_per_operator_severity": {k: dict(sorted(v.items())) for k, v in sorted(per_op_sev.items())},
+        # what each operator changes: python -m train picks a default config for a new dimension by it
+        "operator_modifies": _operator_modifies(records),
         "graded_pairs": sum(r["kind"] == "graded" for r in records),
         "video_stream_copied": sum(bool(r.get("video_copied")) for r in records),
         "parameter_ranges": _param_ranges(records),
@@ -68,6 +78,7 @@ def card_dict(result: dict[str, Any]) -> dict[str, Any]:
         # only when used, so cards of builds without it are unchanged
         **({"train_extra": result["train_extra"]} if result.get("train_extra") else {}),
         **({"train_voices": result["train_voices"]} if result.get("train_voices") else {}),
+        **({"plugins": result["plugins"]} if result.get("plugins") else {}),
     }
 
 
@@ -85,6 +96,8 @@ def card_markdown(card: dict[str, Any]) -> str:
              *([f"- sound lag corrected (manifest av_offset_ms; > 0: the sound came late): " + ", ".join(
                  f"{s['file']} {s['av_offset_ms']:+g} ms" for s in card["sources"] if s.get("av_offset_ms"))]
                if any(s.get("av_offset_ms") for s in card["sources"]) else []),
+             *([f"- operators of plugin modules: {', '.join(f'`{m}`' for m in card['plugins'])} (the rebuild command "
+                f"imports them; their folder must be on PYTHONPATH)"] if card.get("plugins") else []),
              f"- rebuild: `{card['command']}`",
              f"- pairs: {card['pairs']} ({card['graded_pairs']} graded milder-vs-stronger; "
              f"{card['video_stream_copied']} with the video stream copied, not re-encoded)", "",

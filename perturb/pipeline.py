@@ -19,7 +19,13 @@ crashing on it) rejects a source. A fault of the machine -- disk full (ENOSPC / 
 read-only or unwritable output, a pool worker killed -- stops the build with one line
 (BuildEnvironmentError), rejects nothing, leaves no temporaries, and the same command run again
 finishes the build (environment_fault; ffmpeg's failures are told apart by its message and by the
-free space where it wrote). One build at a time writes OUT/<dim>/: build_lock (`.build.lock`).
+free space where it wrote). A worker that cannot run the build's code (a plugin module it cannot
+import, an operator it does not know) stops it too, with the worker's traceback (worker_fault,
+BuildWorkerError). One build at a time writes OUT/<dim>/: build_lock (`.build.lock`).
+
+Plugins (modules registering operators of their own: --plugin, AVBENCH_PLUGINS, a recipe's
+`plugins:`) travel in the Job and are imported at the start of every task, so spawned pool workers
+and Ray tasks know the operators the recipe names.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
@@ -50,10 +57,12 @@ import numpy as np
 from . import media
 from .media import VIDEO_EXTS, sha256_file
 from .clip import Clip
-from .operators import OperatorContext, Transform, get_operator, modifies_video, replay
+from .operators import (PLUGIN_HINT, REGISTRY, ConfigError, OperatorContext, Transform, check_severity,
+                        get_operator, import_plugins, modifies_video, replay)
 from .operators.timing import shift_audio
-from .recipe import SPLITS, Recipe, check_build_values, derive_seed, load_recipe
-from .shard_format import check_shard, split_member_name
+from .recipe import RANGES, SPLITS, Recipe, check_build_values, derive_seed, load_recipe
+from .shard_format import (MAX_SAMPLE_JSON_BYTES, MAX_SAMPLE_JSON_DEPTH, ShardFormatError, check_shard, parse_json,
+                           split_member_name)
 
 PIPELINE_VERSION = "4"  # 2: timing ops read the audio context around the window; 3: grain (WSOLA) keep_pitch drift
 # 4: --donors files split like sources (donor_splits), recipe-sized audio context
@@ -76,7 +85,10 @@ class ManifestError(ValueError):
 
 
 class BuildError(RuntimeError):
-    """A build stopped for a reason outside every source: the message is one line for the user."""
+    """A build stopped for a reason outside every source: the message is one line for the user;
+    `details`, when not empty, is a traceback to show above it."""
+
+    details: str = ""
 
 
 class BuildEnvironmentError(BuildError):
@@ -86,6 +98,15 @@ class BuildEnvironmentError(BuildError):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.errno = code
+
+
+class BuildWorkerError(BuildError):
+    """A worker could not run the build's code (a plugin it cannot import, an operator it does not
+    know): no source is rejected for it; `details` is the worker's traceback."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class BuildLocked(BuildError):
@@ -161,10 +182,12 @@ def environment_fault(err: BaseException, source_paths: tuple[str, ...] = (),
         if isinstance(err, BuildEnvironmentError):
             return err
         if isinstance(err, BrokenProcessPool):
-            return BuildEnvironmentError(
+            fault = BuildEnvironmentError(
                 f"build stopped: a worker process died{where} (killed by a signal: out of memory?); none "
                 "was rejected for it: run the same command again, with fewer --workers if memory is short, "
                 "finished sources are kept")
+            fault.details = _remote_traceback(err)  # only when the pool knows why (a result it could not read)
+            return fault
         os_err = _ffmpeg_fault(err) if isinstance(err, media.MediaError) else err
         if isinstance(os_err, OSError) and (os_err.errno in ENVIRONMENT_ERRNOS or (
                 os_err.errno in ACCESS_ERRNOS and not _is_source(os_err.filename, source_paths))):
@@ -178,6 +201,30 @@ def environment_fault(err: BaseException, source_paths: tuple[str, ...] = (),
                 f"{fix} and run the same command again (finished sources are kept)".split()), os_err.errno)
         err = err.__cause__
     return None
+
+
+def _remote_traceback(err: BaseException) -> str:
+    """The traceback a pool worker sent with `err` (concurrent.futures' _RemoteTraceback), or ''."""
+    tb = getattr(err.__cause__, "tb", None)
+    return tb.strip("\n'\"") + "\n" if isinstance(tb, str) else ""
+
+
+def worker_fault(err: BaseException, source_id: str | None = None) -> BuildWorkerError | None:
+    """The BuildWorkerError `err` stands for when a task failed for the code it runs, not for its
+    source; None otherwise. An ImportError (a plugin or library the worker cannot import) and a
+    ConfigError (the recipe, checked before any task started, names an operator the worker does not
+    know: a plugin imported in the build process only) would fail every source alike."""
+    if isinstance(err, BuildWorkerError):
+        return err
+    if not isinstance(err, (ImportError, ConfigError)):
+        return None
+    where = f" (at source {source_id})" if source_id else ""
+    first = (str(err).strip().splitlines() or [""])[0]
+    details = _remote_traceback(err) or "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    return BuildWorkerError(" ".join(
+        f"build stopped: a worker failed{where}: {type(err).__name__}: {first}; no source was rejected for it "
+        "(traceback above); every worker imports the build's plugins (--plugin, AVBENCH_PLUGINS, a recipe's "
+        "plugins:), so their folder must be on PYTHONPATH there too".split()), details)
 
 
 def build_lock_owner(path: Path) -> str:
@@ -240,6 +287,9 @@ class Job:
     canonical_dir: str = ""  # cache of canonical windows, shared by every recipe built into one OUT
     # split -> media files operators may draw other people's material from (OperatorContext.donor_pool)
     donors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # modules registering operators of their own: imported by every task first (a spawned worker or a
+    # Ray node starts with the built-in operators only)
+    plugins: tuple[str, ...] = ()
 
 
 def safe_id(text: str) -> str:
@@ -461,6 +511,7 @@ def check_source(source: Source, job: Job) -> dict[str, Any]:
     warm); a source already done in an earlier run of the same build, and unchanged since, is not
     probed again.
     """
+    import_plugins(job.plugins, environ=False)
     result: dict[str, Any] = {"source_id": source.source_id, "path": source.path}
     done = _done_summary(source, job)
     if done:
@@ -479,6 +530,7 @@ def process_source(source: Source, job: Job) -> dict[str, Any]:
 
     Returns the summary: {"source_id", "status": "ok" | "rejected", "reason", "pairs", ...}.
     """
+    import_plugins(job.plugins, environ=False)
     staging = Path(job.staging_dir)
     done = _done_summary(source, job)  # finished in an earlier (possibly killed) run
     if done and done.get("split") == source.split:  # else the usable sources changed since: redo
@@ -545,23 +597,27 @@ def _render_window(window_file: Path, pairs: list[dict[str, Any]], tmp: Path,
     caller to write with ONE media.mux_audio_tracks run over all windows of the source (video copied).
     """
     tmp.mkdir(parents=True, exist_ok=True)
-    outputs: dict[tuple[int, str], Path] = {}
-    for n, pair in enumerate(pairs):
-        for side in ("chosen", "rejected"):
-            clip, ops = pair[side]
-            out = tmp / f"{n}.{side}.mp4"
-            if not ops:
-                out = window_file
-            elif not modifies_video(ops):
-                audio_only.append((window_file, clip.audio, out))
-            elif not any(get_operator(r["name"]).modifies in ("audio", "both") for r in ops):
-                media.encode_frames_copy_audio(clip.load_frames(), window_file, out, fps=clip.fps)
-            else:
-                media.encode_clip(clip.load_frames(), clip.audio, out, fps=clip.fps, sr=clip.sr)
-            outputs[(n, side)] = out
+    outputs = {(n, side): _render_side(*pair[side], window_file, tmp / f"{n}.{side}.mp4", audio_only)
+               for n, pair in enumerate(pairs) for side in ("chosen", "rejected")}
     return [(pair["record"]["key"], [(f"{side}.mp4", outputs[(n, side)]) for side in ("chosen", "rejected")]
              + [("json", json.dumps(pair["record"], sort_keys=True).encode())])
             for n, pair in enumerate(pairs)]
+
+
+def _render_side(clip: Clip, ops: list[dict[str, Any]], window_file: Path, out: Path,
+                 audio_only: list[tuple[Path, np.ndarray, Path]]) -> Path:
+    """The file of one side `clip` (`window_file` perturbed by `ops`): the window itself when untouched;
+    an audio-only side is appended to `audio_only` for the caller to mux (video stream copied);
+    a new picture is encoded into `out` here, the sound copied when the ops left it alone."""
+    if not ops:
+        return window_file
+    if not modifies_video(ops):
+        audio_only.append((window_file, clip.audio, out))
+    elif not any(get_operator(r["name"]).modifies in ("audio", "both") for r in ops):
+        media.encode_frames_copy_audio(clip.load_frames(), window_file, out, fps=clip.fps)
+    else:
+        media.encode_clip(clip.load_frames(), clip.audio, out, fps=clip.fps, sr=clip.sr)
+    return out
 
 
 def _plan_pair(recipe: Recipe, transform: Transform, job: Job, source: Source, wi: int, pi: int,
@@ -964,23 +1020,129 @@ def clean_stale_temporaries(out_dir: Path, canonical_dir: Path) -> list[Path]:
     return removed
 
 
-def write_samples(shard_dir: str | Path, split: str, n: int, out: str | Path) -> list[Path]:
-    """The first `n` pairs of `split` as `<key>.chosen.mp4` / `<key>.rejected.mp4` (+ .json) files."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+def write_samples(shard_dir: str | Path, split: str, n: int, out: str | Path, op: str | None = None,
+                  severity: int | None = None, pick_random: bool = False,
+                  seed: int | None = None) -> list[dict[str, Any]]:
+    """Pairs of `split` as `<key>.chosen.mp4` / `<key>.rejected.mp4` (+ .json) files in `out`: the first
+    `n`, or (pick_random) `n` drawn with `seed` (None: another draw each time), among the pairs whose
+    rejected side's recorded ops include `op` and whose severity is `severity` (None: any).
+
+    Returns [{"key", "record", "chosen", "rejected"}] in shard order.
+    """
+    matches: list[tuple[Path, str, dict[str, Any]]] = []
     for shard in sorted(Path(shard_dir).glob(f"{split}-[0-9]*.tar")):
+        if len(matches) >= n and not pick_random:
+            break
         check_shard(shard)  # shards may come from anyone: a key like ../x or /x must not become a path
         for key, members, tar in _iter_samples(shard):
-            if len(written) >= 2 * n:
-                return written
-            for m in members:
-                key, ext = split_member_name(m.name, shard.name)
-                target = out / f"{key}.{ext}"
-                target.write_bytes(tar.extractfile(m).read())
-                if target.suffix == ".mp4":
-                    written.append(target)
+            if len(matches) >= n and not pick_random:
+                break
+            meta = next((m for m in members if split_member_name(m.name, shard.name)[1] == "json"), None)
+            try:
+                record = parse_json(tar.extractfile(meta).read(), MAX_SAMPLE_JSON_BYTES,
+                                    MAX_SAMPLE_JSON_DEPTH) if meta else {}
+            except ValueError as err:
+                raise ShardFormatError(f"{shard.name}: {key}.json: {err}") from None
+            ops = record.get("ops") if isinstance(record, dict) else None
+            if not isinstance(ops, list):
+                raise ShardFormatError(f"{shard.name}: {key}: no json record with the list of ops applied")
+            if (op is None or op in [r.get("name") for r in ops if isinstance(r, dict)]) and \
+                    (severity is None or record.get("severity") == severity):
+                matches.append((shard, key, record))
+    if pick_random:
+        picked = np.random.default_rng(seed).choice(len(matches), size=min(n, len(matches)), replace=False)
+        matches = [matches[i] for i in sorted(picked.tolist())]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for shard in dict.fromkeys(shard for shard, _, _ in matches):
+        wanted = {key: record for s, key, record in matches if s == shard}
+        for key, members, tar in _iter_samples(shard):
+            if key in wanted:
+                for m in members:
+                    (out / ".".join(split_member_name(m.name, shard.name))).write_bytes(tar.extractfile(m).read())
+                written.append({"key": key, "record": wanted[key], "chosen": out / f"{key}.chosen.mp4",
+                                "rejected": out / f"{key}.rejected.mp4"})
     return written
+
+
+def describe_ops(ops: list[dict[str, Any]]) -> str:
+    """Recorded ops as one line: `audio_shift(offset_ms=-240) + noise(kind=pink, snr_db=12.5)`;
+    file paths in params shortened to their names."""
+    def value(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:g}"
+        if isinstance(v, str):
+            return Path(v).name if os.sep in v else v
+        return v if isinstance(v, (int, type(None))) else json.dumps(v, separators=(",", ":"))
+
+    return " + ".join(f"{r.get('name')}({', '.join(f'{k}={value(v)}' for k, v in (r.get('params') or {}).items())})"
+                      for r in ops) or "(none)"
+
+
+# ----------------------------------------------------------------------------- one operator, one file
+
+APPLY_MAX_SECONDS = RANGES["window_seconds"][1]  # the longest window a recipe may cut
+
+
+def apply_operator(src: str | Path, out: str | Path, op: str, severity: int = 3, seed: int = 0,
+                   keywords: dict[str, Any] | None = None, donors: tuple[str, ...] | list[str] = (),
+                   start: float = 0.0, duration: float | None = None,
+                   max_side: int = media.CANONICAL_MAX_SIDE) -> dict[str, Any]:
+    """Perturb the video `src` with the operator `op` as a build perturbs one window; write `out` (mp4).
+
+    [start, start + duration) of src (default: start to the end, at most APPLY_MAX_SECONDS) becomes
+    one canonical window (25 fps, 16 kHz mono, longest side <= max_side) with the soundtrack around
+    it as audio context, as build() cuts them. The operator is built with its defaults and `keywords`
+    (checked by the operator itself), bound to an OperatorContext whose donor pool is `donors`, and
+    its params are drawn at `severity` with `seed`; it always applies (its `p` is for recipes). `out`
+    copies the window's video stream when the operator changes audio only.
+
+    Returns {"op", "severity", "seed", "params", "window", "video_copied"}; ConfigError in one line
+    for an unknown operator or keyword, a part too long, or an operator that draws donor material
+    and was given none.
+    """
+    if op not in REGISTRY:
+        raise ConfigError(f"unknown operator {op!r}; registered: {', '.join(sorted(REGISTRY))}; {PLUGIN_HINT}")
+    operator = REGISTRY[op](**(keywords or {}))
+    severity = check_severity(severity)
+    info = media.probe(src)
+    if not info.has_video or not info.has_audio:
+        raise ConfigError(f"{src}: no {'video' if not info.has_video else 'audio'} stream (operators perturb a "
+                          "picture with its soundtrack)")
+    total = float(info.duration or 0.0)
+    if not 0 <= start < total:
+        raise ConfigError(f"{src}: --start {start:g} is outside its {total:.2f} s")
+    end = min(total, start + duration) if duration else total
+    if end - start > APPLY_MAX_SECONDS:
+        raise ConfigError(f"{src}: {end - start:.1f} s from {start:g} s is longer than {APPLY_MAX_SECONDS:g} s, the "
+                          "longest window a build cuts: choose a part with --start S --duration D")
+    source_id = safe_id(Path(src).stem)
+    with tempfile.TemporaryDirectory(prefix="avbench_apply_") as tmp:
+        (window_file,), track = media.canonicalise_windows(src, tmp, [(start, end)],
+                                                           media.canonical_size(info.width, info.height, max_side))
+        original = window_clip(track, start, end, str(window_file),
+                               meta={"source_id": source_id, "window": [start, end]},
+                               context_seconds=max(AUDIO_CONTEXT_SECONDS, operator.audio_context_seconds()))
+        context = OperatorContext(source_id=source_id, donor_pool=tuple(str(Path(d).resolve()) for d in donors),
+                                  clip=original, source_path=str(Path(src).resolve()))
+        try:
+            params = operator.with_context(context).sample_params(np.random.default_rng(seed), severity)
+        except ConfigError:
+            raise
+        except ValueError:  # a donor-drawing operator with an empty pool (a build gives it the split's)
+            if donors or type(operator).with_context is Transform.with_context:
+                raise
+            raise ConfigError(f"{op} draws material from other recordings (a donor pool) and was given none: "
+                              "pass --donor FILE (repeatable)") from None
+        ops = [{"name": op, "params": json.loads(json.dumps(params))}]  # as recorded in a pair's json
+        audio_only: list[tuple[Path, np.ndarray, Path]] = []
+        written = _render_side(replay(original, ops), ops, window_file, Path(tmp) / "out.mp4", audio_only)
+        media.mux_audio_tracks(audio_only)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(written, out)
+    return {"op": op, "severity": severity, "seed": seed, "params": ops[0]["params"], "window": [start, end],
+            "video_copied": not modifies_video(ops)}
 
 
 def pack_shards(summaries: list[dict[str, Any]], staging: Path, out_dir: Path,
@@ -1064,9 +1226,10 @@ def _internal_error(source: Source, err: Exception) -> dict[str, Any]:
     """The summary of a source whose task crashed: a crash in one source must not stop the build.
 
     A fault of the machine (environment_fault: disk full, I/O error, unwritable output, a killed
-    worker) is no crash of the source: it is raised as BuildEnvironmentError, which stops the build.
+    worker) is no crash of the source: it is raised as BuildEnvironmentError, which stops the build;
+    so is a worker that cannot run the build's code (worker_fault: BuildWorkerError).
     """
-    fault = environment_fault(err, (source.path,), source.source_id)
+    fault = environment_fault(err, (source.path,), source.source_id) or worker_fault(err, source.source_id)
     if fault is not None:
         raise fault from err
     if isinstance(err, OSError) and _is_source(err.filename, (source.path,)):
@@ -1086,9 +1249,10 @@ def _run_in_scratch(row: dict[str, Any], fn, job: Job) -> dict[str, Any]:
         except Exception as err:
             try:
                 summary = _internal_error(source, err)
-            except BuildEnvironmentError as fault:  # the node's fault: the driver stops the build
+            except BuildError as fault:  # the node's fault: the driver stops the build
                 return {"summary": json.dumps({"source_id": source.source_id}), "marker": b"", "tar": b"",
-                        "stop": json.dumps([str(fault), fault.errno])}
+                        "stop": json.dumps([type(fault).__name__, str(fault), getattr(fault, "errno", None),
+                                            fault.details])}
         marker, tar = Path(tmp) / f"{source.source_id}.json", Path(tmp) / f"{source.source_id}.tar"
         done = marker.is_file()
         return {"summary": json.dumps(summary), "marker": marker.read_bytes() if done else b"",
@@ -1116,7 +1280,11 @@ def _map_sources_ray(fn, sources: list[Source], job: Job, desc: str, progress: b
     with tqdm(total=len(todo), desc=desc, unit="src", disable=not progress) as bar:
         for row in rows.iter_rows():
             if row["stop"]:
-                raise BuildEnvironmentError(*json.loads(row["stop"]))
+                kind, message, code, details = json.loads(row["stop"])
+                worker = kind == BuildWorkerError.__name__
+                fault = BuildWorkerError(message) if worker else BuildEnvironmentError(message, code)
+                fault.details = details
+                raise fault
             summary = json.loads(row["summary"])
             if row["marker"]:
                 if row["tar"]:
@@ -1200,7 +1368,8 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
           train_extra: str | Path | None = None, train_extra_manifest: str | Path | None = None,
           train_voices: bool = False, cards_dir: str | Path | None = "data_cards", max_count: int = 500,
           max_bytes: int = 512 << 20, progress: bool = True, command: list[str] | None = None,
-          backend: str = "local", ray_address: str | None = None, work_dir: str | Path | None = None) -> dict[str, Any]:
+          backend: str = "local", ray_address: str | None = None, work_dir: str | Path | None = None,
+          plugins: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Build `<out>/<dim>/` shards from the videos under `src` with recipe `recipe` (default: dim).
 
     backend: "local" (a process pool of `workers`) or "ray" (Ray Data on the cluster at ray_address).
@@ -1210,8 +1379,12 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     (voice_sources; audio-only recordings for the audio-only recipes); val / test unchanged likewise.
     out: a folder or an fsspec URL; for a URL the build happens in `work_dir` (default
     cache/build/<url as a name>, kept for resuming) and is then published there.
+    plugins: modules registering operators of their own, imported here and in every worker with
+    those of $AVBENCH_PLUGINS and the recipe's `plugins:` (PluginError when one cannot be imported);
+    the data card's rebuild command names them.
     """
     check_build_values(window_seconds, hop_seconds, pairs_per_window, max_windows, max_side, splits)  # before anything is made
+    plugins = import_plugins(plugins)  # before the recipe: they register the operators it names
     recipe_obj = load_recipe(recipe or dim)  # a bad recipe is refused before anything is written
     root, url = resolve_out(out, dim, work_dir)  # a URL: checked (protocol, writable) before any work
     try:
@@ -1224,7 +1397,7 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
                                    donors=donors, manifest=manifest, train_extra=train_extra,
                                    train_extra_manifest=train_extra_manifest, train_voices=train_voices,
                                    cards_dir=cards_dir, max_count=max_count, max_bytes=max_bytes, progress=progress,
-                                   command=command, backend=backend, ray_address=ray_address)
+                                   command=command, backend=backend, ray_address=ray_address, plugins=plugins)
             if url is None:
                 return result
             try:
@@ -1239,6 +1412,14 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
         if fault is None:
             raise
         raise fault from err
+
+
+def rebuild_command(command: list[str], plugins: list[str]) -> list[str]:
+    """`command` with `--plugin M` added for each of `plugins` it does not name (those that came from
+    AVBENCH_PLUGINS), so the data card's command rebuilds the same pairs without that variable."""
+    named = {b for a, b in zip(command, command[1:]) if a == "--plugin"}
+    named |= {a.split("=", 1)[1] for a in command if a.startswith("--plugin=")}
+    return [*command, *(arg for m in plugins if m not in named for arg in ("--plugin", m))]
 
 
 def resolve_out(out: str | Path, dim: str, work_dir: str | Path | None = None) -> tuple[Path, str | None]:
@@ -1279,7 +1460,7 @@ def _build_locked(src: str | Path, dim: str, out: Path, recipe_obj: Recipe, seed
                   manifest: str | Path | None, train_extra: str | Path | None,
                   train_extra_manifest: str | Path | None, train_voices: bool, cards_dir: str | Path | None,
                   max_count: int, max_bytes: int, progress: bool, command: list[str] | None, backend: str,
-                  ray_address: str | None) -> dict[str, Any]:
+                  ray_address: str | None, plugins: list[str]) -> dict[str, Any]:
     """build() into the local folder `out`, whose OUT/<dim>/ build() has locked."""
     from .cards import write_card
 
@@ -1296,6 +1477,9 @@ def _build_locked(src: str | Path, dim: str, out: Path, recipe_obj: Recipe, seed
                       Path(train_extra_manifest).read_text(errors="surrogateescape") if train_extra_manifest else ""]
     if train_voices:
         key_parts.append("train_voices")
+    all_plugins = tuple(dict.fromkeys([*plugins, *recipe_obj.plugins]))
+    if all_plugins:  # their operators' code makes the pairs; a build without them keeps its key
+        key_parts.append(["plugins", list(all_plugins)])
     config_key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:12]
     staging = out_dir.resolve() / ".staging" / config_key  # a changed config never reuses old pairs
     staging.mkdir(parents=True, exist_ok=True)
@@ -1323,7 +1507,7 @@ def _build_locked(src: str | Path, dim: str, out: Path, recipe_obj: Recipe, seed
     job = Job(recipe_path=str(Path(recipe_path).resolve()), seed=seed, window_seconds=window, staging_dir=str(staging),
               max_side=max_side, max_windows=max_windows,
               hop_seconds=float(hop_seconds or 0), pairs_per_window=int(pairs_per_window or 0),
-              canonical_dir=str(canonical_dir))
+              canonical_dir=str(canonical_dir), plugins=all_plugins)
 
     pool: ProcessPoolExecutor | str | None = None
     if backend == "ray":
@@ -1380,7 +1564,8 @@ def _build_locked(src: str | Path, dim: str, out: Path, recipe_obj: Recipe, seed
         "dim": dim, "recipe": recipe_obj, "sources": sources, "summaries": summaries, "shards": shards,
         "rejects": rejects, "seed": seed, "window_seconds": window, "out_dir": out_dir,
         "hop_seconds": hop_seconds or window, "pairs_per_window": pairs_per_window or recipe_obj.pairs_per_window,
-        "command": command or sys.argv, "wall_s": time.time() - t0, "src": str(src),
+        "command": rebuild_command(command or sys.argv, plugins), "wall_s": time.time() - t0, "src": str(src),
+        "plugins": list(all_plugins),
         "max_side": max_side, "donors": str(donors) if donors else None,
         "train_extra": str(train_extra) if train_extra else None,
         "train_voices": [v.source_id for v in voices],

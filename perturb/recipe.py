@@ -4,7 +4,8 @@ A recipe's `transform` is a tree: a leaf `{op: NAME, p: .., weight: .., **operat
 node `{one_of: [...]}`, `{some_of: [...], n: [1, 2]}`, `{compose: [...]}` (each with optional p;
 `weight` only on the children of a one_of). Adding a dimension = adding a file to perturb/recipes/
 (or passing a path); no pipeline edit. Every key is checked: a typo is an error naming the key and
-the valid ones, never a silently ignored setting.
+the valid ones, never a silently ignored setting. `plugins: [MODULE, ...]` names modules to import
+before the transform is built (operators of your own; the build's workers import them too).
 
 Every number has a range (RANGES: key -> (lo, hi, why)), checked at load, so a typo cannot ask for
 a billion pairs or a nanosecond window; real recipes sit far inside them:
@@ -30,15 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from .operators import (REGISTRY, SEVERITY_LEVELS, Compose, ConfigError, OneOf, SomeOf, Transform,
-                        check_keys, check_list, check_number, operator_keywords)
+from .operators import (PLUGIN_HINT, REGISTRY, SEVERITY_LEVELS, Compose, ConfigError, OneOf, PluginError, SomeOf,
+                        Transform, check_keys, check_list, check_number, import_plugins, operator_keywords)
 from .shard_format import parse_config_yaml, read_config_text
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
 RECIPE_KEYS = ("dim", "question", "transform", "window_seconds", "pairs_per_window", "severity",
-               "graded_pairs", "splits")
+               "graded_pairs", "splits", "plugins")
 SEVERITY_KEYS = ("levels", "weights")
 # keys a group node may have besides its children; `weight` is added under a one_of
 _GROUP_KEYS = {"one_of": ("p",), "some_of": ("n", "p"), "compose": ("p",)}
@@ -71,6 +72,7 @@ class Recipe:
     graded_pairs: float = 0.0
     splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
     source_text: str = ""
+    plugins: list[str] = field(default_factory=list)  # modules imported before the transform is built
 
     def build_transform(self) -> Transform:
         """Instantiate the transform tree (ConfigError naming the node for any bad key or value)."""
@@ -97,7 +99,8 @@ def _build(spec: Any, where: str, at: str, in_one_of: bool) -> Transform:
     if kind == "op":
         name = spec["op"]
         if name not in REGISTRY:
-            raise ConfigError(f"{where}: unknown operator {name!r} at {at}; registered: {', '.join(sorted(REGISTRY))}")
+            raise ConfigError(f"{where}: unknown operator {name!r} at {at}; registered: {', '.join(sorted(REGISTRY))}; "
+                              f"{PLUGIN_HINT}")
         cls = REGISTRY[name]
         check_keys(f"{where}: {at} (op: {name})", spec, ["op", *weight, *operator_keywords(cls)])
         keywords = {k: v for k, v in spec.items() if k not in ("op", "weight")}
@@ -223,6 +226,13 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     if sum(weights) <= 0:
         raise ConfigError(f"{where}: severity.weights must not all be zero")
     fractions = _check_splits(where, raw.get("splits", DEFAULT_SPLITS))
+    plugins = list(check_list(where, "plugins", raw.get("plugins", [])))
+    if not all(isinstance(m, str) and m.strip() for m in plugins):
+        raise ConfigError(f"{where}: plugins must be a list of module names, got {plugins!r}")
+    try:  # before the transform is built: they register its operators
+        import_plugins(plugins, environ=False)
+    except PluginError as err:
+        raise PluginError(f"{where}: {err}", err.details) from err
     recipe = Recipe(
         name=path.stem, dim=raw["dim"], question=raw["question"], transform_spec=raw["transform"],
         window_seconds=check_value(where, "window_seconds", raw.get("window_seconds", 5.0)),
@@ -232,6 +242,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         graded_pairs=check_value(where, "graded_pairs", raw.get("graded_pairs", 0.0)),
         splits=fractions,
         source_text=text,
+        plugins=plugins,
     )
     _build(recipe.transform_spec, where, "transform", in_one_of=False)  # fail early, naming the file
     return recipe

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import check_augment, load_config, ranged, resolve_preprocess
+from .config import (card_for_default_config, check_augment, check_augment_against_recipe, load_config, ranged,
+                     resolve_preprocess)
 from .runs import init_from, last_complete_checkpoint, versions, write_text_atomically
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,10 +96,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.objective not in OBJECTIVES:
         raise SystemExit(f"--objective {args.objective!r}: unknown; registered: {sorted(OBJECTIVES)}")
-    conf = load_config(args.dim, args.config)
-    plugins = import_plugins([*(conf.get("plugins") or []), *args.plugin])
     shards = args.shards if is_url(args.shards or "") else Path(args.shards or f"shards/{args.dim}")  # folder or URL
     run = Path(args.run or f"runs/{args.dim}")
+    conf = load_config(args.dim, args.config, card_for_default_config(args.dim, args.config, shards), log)
+    plugins = import_plugins([*(conf.get("plugins") or []), *args.plugin])
     try:  # before anything is created or removed: a URL that does not answer, a folder without the splits
         missing = [s for s in ("train", "val") if s not in check_location(shards, ("train", "val"))]
     except ShardReadError as err:
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         training_args = config_cls.from_sections(conf, ("objectives", args.objective), **overrides)
     except ValueError as err:
         raise SystemExit(f"{conf['_path']}: {err}") from None
+    check_augment_against_recipe(conf["_path"], training_args.augment, card)
     try:  # a NaN / inf loss (DPO's SFT warm start runs in the constructor) stops in one line
         trainer = trainer_cls(model, training_args, train_pairs, val_pairs)
 

@@ -9,10 +9,13 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONFIG_SECTIONS = {"dim", "question", "seed", "plugins", "preprocess", "model", "train", "objectives", "pretrain"}
 
 
-def load_config(dim: str, path: str | None) -> dict[str, Any]:
+def load_config(dim: str, path: str | None, card: dict[str, Any] | None = None, log=None) -> dict[str, Any]:
     """The training YAML; an unknown section, an unknown key in preprocess:, train:, objectives: or
     pretrain:, or a number outside its range (PREPROCESS_RANGES, MODEL_RANGES, TRAIN_RANGES) stops with
-    one line naming it (model: keys are checked by JudgeConfig). The file: at most 1 MB, no YAML aliases."""
+    one line naming it (model: keys are checked by JudgeConfig). The file: at most 1 MB, no YAML aliases.
+
+    Without `path` and without train/configs/<dim>.yaml, the default for what the recipe's operators
+    modify (default_config, from the shards' data card `card`); `log` gets the line saying which."""
     from perturb.shard_format import parse_config_yaml, read_config_text
 
     from .arguments import check_keys, check_train_values, init_fields
@@ -21,6 +24,11 @@ def load_config(dim: str, path: str | None) -> dict[str, Any]:
     from .trainers import check_config_sections
 
     p = Path(path) if path else CONFIG_DIR / f"{dim}.yaml"
+    default_for = None
+    if not path and not p.is_file() and dim:
+        p, why = default_config(dim, card)
+        default_for = dim
+        (log or print)(f"[train] {why}")
     if not p.is_file():
         raise SystemExit(f"no training config {p} (write one or pass --config)")
     try:
@@ -47,6 +55,9 @@ def load_config(dim: str, path: str | None) -> dict[str, Any]:
     except ValueError as err:
         raise SystemExit(f"{p}: {err}") from None
     cfg["_path"] = str(p)
+    if default_for:  # the default speaks for this dimension, with the recipe's question
+        cfg["dim"] = default_for
+        cfg["question"] = (card or {}).get("question") or cfg.get("question")
     return cfg
 
 
@@ -85,3 +96,67 @@ def ranged(name: str):
 
         return parse_override(name, text)
     return parse
+
+
+# A dimension without a config of its own starts from one of these, chosen by what its recipe's
+# operators change (the shards' data card records it): each is a copy of a tested config.
+DEFAULTS_DIR = CONFIG_DIR / "defaults"
+DEFAULT_CONFIGS = {
+    "audio": "the sound and the lips (the defect may be in the sound alone or in how it fits the picture)",
+    "video": "the picture, with the sound beside it",
+    "both": "the face and the voice (pooled embeddings) and their timing",
+}
+
+
+def default_config(dim: str, card: dict[str, Any] | None) -> tuple[Path, str]:
+    """(path, one line saying why) of the default config for `dim`, from the operators its data card
+    lists with what each modifies; a card without that record (older builds) gets the "both" default."""
+    modifies = (card or {}).get("operator_modifies") or {}
+    kinds = set(modifies.values())
+    kind = "both" if not kinds or "both" in kinds or kinds == {"audio", "video"} else kinds.pop()
+    ops = ", ".join(f"{op} ({what})" for op, what in sorted(modifies.items())) or "not recorded in the data card"
+    why = (f"no {CONFIG_DIR / f'{dim}.yaml'}: using {DEFAULTS_DIR / f'{kind}.yaml'}, the default for operators that "
+           f"change the {kind if kind != 'both' else 'picture and the sound'}: it reads {DEFAULT_CONFIGS[kind]}; "
+           f"operators: {ops}. Copy it to {CONFIG_DIR / f'{dim}.yaml'} (or pass --config) to tune it")
+    return DEFAULTS_DIR / f"{kind}.yaml", why
+
+
+# Augmentations that imitate a defect: training one on a judge whose recipe makes that defect
+# teaches it to ignore what it must detect (a flicker augmentation for a flicker judge).
+AUGMENT_IMITATES: dict[str, tuple[str, ...]] = {
+    "flicker": ("frame_corruption",),           # per-frame gain: the colour / brightness corruptions
+    "video_noise": ("frame_corruption",),       # sensor noise: the noise corruption
+    "audio_noise": ("noise", "snr_noise"),      # added noise
+    "freq_mask": ("band_limit", "band_filter"),  # missing frequency bands
+    "time_warp": ("tempo_change",),             # another speaking rate
+}
+
+
+def card_for_default_config(dim: str, config: str | None, shards: Any) -> dict[str, Any] | None:
+    """The shards' data card when `dim` has no config of its own and none is given (default_config
+    reads it); None otherwise, or when the shards cannot be read (their readers say why, in one line)."""
+    if config or (CONFIG_DIR / f"{dim}.yaml").is_file():
+        return None
+    from .data import read_card
+
+    try:
+        return read_card(shards)
+    except Exception:  # an unusable location is reported by check_location, before anything is created
+        return None
+
+
+def check_augment_against_recipe(where: str, augment: Any, card: dict[str, Any] | None) -> None:
+    """SystemExit in one line when an augmentation switched on (`augment: true` turns on
+    train.data.Augment's defaults) imitates an operator of the dimension's recipe (the card's)."""
+    from .data import make_augment
+
+    aug = make_augment(augment)
+    ops = set((card or {}).get("counts_per_operator") or {})
+    if aug is None or not ops:
+        return
+    for name, imitated in AUGMENT_IMITATES.items():
+        hit = sorted(ops & set(imitated))
+        if getattr(aug, name) and hit:
+            raise SystemExit(f"{where}: augment {name}: {getattr(aug, name)} imitates the recipe's {', '.join(hit)}, "
+                             f"the defect this judge must detect: set augment: {{{name}: 0}} (`augment: true` turns "
+                             "on every default augmentation)")

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     from transformers import AutoModel, set_seed
 
-    from .config import load_config, resolve_preprocess
+    from .config import card_for_default_config, load_config, resolve_preprocess
     from .runs import held_out_files, last_complete_checkpoint
     from .data import load_split, load_windows, precompute_video_features
     from .encoders import import_plugins
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def log(msg: str) -> None:
         print(msg if msg.startswith("[") else f"[pretrain] {msg}", flush=True)
 
-    conf = load_config(args.dim, args.config)
+    conf = load_config(args.dim, args.config, card_for_default_config(args.dim, args.config, args.shards), log)
     plugins = import_plugins([*(conf.get("plugins") or []), *args.plugin])
     pre = PreprocessConfig.from_dict(resolve_preprocess(conf, plugins))
     run = Path(args.run or f"runs/{args.dim}_pretrain")

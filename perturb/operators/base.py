@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Iterable
 import numpy as np
 
 from ..clip import Clip
+from ..plugins import PluginError, import_plugins  # noqa: F401  (part of the operators API)
 
 SEVERITY_LEVELS = (1, 2, 3, 4, 5)
 MODIFIES = ("audio", "video", "both")  # what apply may change; "audio" keeps the video stream copyable
@@ -30,6 +31,9 @@ RESERVED_KEYWORDS = ("op", "weight")  # recipe leaf keys, so no operator keyword
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 REGISTRY: dict[str, type["Operator"]] = {}
+# how an operator defined outside avbench gets registered (said wherever a name is unknown)
+PLUGIN_HINT = ("an operator of your own is imported with --plugin MODULE, AVBENCH_PLUGINS=MODULE "
+               "or the recipe's plugins: [MODULE]")
 
 
 class ConfigError(ValueError):
@@ -135,7 +139,7 @@ def register(name: str):
 
 def get_operator(name: str) -> type["Operator"]:
     if name not in REGISTRY:
-        raise KeyError(f"unknown operator {name!r}; registered: {sorted(REGISTRY)}")
+        raise KeyError(f"unknown operator {name!r}; registered: {sorted(REGISTRY)}; {PLUGIN_HINT}")
     return REGISTRY[name]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import load_config, resolve_preprocess
+from ..config import card_for_default_config, load_config, resolve_preprocess
 from ..encoders import import_plugins
 from ..preprocess import PreprocessConfig
 from . import (ShardFormatError, ShardReadError, TooManyBadSamples, benchmark, featurize, load_split)
@@ -19,7 +19,7 @@ def _cli(args) -> None:
         pre = PreprocessConfig.from_dict(load_config("", args.config).get("preprocess") or {})
     if args.cmd == "featurize":  # the preprocessing python -m train will ask for: same config, same fingerprint
 
-        conf = load_config(args.dim, args.config)
+        conf = load_config(args.dim, args.config, card_for_default_config(args.dim, args.config, args.shards))
         pre = PreprocessConfig.from_dict(resolve_preprocess(conf, import_plugins([*(conf.get("plugins") or []),
                                                                                    *args.plugin])))
         print(json.dumps(featurize(args.shards, args.out, pre, tuple(args.splits.split(",")), backend=args.backend,

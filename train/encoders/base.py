@@ -2,12 +2,12 @@
 module build on. It imports no front-end; train/encoders/__init__.py registers the built-ins."""
 from __future__ import annotations
 
-import importlib
-import os
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
+
+from perturb.plugins import import_plugins  # noqa: F401  (one plugin mechanism for operators and encoders)
 
 VIDEO_ENCODERS: dict[str, type["VideoEncoder"]] = {}
 AUDIO_ENCODERS: dict[str, type["AudioEncoder"]] = {}
@@ -77,20 +77,6 @@ def register_video_encoder(name: str) -> Callable[[type], type]:
 def register_audio_encoder(name: str) -> Callable[[type], type]:
     """Class decorator: make an AudioEncoder available as `audio_encoder: <name>`."""
     return _register(AUDIO_ENCODERS, AudioEncoder, "audio encoder", name)
-
-
-def import_plugins(modules: Iterable[str] | str | None = None) -> list[str]:
-    """Import modules that register encoders: the given ones and those of $AVBENCH_PLUGINS."""
-    names = [modules] if isinstance(modules, str) else list(modules or [])
-    names += [m for m in os.environ.get("AVBENCH_PLUGINS", "").split(",") if m.strip()]
-    done = []
-    for name in dict.fromkeys(n.strip() for n in names if n.strip()):
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise ImportError(f"cannot import plugin module {name!r}: {err}") from err
-        done.append(name)
-    return done
 
 
 def _lookup(table: dict[str, type], kind: str, key: str, name: str, plugins: list[str]) -> type:
