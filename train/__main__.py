@@ -32,7 +32,7 @@ from typing import Any
 
 from .config import (card_for_default_config, check_augment, check_augment_against_recipe, load_config, ranged,
                      resolve_preprocess)
-from .runs import init_from, last_complete_checkpoint, versions, write_text_atomically
+from .runs import init_from, last_complete_checkpoint, quiet_library_bars, versions, write_text_atomically
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m train", description=__doc__,
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from .model import MODEL_VERSION, judge_config_for
     from .preprocess import PreprocessConfig
     from .trainers import OBJECTIVES, NonFiniteLoss, judge_metrics, nonfinite_weights, replace_dir
+
+    quiet_library_bars()
 
     # cpu=True when there is no GPU: under torchrun / `accelerate launch --multi_gpu` this makes the
     # processes a gloo (MULTI_CPU) group; without it accelerate sees LOCAL_RANK, finds no CUDA and

@@ -74,12 +74,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import AutoModel, set_seed
 
     from .config import card_for_default_config, load_config, resolve_preprocess
-    from .runs import held_out_files, last_complete_checkpoint
+    from .runs import held_out_files, last_complete_checkpoint, quiet_library_bars
     from .data import load_split, load_windows, precompute_video_features
     from .encoders import import_plugins
     from .model import judge_config_for
     from .preprocess import PreprocessConfig
     from .trainers import PRETRAINING, offset_estimates
+
+    quiet_library_bars()
 
     def log(msg: str) -> None:
         print(msg if msg.startswith("[") else f"[pretrain] {msg}", flush=True)

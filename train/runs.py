@@ -126,6 +126,14 @@ def versions() -> dict[str, str]:
             "trl": trl.__version__, "accelerate": accelerate.__version__}
 
 
+def quiet_library_bars() -> None:
+    """No "Writing model shards" / "Loading weights" bars from transformers: one file each, nothing
+    to wait for. The training bar (with its ETA) and our preprocessing bars stay."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def run_command(main, name: str) -> None:
     """Run a training command's main(); what the user's data or settings caused ends in one line."""
     import sys
