@@ -801,6 +801,12 @@ def find_sources(src: str | Path, manifest: str | Path | None = None, warn_unlis
                   f"({_examples(unmatched)}); they are ignored")
         unlisted = [str(p.relative_to(src)) for p in files if p.name not in rows]
         if unlisted and warn_unlisted:
+            if any(_pinned_split(row, manifest) for row in rows.values()):
+                # a manifest that pins splits decides where every source goes: one it misses could
+                # take a split its author kept for others
+                raise ManifestError(f"{manifest} pins splits but does not list {len(unlisted)} of the {len(files)} "
+                                    f"videos under {src} ({_examples(unlisted)}): add them (an empty split lets "
+                                    "the build choose) or move them out of the folder")
             _warn(f"{manifest}: {len(unlisted)} of the {len(files)} videos under {src} are not listed "
                   f"({_examples(unlisted)}): licence unknown, split chosen by the build")
     sources, seen = [], set()
@@ -1387,11 +1393,12 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
     plugins = import_plugins(plugins)  # before the recipe: they register the operators it names
     recipe_obj = load_recipe(recipe or dim)  # a bad recipe is refused before anything is written
     root, url = resolve_out(out, dim, work_dir)  # a URL: checked (protocol, writable) before any work
+    sources = find_sources(src, manifest)  # a manifest that cannot be used is refused before anything is made
     try:
         out_dir = root / dim
         out_dir.mkdir(parents=True, exist_ok=True)
         with build_lock(out_dir):  # held until published: a second build into OUT stops at once
-            result = _build_locked(src, dim, root, recipe_obj, seed=seed, workers=workers, recipe=recipe,
+            result = _build_locked(src, sources, dim, root, recipe_obj, seed=seed, workers=workers, recipe=recipe,
                                    window_seconds=window_seconds, max_windows=max_windows, max_side=max_side,
                                    hop_seconds=hop_seconds, pairs_per_window=pairs_per_window, splits=splits,
                                    donors=donors, manifest=manifest, train_extra=train_extra,
@@ -1453,7 +1460,8 @@ def resolve_out(out: str | Path, dim: str, work_dir: str | Path | None = None) -
     return Path(work_dir or Path(__file__).resolve().parents[1] / "cache" / "build" / safe_id(out)), url
 
 
-def _build_locked(src: str | Path, dim: str, out: Path, recipe_obj: Recipe, seed: int, workers: int,
+def _build_locked(src: str | Path, sources: list[Source], dim: str, out: Path, recipe_obj: Recipe, seed: int,
+                  workers: int,
                   recipe: str | Path | None,
                   window_seconds: float | None, max_windows: int, max_side: int, hop_seconds: float | None,
                   pairs_per_window: int | None, splits: dict[str, float] | None, donors: str | Path | None,
@@ -1461,7 +1469,8 @@ def _build_locked(src: str | Path, dim: str, out: Path, recipe_obj: Recipe, seed
                   train_extra_manifest: str | Path | None, train_voices: bool, cards_dir: str | Path | None,
                   max_count: int, max_bytes: int, progress: bool, command: list[str] | None, backend: str,
                   ray_address: str | None, plugins: list[str]) -> dict[str, Any]:
-    """build() into the local folder `out`, whose OUT/<dim>/ build() has locked."""
+    """build() into the local folder `out`, whose OUT/<dim>/ build() has locked; `sources` are those of
+    `src` (find_sources, with the manifest)."""
     from .cards import write_card
 
     t0 = time.time()
@@ -1486,7 +1495,6 @@ def _build_locked(src: str | Path, dim: str, out: Path, recipe_obj: Recipe, seed
 
     canonical_dir = Path(out).resolve() / ".canonical"  # absolute: Ray workers run elsewhere
     clean_stale_temporaries(out_dir, canonical_dir)
-    sources = find_sources(src, manifest)
     donors_dir = Path(os.path.realpath(donors)) if donors else None  # the demo keeps its donor voices under src
     skipped = [r for r in skipped_files(src)
                if not (donors_dir and Path(os.path.realpath(r["path"])).is_relative_to(donors_dir))]

@@ -301,14 +301,20 @@ def test_manifest_rows_that_name_no_video_are_an_error_when_pinned_and_a_warning
     assert "\n" not in str(err.value) and "1 rows pinned to a split name no video" in str(err.value)
     assert "A.mov (test)" in str(err.value)
 
-    m.write_text("file,split\nx1.mp4,\nx2.mp4,\nx3.mp4,\nx4.mp4,\na.mp4,train\n")
+    m.write_text("file,split\nx1.mp4,\nx2.mp4,\nx3.mp4,\nx4.mp4,\na.mp4,\n")
     sources = find_sources(src, m)
-    assert {s.source_id: s.split for s in sources} == {"a": "train", "b": "", "c": "", "d": "", "e": ""}
+    assert {s.source_id: s.split for s in sources} == {"a": "", "b": "", "c": "", "d": "", "e": ""}
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and all(ln.startswith("warning: ") for ln in lines)
     assert "4 of its 5 rows name no video" in lines[0] and "x1.mp4, x2.mp4, x3.mp4 and 1 more" in lines[0]
     assert "4 of the 5 videos" in lines[1] and "are not listed" in lines[1]
     assert "b.mp4, c.mp4, d.mp4 and 1 more" in lines[1]
+
+    m.write_text("file,split\na.mp4,train\nb.mp4,\n")  # pins splits, misses c, d, e: their split is not the build's to pick
+    with pytest.raises(ManifestError) as err:
+        find_sources(src, m)
+    assert "\n" not in str(err.value) and "pins splits but does not list 3 of the 5 videos" in str(err.value)
+    assert "c.mp4, d.mp4, e.mp4" in str(err.value)
 
     m.write_text("file\na.mp4\nb.mp4\nc.mp4\nd.mp4\ne.mp4\n")  # every video, no stray row: silent
     find_sources(src, m)
@@ -351,7 +357,7 @@ def test_train_extra_manifests_keep_their_rules(tmp_path, capsys):
 
 def test_a_bom_manifest_pins_its_source_in_a_build(corpus, tmp_path):
     m = tmp_path / "m.csv"
-    m.write_text("file,split\nspk1.mp4,test\nspk2.mp4,test\n", encoding="utf-8-sig")
+    m.write_text("file,split\nspk0.mp4,\nspk1.mp4,test\nspk2.mp4,test\nspk3.mp4,\nspk4.mp4,\n", encoding="utf-8-sig")
     result = build_small(corpus, tmp_path / "out", manifest=m)
     split = {s.source_id: s.split for s in result["sources"]}
     assert split["spk1"] == split["spk2"] == "test"
@@ -365,6 +371,7 @@ def test_the_command_line_says_a_bad_manifest_in_one_line(corpus, tmp_path, caps
                "--workers", "1", "--cards", str(tmp_path / "cards")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith("error: ") and "spk9.mp4 (test)" in err
+    assert not (tmp_path / "out").exists()  # refused before anything is made (no lock, no staging)
 
 
 # ----------------------------------------------------------------------------- one build at a time
