@@ -1,14 +1,17 @@
 """Clip-level offset estimates of an exported lip_sync scorer on whole held-out clips.
 
-    python bench/sync_offsets.py --scorer EXPORT --shards SHARDS [--split test] [--offsets -400 -200 200 400]
-                                 [--transcode 'FFMPEG OUTPUT ARGS' [--container mkv]] [--swaps]
+    python bench/sync_offsets.py --scorer EXPORT (--shards SHARDS [--split test] | --videos FILE...)
+                                 [--offsets -400 -200 200 400] [--transcode 'FFMPEG OUTPUT ARGS' [--container mkv]]
+                                 [--swaps] [--min 0.5]
 
 For every source of the split (from SHARDS/card.json; the video files are found under the card's
-`src` folder) it scores the untouched clip and copies whose soundtrack is shifted by each offset
+`src` folder), or every file of --videos (footage the judge never saw, e.g. another folder), it
+scores the untouched clip and copies whose soundtrack is shifted by each offset
 (the audio delayed for positive offsets: it lags the picture; the clip's own soundtrack fills the
 shift, cut at the clip's ends; the untouched version is re-muxed the same way, with no shift), and prints a markdown table: estimated offset (ms) and confidence
 per clip and shift, the error against the true shift, and the share of untouched clips whose
-estimate is within +-1 frame (40 ms) of zero. Copies are made with ffmpeg (video stream copied).
+estimate is within +-1 frame (40 ms) of zero. Copies are made with ffmpeg (video stream copied;
+a file whose video stream mp4 cannot carry, e.g. flv1, is re-encoded to h264 first, with a note).
 With --transcode every clip is first re-encoded with those ffmpeg output arguments (another codec,
 bitrate or size: does the judge hold on footage unlike its training shards?). With --swaps each clip
 is also scored with every other clip's soundtrack (a random mismatch, as av_consistency's), against
@@ -18,6 +21,11 @@ It also prints the clip-level pairs: for each |shift|, the share of (untouched c
 comparisons the untouched clip wins, the same beyond 160 ms, and Spearman(score, |shift|) over all
 scored versions with a 95% bootstrap CI that resamples whole clips. The default shifts are the
 middles of the lip_sync recipe's five offset bands (40-80 ... 640-1000 ms), both signs.
+
+And what `python -m eval filter` would do with them at --min (default: filter's own default, 0.5):
+the share of untouched clips kept and, per |shift|, the share of shifted copies rejected, with
+Wilson 95% intervals (filter_table). The records carry each version's clip logit too, so another
+calibration can be applied to them later without scoring again.
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ from perturb import media  # noqa: E402
 # the copies are made in a folder named after this process, so a later run removes what a killed one left
 TMP_PREFIX = "avbench_sync_offsets."
 TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"(\d+)\..*")
+REENCODE = "-c:v libx264 -crf 18 -c:a aac -b:a 192k"  # for a file whose video stream mp4 cannot carry
 
 
 def shifted_copy(src: Path, offset_ms: float, out: Path) -> Path:
@@ -69,7 +78,9 @@ def swapped_copy(src: Path, donor: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scorer", required=True)
-    ap.add_argument("--shards", required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shards", help="shards whose card names the sources of --split")
+    src.add_argument("--videos", nargs="+", metavar="FILE", help="these video files instead of a split's sources")
     ap.add_argument("--split", default="test")
     ap.add_argument("--offsets", type=float, nargs="*", default=[-800, -480, -240, -120, -60, 60, 120, 240, 480, 800])
     ap.add_argument("--transcode", default=None, metavar="FFMPEG_OUTPUT_ARGS",
@@ -81,16 +92,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="also score each clip with the soundtrack of every other clip of the split "
                          "(av_consistency's random mismatch) against its untouched version")
     ap.add_argument("--out", default=None, help="also write the records as JSON lines")
+    ap.add_argument("--min", type=float, default=None, metavar="P",
+                    help="filter threshold for the kept / rejected shares (default: eval filter's, 0.5)")
     args = ap.parse_args(argv)
 
     from eval.scorer import Scorer
 
     scorer = Scorer.from_pretrained(args.scorer, plugins=args.plugin)
-    card = json.loads((Path(args.shards) / "card.json").read_text())
-    src_dir = Path(card["src"])
-    if not src_dir.is_absolute():
-        src_dir = (ROOT / src_dir).resolve()
-    files = [src_dir / s["file"] for s in card["sources"] if s.get("split") == args.split]
+    files = [Path(v) for v in args.videos] if args.videos else split_files(Path(args.shards), args.split)
     frame_ms = 1000.0 / scorer.cfg.fps
     rows, records, swaps = [], [], []
     remove_stale_temporaries([Path(tempfile.gettempdir())], TMP_NAME)
@@ -100,19 +109,28 @@ def main(argv: list[str] | None = None) -> int:
             if args.transcode:  # an argument list, never a shell string
                 source = Path(tmp) / f"{f.stem}.{args.container}"
                 media.run_ffmpeg(["-i", str(f), *shlex.split(args.transcode), "-y", str(source)])
+            try:
+                shifted_copy(source, 0.0, Path(tmp) / "probe.mp4")
+            except media.MediaError:  # a video stream mp4 cannot carry (flv1 ...): re-encode this file alone
+                print(f"# {f.name}: its video cannot be copied into mp4; re-encoded first ({REENCODE})",
+                      file=sys.stderr)
+                source = Path(tmp) / f"{f.stem}.reencoded.mp4"
+                media.run_ffmpeg(["-i", str(f), *shlex.split(REENCODE), "-y", str(source)])
             for off in [0.0, *args.offsets]:
                 # the untouched version goes through the same audio re-encode as the shifted ones,
                 # so no version differs from another by its audio codec
                 clip = shifted_copy(source, off, Path(tmp) / f"{f.stem}_{off:+.0f}.mp4")
                 r = scorer.score_file(clip)
-                records.append({"file": f.name, "true_ms": off, "offset_ms": r.get("offset_ms"),
-                                "confidence": r.get("offset_confidence"), "score": r["score"],
+                offset = r.get("offset") or {}
+                records.append({"file": f.name, "true_ms": off, "offset_ms": offset.get("ms"),
+                                "confidence": offset.get("confidence"), "score": r["score"], "logit": r["logit"],
                                 "status": r["status"], "windows": len(r["windows"])})
                 print(json.dumps(records[-1]), file=sys.stderr, flush=True)
             for donor in files if args.swaps else []:
                 if donor != f:
                     r = scorer.score_file(swapped_copy(source, donor, Path(tmp) / f"{f.stem}_swap.mp4"))
-                    swaps.append({"file": f.name, "soundtrack_of": donor.name, "score": r["score"]})
+                    swaps.append({"file": f.name, "soundtrack_of": donor.name, "score": r["score"],
+                                  "logit": r["logit"], "status": r["status"]})
                     print(json.dumps(swaps[-1]), file=sys.stderr, flush=True)
     if args.out:  # aside, then renamed: a kill leaves no half file (make real removes the aside one)
         out = Path(args.out)
@@ -140,12 +158,47 @@ def main(argv: list[str] | None = None) -> int:
           f"{np.mean([z['score'] > s['score'] for z in zero for s in shifted if s['file'] == z['file']]):.2f}")
     if shifted:
         print("\n" + "\n".join(clip_pair_table(records)))
+    from eval.cli import DEFAULT_MIN
+
+    print("\n" + "\n".join(filter_table(records, DEFAULT_MIN if args.min is None else args.min, swaps)))
     if swaps:
         untouched = {r["file"]: r["score"] for r in zero}
         wins = [untouched[w["file"]] > w["score"] for w in swaps]
         print(f"\nsoundtrack swaps: the untouched clip scores above the clip with another clip's soundtrack in "
               f"{np.mean(wins):.3f} ({sum(wins)}/{len(wins)})")
     return 0
+
+
+def split_files(shards: Path, split: str) -> list[Path]:
+    """The source videos of `split` named by the shards' card.json (under the card's `src` folder)."""
+    card = json.loads((shards / "card.json").read_text())
+    src_dir = Path(card["src"])
+    if not src_dir.is_absolute():
+        src_dir = (ROOT / src_dir).resolve()
+    return [src_dir / s["file"] for s in card["sources"] if s.get("split") == split]
+
+
+def filter_table(records: list[dict], threshold: float, swaps: list[dict] | None = None) -> list[str]:
+    """Markdown lines: the share of untouched versions `eval filter --min threshold` keeps, and per
+    |shift| the share of shifted copies it rejects (a status other than ok also rejects), and of the
+    soundtrack swaps when there are any, Wilson 95%."""
+    from eval.metrics import wilson
+
+    def kept(r: dict) -> bool:
+        return r["score"] >= threshold and r.get("status", "ok") == "ok"
+
+    def cell(hits: list[bool]) -> str:
+        lo, hi = wilson(sum(hits), len(hits))
+        return f"{np.mean(hits):.2f} ({sum(hits)}/{len(hits)}) [{lo:.2f}, {hi:.2f}]" if hits else "-"
+
+    shifts = sorted({abs(r["true_ms"]) for r in records if r["true_ms"] != 0})
+    heads = [f"{o:.0f} ms copies rejected" for o in shifts] + (["soundtrack swaps rejected"] if swaps else [])
+    cells = [cell([not kept(r) for r in records if abs(r["true_ms"]) == o]) for o in shifts]
+    cells += [cell([not kept(r) for r in swaps])] if swaps else []
+    return [f"| filter at --min {threshold:g} | untouched kept | " + " | ".join(heads) + " |",
+            "|---|---|" + "---|" * len(heads),
+            "| share (n) [Wilson 95%] | " + cell([kept(r) for r in records if r["true_ms"] == 0]) + " | " +
+            " | ".join(cells) + " |"]
 
 
 def clip_pair_table(records: list[dict], beyond_ms: float = 160.0, n_boot: int = 2000) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .calibration import DEFAULT_METHOD, DEFAULT_PRIOR, METHODS, check_prior
+
 RATINGS_HELP = """ratings CSV formats (header row required):
   absolute ratings (MOS):  path,rating            -> SRCC, PLCC, Kendall tau with bootstrap 95% CIs
   A/B preferences:         path_a,path_b,preferred (preferred = a | b; tie rows are skipped)
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="score val/test, calibrate on val, report on test, export",
                        description="Score the val and test shards with a trained judge, fit the "
-                       "temperature / Platt / isotonic calibrators on val only, write "
+                       "temperature / Platt / isotonic calibrators on val only (at --prior), write "
                        "REPORT/report.md + report.json + plots, and export the calibrated judge.")
     e.add_argument("--dim", required=True)
     e.add_argument("--shards", required=True, help="folder or fsspec URL (s3://...) with <split>-%%06d.tar and "
@@ -33,8 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="training run folder (model/ + metrics.json)")
     e.add_argument("--export", required=True, help="export folder to write")
     e.add_argument("--report", required=True, help="report folder to write")
-    e.add_argument("--calibration", default="temperature", choices=["temperature", "platt", "isotonic"],
-                   help="calibration exported (all three are reported; default temperature)")
+    e.add_argument("--calibration", default=DEFAULT_METHOD, choices=METHODS,
+                   help=f"calibration exported (all three are reported; default {DEFAULT_METHOD}: the parametric "
+                        "map that can place its 0.5 point, which temperature scaling cannot move)")
+    e.add_argument("--prior", type=_prior, default=DEFAULT_PRIOR, metavar="P",
+                   help="P(yes) the calibration is fitted for (default 0.5: a score of 0.5 means yes and no "
+                        "are equally likely, e.g. in sync and not). The val clips are weighted to it and the "
+                        "test numbers computed at it; recorded in calibration.json, report.json and the model card")
     e.add_argument("--cache-dir", default=None, help="preprocessing cache (train.data.load_split)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for 95%% CIs")
@@ -86,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(unreadable files are rejected with error=...).")
     f.add_argument("--scorer", action="append", required=True, metavar="DIR")
     f.add_argument("--min", action="append", default=None, metavar="P|DIM=P",
-                   help="keep when score >= P on every dimension (default 0.5); DIM=P per dimension")
+                   help="keep when score >= P on every dimension; DIM=P per dimension. Default 0.5: for a "
+                        "judge calibrated at the 50/50 prior (calibration.json \"prior\"), the point where yes "
+                        "and no are equally likely")
     f.add_argument("--keep-status", action="append", default=[], metavar="STATUS[,STATUS]",
                    help="also keep files the judge cannot judge properly when their score passes: "
                         "no_face, too_short, no_audio (default: only status ok is kept)")
@@ -112,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", default=None, help="also write the result JSON here")
     return p
+
+
+def _prior(text: str) -> float:
+    try:
+        return check_prior(float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _device(d: str | None) -> str:
@@ -146,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate(args.dim, args.shards, args.run, args.export, args.report,
                      calibration=args.calibration, cache_dir=args.cache_dir, batch_size=args.batch_size,
                      n_boot=args.n_boot, device=_device(args.device), progress=not args.no_progress,
-                     workers=args.workers, max_bad_fraction=args.max_bad_fraction, whole_clips=args.whole_clips)
+                     workers=args.workers, max_bad_fraction=args.max_bad_fraction, whole_clips=args.whole_clips,
+                     prior=args.prior)
         except ShardReadError as err:  # a location or file that cannot be read as given
             print(f"error: {err}", file=sys.stderr)
             return 2

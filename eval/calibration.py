@@ -2,8 +2,8 @@
 
 Every calibrator is a monotone non-decreasing map z -> P(yes) in [0, 1]:
 
-  TemperatureScaling (default)  p = sigmoid(z / T), T > 0, T fitted by minimising the NLL over log T.
-  PlattScaling                  p = sigmoid(a * z + b), a >= 0 (bounded), fitted by NLL.
+  PlattScaling (default)        p = sigmoid(a * z + b), a >= 0 (bounded), fitted by NLL.
+  TemperatureScaling            p = sigmoid(z / T), T > 0, T fitted by minimising the NLL over log T.
   IsotonicCalibration           sklearn IsotonicRegression on sigmoid(z), increasing,
                                 out_of_bounds="clip"; stored as its breakpoints and applied with
                                 linear interpolation between them (continuous, piecewise linear),
@@ -11,17 +11,28 @@ Every calibrator is a monotone non-decreasing map z -> P(yes) in [0, 1]:
                                 is ever a hard 0 or 1.
   IdentityCalibration ("none")  p = sigmoid(z): the uncalibrated judge.
 
+The prior. A calibrator is fitted at a stated prior P(yes) (`prior`, default 0.5 in `eval evaluate`):
+each fitting clip is weighted so that the "yes" clips carry `prior` of the total weight and the "no"
+clips the rest, whatever their counts (class-balanced weights at 0.5). A score of 0.5 then means the
+judge's evidence favours neither answer: in sync and not are equally likely. Without it the map would
+learn the pairs' own share of originals (about 1 clip in 6 in val), and an untouched clip would score
+well below 0.5. Platt is the default because it can move its 0.5 point: the reward objective
+(Bradley-Terry) learns logit differences only, so where z = 0 falls is arbitrary, and a
+temperature-only map sigmoid(z / T) always puts 0.5 at z = 0. prior=None fits at the sample's own
+class balance (unweighted), as calibrators without a prior did.
+
 Fitting uses Platt's smoothed targets (y=1 -> (N+ + 1)/(N+ + 2), y=0 -> 1/(N- + 2)) for the two
 parametric maps: with perfectly separable validation data plain NLL drives T -> 0 (or a -> inf);
 the smoothed targets keep the fit finite and change nothing noticeable on realistic data.
 
-Serialised as calibration.json: {"method", "params", "fitted_on": "val", "n"}. Loading checks it
+Serialised as calibration.json: {"method", "params", "fitted_on": "val", "n", "prior"}; a file
+without "prior" (written before it was recorded) loads with prior None. Loading checks it
 (an export is untrusted input): a known method, the keys it needs, finite numbers of the right type,
 isotonic breakpoints of equal length and non-decreasing; anything else is a one-line ValueError
 naming the file (a NaN temperature would otherwise score every video 0.0 with status ok).
 `torch_transform` gives the same map on tensors (differentiable) for rewards; isotonic's torch map
 is the piecewise-linear interpolation, whose gradient is zero on flat steps, so a fitted isotonic
-calibrator also carries a temperature fit in params["fallback"] and `differentiable()` returns it
+calibrator also carries a temperature fit (at the same prior) in params["fallback"] and `differentiable()` returns it
 (see eval.scorer.Scorer.reward).
 """
 from __future__ import annotations
@@ -37,6 +48,7 @@ EPS = 1e-3
 MAX_JSON_BYTES = 16 * 1024 * 1024  # a JSON file of an export (calibration, config, ...) is small; cap what is read
 _LOGT_BOUNDS = (np.log(1e-2), np.log(1e2))
 _A_MAX = 1e2
+DEFAULT_PRIOR = 0.5  # P(yes) the calibration is fitted for: 0.5 = in sync and not equally likely
 
 
 def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
@@ -106,10 +118,34 @@ def _smoothed_targets(y: np.ndarray) -> np.ndarray:
     return np.where(y > 0.5, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
 
 
-def _nll_logits(logits: np.ndarray, t: np.ndarray) -> float:
-    """Mean binary cross-entropy of sigmoid(logits) against (soft) targets t, numerically stable."""
+def _nll_logits(logits: np.ndarray, t: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Mean (weighted) binary cross-entropy of sigmoid(logits) against (soft) targets t, numerically stable."""
     # -[t log s(x) + (1-t) log(1-s(x))] = softplus(x) - t x
-    return float(np.mean(np.logaddexp(0.0, logits) - t * logits))
+    return float(np.average(np.logaddexp(0.0, logits) - t * logits, weights=w))
+
+
+def check_prior(prior: Any) -> float | None:
+    """`prior` as a float in (0, 1), or None; anything else is a ValueError."""
+    if prior is None:
+        return None
+    if isinstance(prior, bool) or not isinstance(prior, numbers.Real) or not 0.0 < float(prior) < 1.0:
+        raise ValueError(f"calibration prior must be a probability strictly between 0 and 1, got {prior!r}")
+    return float(prior)
+
+
+def prior_weights(y, prior: float | None) -> np.ndarray:
+    """Per-sample weights (mean 1) under which the labels y (1 = yes) have P(yes) = prior.
+
+    prior None, or a single class present: all ones (the sample's own balance)."""
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    w = np.ones(len(y))
+    pos = y > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if prior is None or n_pos == 0 or n_neg == 0:
+        return w
+    w[pos] = prior * len(y) / n_pos
+    w[~pos] = (1.0 - prior) * len(y) / n_neg
+    return w
 
 
 def _check(z: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -134,9 +170,10 @@ class Calibrator:
         self.n: int = 0
         self.fitted_on: str = "val"
         self.fitted: bool = False
+        self.prior: float | None = None
 
     # ----- to implement
-    def _fit(self, z: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, z: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
         raise NotImplementedError
 
     def _transform(self, z: np.ndarray) -> np.ndarray:
@@ -153,11 +190,15 @@ class Calibrator:
         raise NotImplementedError
 
     # ----- shared
-    def fit(self, z, y, fitted_on: str = "val") -> "Calibrator":
+    def fit(self, z, y, fitted_on: str = "val", prior: float | None = None) -> "Calibrator":
+        """Fit on logits z and labels y (1 = yes); `prior`: the P(yes) to calibrate for (module
+        docstring), None = the sample's own class balance."""
         z, y = _check(z, y)
-        self._fit(z, y)
+        prior = check_prior(prior)
+        self._fit(z, y, prior_weights(y, prior))
         self.n = int(len(z))
         self.fitted_on = fitted_on
+        self.prior = prior
         self.fitted = True
         return self
 
@@ -173,7 +214,7 @@ class Calibrator:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "params": self.params, "fitted_on": self.fitted_on,
-                "n": int(self.n)}
+                "n": int(self.n), "prior": self.prior}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Calibrator":
@@ -198,6 +239,7 @@ class Calibrator:
         obj._load_params(d["params"])
         obj.n = int(n)
         obj.fitted_on = fitted_on
+        obj.prior = check_prior(d.get("prior"))  # absent in files written before the prior was recorded
         obj.fitted = True
         return obj
 
@@ -214,7 +256,7 @@ class Calibrator:
             raise ValueError(f"{path}: {err}") from None
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.params}, n={self.n})"
+        return f"{type(self).__name__}({self.params}, n={self.n}, prior={self.prior})"
 
 
 class IdentityCalibration(Calibrator):
@@ -222,7 +264,7 @@ class IdentityCalibration(Calibrator):
 
     method = "none"
 
-    def _fit(self, z, y) -> None:
+    def _fit(self, z, y, w) -> None:
         pass
 
     def _transform(self, z):
@@ -250,11 +292,11 @@ class TemperatureScaling(Calibrator):
         super().__init__()
         self.temperature = float(temperature)
 
-    def _fit(self, z, y) -> None:
+    def _fit(self, z, y, w) -> None:
         from scipy.optimize import minimize_scalar
 
         t = _smoothed_targets(y)
-        res = minimize_scalar(lambda lt: _nll_logits(z / np.exp(lt), t), bounds=_LOGT_BOUNDS,
+        res = minimize_scalar(lambda lt: _nll_logits(z / np.exp(lt), t, w), bounds=_LOGT_BOUNDS,
                               method="bounded", options={"xatol": 1e-6})
         self.temperature = float(np.exp(res.x))
 
@@ -285,16 +327,16 @@ class PlattScaling(Calibrator):
         super().__init__()
         self.a, self.b = float(a), float(b)
 
-    def _fit(self, z, y) -> None:
+    def _fit(self, z, y, w) -> None:
         from scipy.optimize import minimize
 
         t = _smoothed_targets(y)
+        wn = w / w.sum()
 
         def f(p):
             x = p[0] * z + p[1]
-            s = sigmoid(x)
-            g = s - t
-            return _nll_logits(x, t), np.array([np.mean(g * z), np.mean(g)])
+            g = (sigmoid(x) - t) * wn
+            return _nll_logits(x, t, w), np.array([np.sum(g * z), np.sum(g)])
 
         res = minimize(f, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B",
                        bounds=[(0.0, _A_MAX), (None, None)])
@@ -322,8 +364,9 @@ class IsotonicCalibration(Calibrator):
     """Isotonic regression on sigmoid(z), applied as a continuous piecewise-linear map.
 
     Breakpoints x (in sigmoid space) and y (clipped to [eps, 1-eps]); np.interp clips outside the
-    fitted range (out_of_bounds="clip"). A temperature fit rides along as params["fallback"] for
-    differentiable use.
+    fitted range (out_of_bounds="clip"). A temperature fit at the same prior rides along as
+    params["fallback"] for differentiable use (its 0.5 point stays at z = 0: a reward's gradient,
+    not its level, is what it is for).
     """
 
     method = "isotonic"
@@ -335,19 +378,23 @@ class IsotonicCalibration(Calibrator):
         self.y = np.array([self.eps, 1.0 - self.eps])
         self.fallback = TemperatureScaling()
 
-    def _fit(self, z, y) -> None:
+    def _fit(self, z, y, w) -> None:
         from sklearn.isotonic import IsotonicRegression
 
         iso = IsotonicRegression(increasing=True, out_of_bounds="clip", y_min=self.eps,
                                  y_max=1.0 - self.eps)
-        iso.fit(sigmoid(z), y)
+        iso.fit(sigmoid(z), y, sample_weight=w)
         self.x = np.asarray(iso.X_thresholds_, dtype=np.float64)
         self.y = np.clip(np.asarray(iso.y_thresholds_, dtype=np.float64), self.eps, 1.0 - self.eps)
         if len(self.x) == 1:  # a constant map (all z equal): keep it well defined for np.interp
             self.x = np.array([self.x[0], self.x[0] + 1e-12])
             self.y = np.array([self.y[0], self.y[0]])
         self.y = np.maximum.accumulate(self.y)  # exact monotonicity after float clipping
-        self.fallback = TemperatureScaling().fit(z, y)
+
+    def fit(self, z, y, fitted_on: str = "val", prior: float | None = None) -> "Calibrator":
+        super().fit(z, y, fitted_on=fitted_on, prior=prior)
+        self.fallback = TemperatureScaling().fit(z, y, fitted_on=fitted_on, prior=prior)
+        return self
 
     def _transform(self, z):
         return np.interp(sigmoid(z), self.x, self.y)
@@ -400,14 +447,15 @@ CALIBRATORS: dict[str, type[Calibrator]] = {
     "isotonic": IsotonicCalibration,
 }
 METHODS = ("temperature", "platt", "isotonic")
-DEFAULT_METHOD = "temperature"
+DEFAULT_METHOD = "platt"  # the one parametric map that can move its 0.5 point (module docstring)
 
 
-def fit_calibrator(method: str, z, y, fitted_on: str = "val") -> Calibrator:
-    """Fit a calibrator of `method` ("temperature", "platt", "isotonic" or "none") on (z, y)."""
+def fit_calibrator(method: str, z, y, fitted_on: str = "val", prior: float | None = None) -> Calibrator:
+    """Fit a calibrator of `method` ("temperature", "platt", "isotonic" or "none") on (z, y) at
+    `prior` (None: the sample's own class balance)."""
     if method not in CALIBRATORS:
         raise ValueError(f"unknown calibration method {method!r}; known: {sorted(CALIBRATORS)}")
-    return CALIBRATORS[method]().fit(z, y, fitted_on=fitted_on)
+    return CALIBRATORS[method]().fit(z, y, fitted_on=fitted_on, prior=prior)
 
 
 def load_calibrator(path_or_dict: str | Path | dict) -> Calibrator:

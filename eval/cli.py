@@ -8,9 +8,11 @@ dimension, status, error):
     {"path": "bad.mp4", "scores": {}, "status": {"lip_sync": "unreadable"}, "error": "unreadable media: ..."}
 "status" says whether the judge could judge the file: ok | no_audio | too_short | no_face (eval/scorer.py)
 | unreadable. "offset" is the estimated audio offset (positive: the audio lags the picture) and its
-confidence, for judges that compare audio and picture over offsets. "windows" is present for videos
+confidence, for judges that estimate timing (Scorer.estimates_timing). "windows" is present for videos
 longer than one window, or always with --windows. A file that cannot be read or scored gives a line
-with "error" and the batch goes on. Exit status: 0 when at least one video was scored (or none was
+with "error" and the batch goes on. stderr gets one line per file for people (summary_line:
+"a.mp4: lip_sync: audio lags by 520 ms (confidence 0.08), P(yes) 0.02"); stdout stays JSON. A judge
+whose calibration states no prior (an older export) gets a warning line: its 0.5 is not "equally likely". Exit status: 0 when at least one video was scored (or none was
 given), 1 when every video failed, 130 / 143 when stopped by SIGINT / SIGTERM.
 
 --out is written as the records finish, one whole line per write, and OUT.settings.json beside it
@@ -23,7 +25,7 @@ one line, never mixed; --overwrite starts over. An --out that cannot be written 
 first file.
 
 filter: scores the videos (files, or folders searched recursively for video extensions), keeps
-those whose score is >= --min on every dimension and whose status is ok (or listed in
+those whose score is >= --min (default DEFAULT_MIN, 0.5) on every dimension and whose status is ok (or listed in
 --keep-status), and writes OUT_DIR/kept.txt and OUT_DIR/rejected.txt: one line per video,
 tab-separated: path, then dim=score for each dimension, then status=... when it is not ok (and
 error=... for a file that failed, which is rejected). `cut -f1 kept.txt` gives the paths.
@@ -47,6 +49,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from perturb.media import VIDEO_EXTS  # the shared media layer
+
+# filter's default --min: for a judge calibrated at the 50/50 prior, yes and no equally likely
+DEFAULT_MIN = 0.5
 
 
 def load_scorers(dirs: Sequence[str], device: str | None = None, batch_size: int = 8) -> list:
@@ -134,8 +139,8 @@ def score_video(scorers: Sequence, path: str, always_windows: bool = False) -> d
             r = s.score_file(path, windows=wins)
             rec["scores"][s.dim] = r["score"]
             rec["status"][s.dim] = r.get("status", "ok")
-            if "offset_ms" in r:
-                offsets[s.dim] = {"ms": r["offset_ms"], "confidence": round(r["offset_confidence"], 4)}
+            if "offset" in r:
+                offsets[s.dim] = {"ms": r["offset"]["ms"], "confidence": round(r["offset"]["confidence"], 4)}
             if always_windows or len(r["windows"]) > 1:
                 windows_out[s.dim] = r["windows"]
         except Exception as exc:  # a bad file must not stop the batch
@@ -149,6 +154,45 @@ def score_video(scorers: Sequence, path: str, always_windows: bool = False) -> d
     if errors:
         rec["error"] = errors[0] if len(set(errors)) == 1 else "; ".join(dict.fromkeys(errors))
     return rec
+
+
+def offset_phrase(ms: float) -> str:
+    """'audio lags by 520 ms' (positive: the sound comes late), 'audio leads by 80 ms', 'no audio offset'."""
+    if abs(ms) < 0.5:
+        return "no audio offset"
+    return f"audio {'lags' if ms > 0 else 'leads'} by {abs(ms):.0f} ms"
+
+
+def summary_line(rec: dict[str, Any]) -> str:
+    """One human-readable line for a score record (stderr), e.g.
+    'a.mp4: lip_sync: audio lags by 520 ms (confidence 0.08), P(yes) 0.02'."""
+    if "error" in rec and not rec.get("scores"):
+        return f"{rec['path']}: error: {rec['error']}"
+    parts = []
+    for dim, score in rec.get("scores", {}).items():
+        bits = []
+        st = rec.get("status", {}).get(dim, "ok")
+        if st != "ok":
+            bits.append(f"status {st}")
+        off = rec.get("offset", {}).get(dim)
+        if off is not None:
+            bits.append(f"{offset_phrase(off['ms'])} (confidence {off['confidence']:.2f})")
+        bits.append(f"P(yes) {score:.2f}")
+        parts.append(f"{dim}: {', '.join(bits)}")
+    failed = [d for d, st in rec.get("status", {}).items() if st == "unreadable"]
+    parts += [f"{d}: unreadable" for d in failed]
+    return f"{rec['path']}: {'; '.join(parts)}"
+
+
+def prior_warnings(scorers: Sequence) -> list[str]:
+    """A line for each judge whose calibration states no prior: its 0.5 is not 'equally likely'."""
+    out = []
+    for s in scorers:
+        if getattr(s.calibrator, "prior", None) is None:
+            out.append(f"warning: {s.dim}: {s.path or 'its export'} has no calibration prior (calibration.json "
+                       f"without \"prior\", or none): a score of 0.5 does not mean yes and no are equally likely; "
+                       f"re-run `python -m eval evaluate` to calibrate it at 0.5")
+    return out
 
 
 def default_workers() -> int:
@@ -548,6 +592,8 @@ def _cmd_score(args) -> int:
     print(f"# eval score: {', '.join(dims)} on {describe_device(args.device or 'cpu')}, {len(args.videos)} videos, "
           f"{workers} worker process{'es' if workers > 1 else ''}, batch size {args.batch_size}"
           f"{_landmark_note(scorers)}", file=sys.stderr)
+    for line in prior_warnings(scorers):
+        print(line, file=sys.stderr)
     if len(todo) < len(args.videos):
         print(f"# resuming: {len(args.videos) - len(todo)} of {len(args.videos)} videos already in {args.out} "
               f"are skipped (--overwrite starts over)", file=sys.stderr)
@@ -568,6 +614,7 @@ def _cmd_score(args) -> int:
                 oks.append("error" not in rec)
                 sys.stdout.write(line)
                 sys.stdout.flush()
+                print(summary_line(rec), file=sys.stderr, flush=True)  # for people; stdout stays JSON
     except Interrupted as stop:
         where = f", records in {args.out}; re-run the same command to resume" if out is not None else ""
         print(f"interrupted: {len(oks)} of {len(args.videos)} files scored{where}", file=sys.stderr)
@@ -596,7 +643,7 @@ def expand_sources(srcs: Iterable[str]) -> list[str]:
 
 
 def parse_min(values: Sequence[str] | None, dims: Sequence[str]) -> dict[str, float]:
-    """Per-dimension thresholds: default 0.5; a plain number sets all; DIM=X overrides one."""
+    """Per-dimension thresholds: default DEFAULT_MIN; a plain number sets all; DIM=X overrides one."""
     def number(v: str, x: str) -> float:
         try:
             f = float(x)
@@ -606,7 +653,7 @@ def parse_min(values: Sequence[str] | None, dims: Sequence[str]) -> dict[str, fl
             raise ValueError(f"--min {v}: not a number")
         return f
 
-    thr = {d: 0.5 for d in dims}
+    thr = {d: DEFAULT_MIN for d in dims}
     for v in values or []:
         if "=" not in v:
             thr = {d: number(v, v) for d in dims}
@@ -655,6 +702,8 @@ def _cmd_filter(args) -> int:
         _check_writable(f, "--out-dir")
     scorers = load_scorers(args.scorer, device=args.device, batch_size=args.batch_size)
     dims = [s.dim for s in scorers]
+    for line in prior_warnings(scorers):
+        print(line, file=sys.stderr)
     try:
         thr = parse_min(args.min, dims)
     except ValueError as err:

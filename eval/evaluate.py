@@ -9,10 +9,18 @@ original (severity 0) and 0 when it carries any perturbation (graded pairs' mild
 included). Clips shared by several pairs (an original window paired with several perturbations)
 are counted once: key (source_id, window, ops). Pairwise accuracy is over pairs.
 
-Calibration: the three calibrators (temperature, Platt, isotonic) are fitted on the VAL clips only
-and all reported on TEST (ECE with 15 bins, Brier, NLL, accuracy at 0.5, before and after).
-If val has no clip or a single class, calibration cannot be fitted: the export is then uncalibrated
-(method "none") and the report says so.
+Calibration: the three calibrators (temperature, Platt, isotonic) are fitted on the VAL clips only,
+at a stated prior P(yes) (`prior`, default 0.5: val clips weighted so that originals and perturbed
+clips count equally; eval.calibration), and all reported on TEST (ECE with 15 bins, Brier, NLL,
+accuracy at 0.5, before and after), with the test clips weighted to the same prior, so that the
+numbers describe the scores as they are meant to be read. Each method's NLL is also cross-validated
+on val (folds by source): the report remarks when another method does better there than the exported
+one. If val has no clip or a single class, calibration cannot be fitted: the export is then
+uncalibrated (method "none") and the report says so.
+
+Small samples: shares (accuracies) get Wilson intervals, AUC a bootstrap interval widened to a
+Wilson one (eval.metrics); the report warns when test has fewer than MIN_TEST_PAIRS pairs or
+MIN_TEST_ORIGINALS original clips.
 
 Outputs: <report>/report.md, report.json and PNG plots; <export>/ model.safetensors + config.json,
 preprocessing.json, calibration.json, metrics.json, README.md (model card).
@@ -40,10 +48,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import metrics as M
-from .calibration import (DEFAULT_METHOD, METHODS, Calibrator, IdentityCalibration, fit_calibrator,
-                          sigmoid)
+from .calibration import (DEFAULT_METHOD, DEFAULT_PRIOR, METHODS, Calibrator, IdentityCalibration,
+                          check_prior, fit_calibrator, prior_weights, sigmoid)
 
 N_BOOT = 1000
+MIN_TEST_PAIRS = 50      # fewer test pairs, or fewer untouched test clips, and the report warns:
+MIN_TEST_ORIGINALS = 10  # its intervals are wide and one source can move every number
+CV_FOLDS = 5             # folds (by source) of the cross-validated val NLL that compares the calibrators
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -180,39 +191,96 @@ def _labels(records):
 
 
 # ----------------------------------------------------------------------------- calibration
-def fit_calibrators(val_clips: Sequence[dict[str, Any]]) -> tuple[dict[str, Calibrator], str | None]:
-    """All three calibrators fitted on val clips only; (calibrators, warning or None)."""
+def fit_calibrators(val_clips: Sequence[dict[str, Any]], prior: float | None = DEFAULT_PRIOR
+                    ) -> tuple[dict[str, Calibrator], str | None]:
+    """All three calibrators fitted on val clips only, at `prior`; (calibrators, warning or None)."""
     z, y = _za(val_clips), _labels(val_clips)
     if len(z) == 0 or len(np.unique(y)) < 2:
         why = "no val clips" if len(z) == 0 else f"val has a single class (label {int(y[0])})"
         warning = f"calibration not fitted ({why}): scores are uncalibrated sigmoid(z)"
         return {m: IdentityCalibration() for m in METHODS}, warning
-    return {m: fit_calibrator(m, z, y, fitted_on="val") for m in METHODS}, None
+    return {m: fit_calibrator(m, z, y, fitted_on="val", prior=prior) for m in METHODS}, None
 
 
-def calibration_table(cals: dict[str, Calibrator], clips: Sequence[dict[str, Any]]
-                      ) -> dict[str, dict[str, Any]]:
+def calibration_table(cals: dict[str, Calibrator], clips: Sequence[dict[str, Any]],
+                      prior: float | None = DEFAULT_PRIOR) -> dict[str, dict[str, Any]]:
+    """ECE, Brier, NLL and accuracy at 0.5 of each calibrator on `clips` weighted to `prior`."""
     z, y = _za(clips), _labels(clips)
+    w = prior_weights(y, prior)
     out = {}
     for name, cal in [("none", IdentityCalibration()), *cals.items()]:
         p = cal.transform(z) if len(z) else np.zeros(0)
-        out[name] = {"ece": M.ece(p, y), "brier": M.brier(p, y), "nll": M.nll(p, y),
-                     "accuracy_at_0.5": M.accuracy(p, y), "method": cal.method,
+        out[name] = {"ece": M.ece(p, y, w=w), "brier": M.brier(p, y, w=w), "nll": M.nll(p, y, w=w),
+                     "accuracy_at_0.5": M.accuracy(p, y, w=w), "method": cal.method,
                      "params": cal.params, "n_fit": cal.n}
     return out
 
 
+def cross_validated_nll(val_clips: Sequence[dict[str, Any]], prior: float | None = DEFAULT_PRIOR,
+                        folds: int = CV_FOLDS) -> dict[str, float] | None:
+    """Each method's NLL on val (weighted to `prior`) when every clip is calibrated by a fit on the
+    other folds (folds by source, so a source's windows are never fitted and judged at once): an
+    honest comparison of the methods on val, where the in-sample NLL always favours isotonic.
+    None when val has fewer than two sources."""
+    sources = sorted({str(r.get("source_id")) for r in val_clips})
+    if len(sources) < 2:
+        return None
+    fold_of = {s: i % min(folds, len(sources)) for i, s in enumerate(sources)}
+    fold = np.array([fold_of[str(r.get("source_id"))] for r in val_clips])
+    z, y = _za(val_clips), _labels(val_clips)
+    out = {}
+    for m in METHODS:
+        p = np.full(len(z), np.nan)
+        for k in np.unique(fold):
+            fit = fold != k
+            if len(np.unique(y[fit])) < 2:  # a fold whose rest holds one class: nothing to fit, left out
+                continue
+            p[~fit] = fit_calibrator(m, z[fit], y[fit], prior=prior).transform(z[~fit])
+        ok = np.isfinite(p)
+        out[m] = M.nll(p[ok], y[ok], w=prior_weights(y[ok], prior)) if ok.any() else float("nan")
+    return out
+
+
+def calibration_remark(cv: dict[str, float] | None, exported: str, val_clips: Sequence[dict[str, Any]] = ()
+                       ) -> str | None:
+    """One line when another method has a lower cross-validated val NLL than the exported one; it
+    names val's size, since a few sources make that comparison noisy."""
+    if not cv or not math.isfinite(cv.get(exported, float("nan"))):
+        return None
+    best = min((m for m in cv if math.isfinite(cv[m])), key=lambda m: cv[m])
+    if best == exported or cv[exported] - cv[best] < 1e-3:
+        return None
+    size = (f" over {len({str(r.get('source_id')) for r in val_clips})} val sources, {len(val_clips)} clips"
+            if val_clips else "")
+    return (f"{best} calibration has a lower cross-validated val NLL than the exported {exported} "
+            f"({cv[best]:.3f} vs {cv[exported]:.3f}{size}); `--calibration {best}` exports it")
+
+
+def small_sample_warnings(test: dict[str, Any]) -> list[str]:
+    """Warnings when test is too small for its numbers to be read closely."""
+    out = []
+    if test.get("n_pairs", 0) < MIN_TEST_PAIRS:
+        out.append(f"test has {test.get('n_pairs', 0)} pairs (< {MIN_TEST_PAIRS}): wide intervals, "
+                   "and a single source can move every number")
+    if test.get("n_originals", 0) < MIN_TEST_ORIGINALS:
+        out.append(f"test has {test.get('n_originals', 0)} untouched clips (< {MIN_TEST_ORIGINALS}): "
+                   "the scores of in-sync footage rest on very few clips")
+    return out
+
+
 # ----------------------------------------------------------------------------- the report
-def split_summary(pairs, clips, cal: Calibrator, n_boot: int = N_BOOT) -> dict[str, Any]:
+def split_summary(pairs, clips, cal: Calibrator, n_boot: int = N_BOOT,
+                  prior: float | None = DEFAULT_PRIOR) -> dict[str, Any]:
+    """Counts and headline numbers of a split; accuracy at 0.5 with the clips weighted to `prior`."""
     zc, zr = _za(pairs, "z_chosen"), _za(pairs, "z_rejected")
     z, y = _za(clips), _labels(clips)
     p = cal.transform(z) if len(z) else np.zeros(0)
     return {
         "n_pairs": len(pairs), "n_clips": len(clips), "n_originals": int(y.sum()),
         "n_perturbed": int(len(y) - y.sum()),
-        "pairwise_accuracy": M.with_ci(M.pairwise_accuracy, zc, zr, n_boot=n_boot),
-        "auc": M.with_ci(M.auc, z, y, n_boot=n_boot),
-        "accuracy_at_0.5": M.with_ci(M.accuracy, p, y, n_boot=n_boot),
+        "pairwise_accuracy": M.pairwise_accuracy_with_ci(zc, zr),
+        "auc": M.auc_with_ci(z, y, n_boot=n_boot),
+        "accuracy_at_0.5": M.accuracy_with_ci(p, y, w=prior_weights(y, prior)),
         "mean_score_originals": float(p[y == 1].mean()) if (y == 1).any() else float("nan"),
         "mean_score_perturbed": float(p[y == 0].mean()) if (y == 0).any() else float("nan"),
     }
@@ -234,7 +302,8 @@ def _variant(meta: dict[str, Any]) -> tuple[str, str] | None:
 
 def _pair_group_acc(pairs, key, cal: Calibrator | None = None) -> dict[Any, dict[str, Any]]:
     """Pairwise accuracy per group of pairs; with `cal`, also "ece": the calibrated ECE over the
-    group's clips (its originals and its perturbed sides, so both classes are there)."""
+    group's clips (its originals and its perturbed sides, so both classes are there) as they are,
+    unweighted: a group's share of originals is part of what its row describes."""
     groups: dict[Any, list] = {}
     for p in pairs:
         groups.setdefault(key(p["meta"]), []).append(p)
@@ -248,13 +317,15 @@ def _pair_group_acc(pairs, key, cal: Calibrator | None = None) -> dict[Any, dict
 
 
 def build_report(val_pairs: Sequence[dict[str, Any]], test_pairs: Sequence[dict[str, Any]],
-                 dim: str = "", default_method: str = DEFAULT_METHOD, n_boot: int = N_BOOT
-                 ) -> tuple[dict[str, Any], dict[str, Calibrator]]:
-    """All numbers of the report (pure: scored pairs in, dict out) and the calibrators (fit on val)."""
+                 dim: str = "", default_method: str = DEFAULT_METHOD, n_boot: int = N_BOOT,
+                 prior: float | None = DEFAULT_PRIOR) -> tuple[dict[str, Any], dict[str, Calibrator]]:
+    """All numbers of the report (pure: scored pairs in, dict out) and the calibrators (fit on val
+    at `prior`; the test calibration numbers are computed at the same prior)."""
     if default_method not in METHODS:
         raise ValueError(f"--calibration must be one of {METHODS}, got {default_method!r}")
+    prior = check_prior(prior)
     val_clips, test_clips = clip_records(val_pairs), clip_records(test_pairs)
-    cals, warning = fit_calibrators(val_clips)
+    cals, warning = fit_calibrators(val_clips, prior)
     cal = cals[default_method]
     zt = _za(test_clips)
     probs = cal.transform(zt) if len(zt) else np.zeros(0)
@@ -284,15 +355,19 @@ def build_report(val_pairs: Sequence[dict[str, Any]], test_pairs: Sequence[dict[
     variants = _pair_group_acc(test_pairs, _variant)
     variants.pop(None, None)  # pairs whose operator has no variant
 
+    cv = cross_validated_nll(val_clips, prior) if warning is None else None
+    test = split_summary(test_pairs, test_clips, cal, n_boot=n_boot, prior=prior) if test_pairs else {}
     report = {
         "dim": dim,
         "calibration": {"default": default_method if warning is None else "none",
-                        "requested": default_method, "fitted_on": "val",
+                        "requested": default_method, "fitted_on": "val", "prior": prior,
                         "n_val_clips": len(val_clips), "warning": warning,
-                        "test": calibration_table(cals, test_clips),
-                        "val": calibration_table(cals, val_clips)},
-        "val": split_summary(val_pairs, val_clips, cal, n_boot=n_boot) if val_pairs else {},
-        "test": split_summary(test_pairs, test_clips, cal, n_boot=n_boot) if test_pairs else {},
+                        "test": calibration_table(cals, test_clips, prior),
+                        "val": calibration_table(cals, val_clips, prior),
+                        "val_cv_nll": cv, "remark": calibration_remark(cv, default_method, val_clips)},
+        "val": split_summary(val_pairs, val_clips, cal, n_boot=n_boot, prior=prior) if val_pairs else {},
+        "test": test,
+        "warnings": small_sample_warnings(test),
         "per_kind": [{"kind": k, **v} for k, v in sorted(kinds.items(), key=lambda kv: str(kv[0]))],
         "per_operator": per_op,
         "per_severity": per_sev,
@@ -305,7 +380,8 @@ def build_report(val_pairs: Sequence[dict[str, Any]], test_pairs: Sequence[dict[
 
 # ----------------------------------------------------------------------------- plots
 def make_plots(report_dir: Path, test_clips: Sequence[dict[str, Any]], cals: dict[str, Calibrator],
-               default_method: str) -> list[str]:
+               default_method: str, prior: float | None = DEFAULT_PRIOR) -> list[str]:
+    """reliability.png (test clips weighted to `prior`), score_hist.png, score_vs_severity.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,23 +391,24 @@ def make_plots(report_dir: Path, test_clips: Sequence[dict[str, Any]], cals: dic
     z, y = _za(test_clips), _labels(test_clips)
     if len(z) == 0:
         return files
+    w = prior_weights(y, prior)
     # reliability diagrams
     maps = [("none (sigmoid z)", IdentityCalibration()), *[(m, c) for m, c in cals.items()]]
     fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4), squeeze=False)
     for ax, (name, cal) in zip(axes[0], maps):
         p = cal.transform(z)
-        bins = M.reliability_bins(p, y)
+        bins = M.reliability_bins(p, y, w=w)
         centers = [(b["lo"] + b["hi"]) / 2 for b in bins if b["n"]]
         accs = [b["accuracy"] for b in bins if b["n"]]
         confs = [b["confidence"] for b in bins if b["n"]]
         ax.bar(centers, accs, width=1 / M.N_BINS, edgecolor="k", alpha=0.6, label="fraction original")
         ax.plot(confs, accs, "o", color="C3", ms=4, label="mean score")
         ax.plot([0, 1], [0, 1], "k--", lw=1)
-        ax.set_title(f"{name}\nECE {M.ece(p, y):.3f}  Brier {M.brier(p, y):.3f}", fontsize=9)
+        ax.set_title(f"{name}\nECE {M.ece(p, y, w=w):.3f}  Brier {M.brier(p, y, w=w):.3f}", fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("predicted P(yes)")
-    axes[0][0].set_ylabel("observed fraction yes (original)")
+    axes[0][0].set_ylabel("observed fraction yes (original)" + (f", at prior {prior:g}" if prior else ""))
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(report_dir / "reliability.png", dpi=100)
@@ -385,6 +462,19 @@ def make_plots(report_dir: Path, test_clips: Sequence[dict[str, Any]], cals: dic
 
 
 # ----------------------------------------------------------------------------- markdown
+def _prior_note(prior: float | None) -> str:
+    if prior is None:
+        return " (fitted at val's own share of originals: no stated prior)"
+    return (f", fitted at prior P(yes) = {prior:g}" +
+            (" (0.5 = yes and no equally likely)" if prior == 0.5 else ""))
+
+
+def _warning_lines(report: dict[str, Any]) -> list[str]:
+    """The report's small-sample warnings as markdown quotes (and a blank line), or nothing."""
+    warnings = report.get("warnings") or []
+    return [f"> WARNING: {w}" for w in warnings] + ([""] if warnings else [])
+
+
 def _ci(d: dict[str, Any] | None) -> str:
     if not d:
         return "-"
@@ -400,26 +490,36 @@ def report_markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
               f"- test: {t.get('n_pairs', 0)} pairs, {t.get('n_clips', 0)} distinct clips "
               f"({t.get('n_originals', 0)} originals, {t.get('n_perturbed', 0)} perturbed); "
               f"calibration fitted on val only ({cal['n_val_clips']} clips)",
-              f"- default calibration: **{cal['default']}**", ""]
+              f"- default calibration: **{cal['default']}**" + _prior_note(cal.get("prior")), ""]
     if cal.get("warning"):
         lines += [f"> WARNING: {cal['warning']}", ""]
+    lines += _warning_lines(report)
+    if cal.get("remark"):
+        lines += [f"> Note: {cal['remark']}", ""]
     if any((report.get("bad_samples") or {}).values()):
         lines += ["> Broken samples left out (listed in bad_samples.jsonl): "
                   + ", ".join(f"{n} {split}" for split, n in report["bad_samples"].items()), ""]
     lines += ["## Test summary", "", "| metric | value |", "|---|---|",
               f"| pairwise accuracy (chosen > rejected) | {_ci(t.get('pairwise_accuracy'))} |",
               f"| AUC originals vs perturbed | {_ci(t.get('auc'))} |",
-              f"| accuracy at 0.5 (calibrated) | {_ci(t.get('accuracy_at_0.5'))} |",
+              f"| accuracy at 0.5 (calibrated, at the prior) | {_ci(t.get('accuracy_at_0.5'))} |",
               f"| mean score originals / perturbed | {M.fmt(t.get('mean_score_originals'))} / "
-              f"{M.fmt(t.get('mean_score_perturbed'))} |", ""]
+              f"{M.fmt(t.get('mean_score_perturbed'))} |", "",
+              "Intervals: Wilson for accuracies (they stay open at 100 %), AUC's bootstrap interval widened "
+              "to at least a Wilson one.", ""]
     v = report.get("val") or {}
     if v:
         lines += [f"Val (calibration set): pairwise accuracy {_ci(v.get('pairwise_accuracy'))}, "
                   f"AUC {_ci(v.get('auc'))}.", ""]
+    cv = cal.get("val_cv_nll") or {}
     lines += ["## Calibration (test; fitted on val)", "",
-              M.md_table([{"method": k, **r} for k, r in cal["test"].items()],
-                         ["method", "ece", "brier", "nll", "accuracy_at_0.5"],
-                         ["calibration", "ECE (15 bins)", "Brier", "NLL", "acc@0.5"]), ""]
+              (f"Computed with the test clips weighted to the calibration's prior P(yes) = {cal['prior']:g} "
+               "(originals and perturbed clips counting as the prior says, whatever their numbers)."
+               if cal.get("prior") else "Computed on the test clips as they are (no stated prior)."), "",
+              M.md_table([{"method": k, **r, "cv": cv.get(k)} for k, r in cal["test"].items()],
+                         ["method", "ece", "brier", "nll", "accuracy_at_0.5", "cv"],
+                         ["calibration", "ECE (15 bins)", "Brier", "NLL", "acc@0.5",
+                          f"val NLL, cross-validated ({CV_FOLDS} folds by source)"]), ""]
     lines += ["## Per pair kind", "",
               M.md_table(report["per_kind"], ["kind", "n_pairs", "pairwise_accuracy"]), ""]
     lines += ["## Per operator (perturbed test clips)", "",
@@ -501,15 +601,20 @@ def model_card(dim: str, question: str | None, report: dict[str, Any], card: dic
             "each clip cut or padded to the judge's window"
         lines += ["## Evaluation data", "", f"The val / test pairs below come from another build ({scored}):", ""]
         lines += _card_facts(eval_card) + ["", "Its data card is in metrics.json (\"eval_data_card\").", ""]
-    lines += ["## Test metrics", "", "| metric | value |", "|---|---|",
+    lines += ["## Test metrics", ""]
+    lines += _warning_lines(report)
+    lines += ["| metric | value |", "|---|---|",
               f"| pairwise accuracy | {_ci(t.get('pairwise_accuracy'))} |",
               f"| AUC originals vs perturbed | {_ci(t.get('auc'))} |",
               f"| accuracy at 0.5 | {_ci(t.get('accuracy_at_0.5'))} |",
               f"| ECE (15 bins), {cal.method} | {M.fmt(cal_row.get('ece'))} |",
               f"| Brier, {cal.method} | {M.fmt(cal_row.get('brier'))} |",
               f"| test pairs / clips | {t.get('n_pairs', 0)} / {t.get('n_clips', 0)} |", "",
-              f"Calibration: `{cal.method}` fitted on the validation split ({cal.n} clips), "
-              "stored in calibration.json.", ""]
+              f"Calibration: `{cal.method}` fitted on the validation split ({cal.n} clips){_prior_note(cal.prior)}, "
+              "stored in calibration.json (\"prior\"); ECE and Brier above are computed at the same prior "
+              "(test clips reweighted). `python -m eval filter` keeps a file at score >= 0.5 by default.", ""]
+    if report["calibration"].get("remark"):
+        lines += [f"Note: {report['calibration']['remark']}.", ""]
     ladder = report.get("ladder") or {}
     if ladder:
         lines += ["Score vs defect size (Spearman, should be negative): " + ", ".join(
@@ -579,8 +684,9 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
              report_dir: str | Path, calibration: str = DEFAULT_METHOD,
              cache_dir: str | Path | None = None, batch_size: int = 16, n_boot: int = N_BOOT,
              device: str = "cpu", progress: bool = True, workers: int | None = None,
-             max_bad_fraction: float | None = None, whole_clips: bool = False) -> dict[str, Any]:
-    """The whole `evaluate` command; returns the report dict (whole_clips: see the module docstring)."""
+             max_bad_fraction: float | None = None, whole_clips: bool = False,
+             prior: float | None = DEFAULT_PRIOR) -> dict[str, Any]:
+    """The whole `evaluate` command; returns the report dict (whole_clips, prior: see the module docstring)."""
     from perturb.shard_format import is_url
     from train.data import (DEFAULT_MAX_BAD_FRACTION, TooManyBadSamples, check_location, has_split, load_split,
                             read_card, write_bad_samples)
@@ -629,7 +735,11 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
     if not scored["test"]:
         raise RuntimeError(f"no test pairs in {shards}: nothing to report on")
     report, cals = build_report(scored["val"], scored["test"], dim=dim, default_method=calibration,
-                                n_boot=n_boot)
+                                n_boot=n_boot, prior=prior)
+    for line in report["warnings"]:
+        print(f"[eval] warning: {line}", file=sys.stderr)
+    if report["calibration"]["remark"]:
+        print(f"[eval] note: {report['calibration']['remark']}", file=sys.stderr)
     question = (card or {}).get("question") or next(
         (p["meta"].get("question") for p in scored["test"] if p["meta"].get("question")), None)
     report.update({"question": question, "run": str(run), "shards": str(shards),
@@ -641,7 +751,7 @@ def evaluate(dim: str, shards: str | Path, run: str | Path, export_dir: str | Pa
     chosen = cals[calibration] if report["calibration"]["warning"] is None else IdentityCalibration()
     for r in test_clips:
         r["score"] = float(chosen.transform([r["z"]])[0])
-    plots = make_plots(report_dir, test_clips, cals, calibration)
+    plots = make_plots(report_dir, test_clips, cals, calibration, prior=report["calibration"]["prior"])
     report["plots"] = plots
     report["wall_s"] = round(time.time() - t0, 2)
     (report_dir / "report.json").write_text(json.dumps(_jsonable(report), indent=1, sort_keys=True) + "\n")

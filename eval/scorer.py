@@ -17,9 +17,17 @@ quiet ones) and the judge's head decides on the mean profile; judges whose head 
 embeddings average the window logits instead. Either way the clip logit is then calibrated.
 `score_windows` gives the calibrated probability of each window.
 
-Offset: the mean profile's peak is the estimated audio offset (`offset_ms`, positive = the audio
-lags the picture) and its height above the profile's median is the confidence (`offset_confidence`,
-in cosine units, as SyncNet's "AV offset / confidence").
+Offset: the mean profile's peak is the estimated audio offset (`offset["ms"]`, positive = the audio
+lags the picture, in whole frames: a multiple of 1000 / fps ms, within +-max_offset_frames frames)
+and its height above the profile's median is the confidence (`offset["confidence"]`, in cosine
+units, as SyncNet's "AV offset / confidence"; 0 for a flat profile). Only judges that estimate timing
+give one (`Scorer.estimates_timing`): a judge that sees the picture and whose profile is trained to
+peak at the true offset (sync loss) or whose decision reads the profile alone. `offset_ms` and
+`offset_confidence` repeat the two numbers under their earlier names.
+
+Field names: `score_file` returns one judge's part of the JSON record `python -m eval score` prints,
+under the same names: `score` (the record's `scores[dim]`), `status`, `offset` ({"ms", "confidence"}),
+`windows`; plus `logit`, the clip's decision logit before calibration.
 
 Status: every file gets one -- `ok`, or why the judge cannot judge it: `no_audio` (no audio
 stream), `too_short` (under MIN_SECONDS of picture or sound), `no_face` (no face found in any
@@ -176,9 +184,19 @@ class Scorer:
         return "ok"
 
     # ------------------------------------------------------------------ scores
+    @property
+    def estimates_timing(self) -> bool:
+        """Whether the judge's offset estimate means something (module docstring): it sees the picture,
+        and its sync profile is trained to peak at the true offset or is all its decision reads."""
+        cfg = getattr(self.model, "config", None)
+        if not getattr(getattr(self.model, "video_encoder", None), "sees_picture", True):
+            return False  # audio only (audio_quality): no audio-video offset
+        return float(getattr(cfg, "sync_aux_weight", 0.0) or 0.0) > 0 or not getattr(cfg, "use_pooled", True)
+
     def score_file(self, path: str | Path, windows=None) -> dict[str, Any]:
-        """{"score", "logit", "status", "offset_ms", "offset_confidence", "windows": [{"start", "end",
-        "score"}]} for one video (one decode)."""
+        """{"score", "logit", "status", "offset": {"ms", "confidence"}, "windows": [{"start", "end",
+        "score"}]} for one video (one decode); "offset" (and its aliases "offset_ms",
+        "offset_confidence") only for a judge that estimates timing."""
         wins = windows if windows is not None else self.windows(path)
         z, prof = self.outputs([w[2] for w in wins])
         rec: dict[str, Any] = {"status": self.status(wins)}
@@ -193,12 +211,12 @@ class Scorer:
                     d = decide(torch.as_tensor(mean_prof, dtype=torch.float32, device=self.device)[None])
                 if d is not None:
                     clip_z = float(d.float().cpu()[0])
-            # a judge without a picture (audio only, e.g. audio_quality) has no audio-video offset
-            if getattr(getattr(self.model, "video_encoder", None), "sees_picture", True):
+            if self.estimates_timing:
                 whole = mean_prof[0]
                 k_max = (len(whole) - 1) // 2
-                rec["offset_ms"] = float((int(np.argmax(whole)) - k_max) * 1000.0 / self.cfg.fps)
-                rec["offset_confidence"] = float(whole.max() - np.median(whole))
+                rec["offset"] = {"ms": float((int(np.argmax(whole)) - k_max) * 1000.0 / self.cfg.fps),
+                                 "confidence": float(whole.max() - np.median(whole))}
+                rec["offset_ms"], rec["offset_confidence"] = rec["offset"]["ms"], rec["offset"]["confidence"]
         rec.update(score=float(self.calibrate([clip_z])[0]), logit=clip_z,
                    windows=[{"start": float(w[0]), "end": float(w[1]), "score": float(p)}
                             for w, p in zip(wins, self.calibrate(z))])

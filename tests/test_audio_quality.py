@@ -287,7 +287,7 @@ def test_cli_scores_with_a_lip_sync_and_an_audio_only_judge(tmp_path, capsys):
     from train.model import AVJudge, judge_config_for
     from train.preprocess import PreprocessConfig
 
-    lip_sync = make_export(tmp_path / "ls")
+    lip_sync = make_export(tmp_path / "ls", sync_aux_weight=1.0)  # its profile is trained: it estimates timing
     aq = tmp_path / "aq"
     pre = PreprocessConfig(window_seconds=2.0, crop="full", crop_size=(8, 8), n_mels=16, audio_features="logmel_peaks")
     cfg = judge_config_for(pre, dim="audio_quality", frame_encoder="blank", audio_encoder="mel_stats", aud_widths=[8],

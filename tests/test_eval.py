@@ -441,12 +441,12 @@ def test_evaluate_end_to_end(tmp_path):
     n_val_clips = report["calibration"]["n_val_clips"]
     assert n_val_clips == report["val"]["n_clips"] == 2 + 4  # 2 originals + 2x2 shifted
     cal = json.loads((exp / "calibration.json").read_text())
-    assert cal["method"] == "temperature" and cal["fitted_on"] == "val" and cal["n"] == n_val_clips
+    assert cal["method"] == "platt" and cal["fitted_on"] == "val" and cal["n"] == n_val_clips
     assert report["test"]["n_pairs"] == 4
     for m in ("none", "temperature", "platt", "isotonic"):
         assert m in report["calibration"]["test"]
     scorer = Scorer.from_pretrained(exp)
-    assert scorer.calibrator.method == "temperature"
+    assert scorer.calibrator.method == "platt"
     assert "eval_data_card" not in json.loads((exp / "metrics.json").read_text())  # trained and tested on one build
 
 
