@@ -195,6 +195,20 @@ def prior_warnings(scorers: Sequence) -> list[str]:
     return out
 
 
+def demo_warnings(scorers: Sequence, videos: Sequence[str]) -> list[str]:
+    """A line for each judge trained on the demo corpus that is asked to score other files."""
+    out = []
+    for s in scorers:
+        if getattr(s, "trained_on_demo_corpus", False):
+            outside = [v for v in videos if not s.from_training_data(v)]
+            if outside:
+                out.append(f"warning: {s.dim}: {s.path or 'this judge'} was trained on the synthetic demo corpus, for "
+                           f"checking the pipeline, not for real footage ({len(outside)} of {len(videos)} files come "
+                           f"from elsewhere); score real videos with a real judge: --scorer {s.dim} (packaged) or "
+                           f"`make real DIM={s.dim}`")
+    return out
+
+
 def default_workers() -> int:
     """Worker processes for score / filter: one per CPU core this process may use."""
     from train.device import usable_cores
@@ -592,7 +606,7 @@ def _cmd_score(args) -> int:
     print(f"# eval score: {', '.join(dims)} on {describe_device(args.device or 'cpu')}, {len(args.videos)} videos, "
           f"{workers} worker process{'es' if workers > 1 else ''}, batch size {args.batch_size}"
           f"{_landmark_note(scorers)}", file=sys.stderr)
-    for line in prior_warnings(scorers):
+    for line in prior_warnings(scorers) + demo_warnings(scorers, args.videos):
         print(line, file=sys.stderr)
     if len(todo) < len(args.videos):
         print(f"# resuming: {len(args.videos) - len(todo)} of {len(args.videos)} videos already in {args.out} "
@@ -702,14 +716,14 @@ def _cmd_filter(args) -> int:
         _check_writable(f, "--out-dir")
     scorers = load_scorers(args.scorer, device=args.device, batch_size=args.batch_size)
     dims = [s.dim for s in scorers]
-    for line in prior_warnings(scorers):
-        print(line, file=sys.stderr)
     try:
         thr = parse_min(args.min, dims)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     keep_status = {st.strip() for v in (args.keep_status or []) for st in v.split(",") if st.strip()}
     videos = expand_sources(args.src)
+    for line in prior_warnings(scorers) + demo_warnings(scorers, videos):
+        print(line, file=sys.stderr)
     settings_file = out_dir / FILTER_SETTINGS
     settings = {"command": "filter", "judges": _judge_ids(scorers), "min": thr, "keep_status": sorted(keep_status)}
     earlier = [] if args.overwrite else [ln for f in (kept_file, rejected_file) for ln in _read_lines(f) if ln]

@@ -580,6 +580,8 @@ def _card_facts(card: dict[str, Any]) -> list[str]:
 
 def model_card(dim: str, question: str | None, report: dict[str, Any], card: dict[str, Any] | None,
                export_dir: str, cal: Calibrator, eval_card: dict[str, Any] | None = None) -> str:
+    from .scorer import trained_on_demo_corpus
+
     t = report.get("test", {})
     cal_row = report["calibration"]["test"].get(cal.method if cal.method != "none" else "none", {})
     lines = [f"# avbench judge: `{dim}`", "",
@@ -594,6 +596,10 @@ def model_card(dim: str, question: str | None, report: dict[str, Any], card: dic
              "the window logits. `Scorer.reward(video, audio)` is a differentiable reward on "
              "preprocessed tensors (for RLHF).", "",
              "## Training data", ""]
+    if trained_on_demo_corpus(card):
+        lines += ["**Trained on the synthetic demo corpus: for checking the pipeline, not for real footage.** "
+                  "`python -m eval score` warns when it scores files from elsewhere; real judges: "
+                  "`--scorer <dim>` (packaged) or `make real DIM=<dim>`.", ""]
     if card:
         lines += _card_facts(card) + ["", "The full data card is in metrics.json (\"data_card\").", ""]
     if eval_card:

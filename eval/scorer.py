@@ -56,6 +56,13 @@ VIDEO_NDIM, AUDIO_NDIM = 4, 2
 MIN_SECONDS = 0.5  # less picture or sound than this is too little to judge (status too_short)
 
 
+def trained_on_demo_corpus(card: dict[str, Any] | None) -> bool:
+    """Whether a data card is a build of the synthetic demo corpus (`perturb build --demo`)."""
+    if not isinstance(card, dict):
+        return False
+    return Path(str(card.get("src") or "")).name == "demo_corpus" or "--demo" in str(card.get("command") or "").split()
+
+
 def _json_object(path: Path) -> dict[str, Any]:
     """A JSON object file of an export (calibration.read_json: size cap, nesting), else a ValueError."""
     d = read_json(path)
@@ -76,7 +83,7 @@ class Scorer:
 
     def __init__(self, model, preprocess_cfg, calibrator: Calibrator | None = None,
                  dim: str | None = None, question: str | None = None, batch_size: int = 8,
-                 device: str = "cpu", path: str | None = None) -> None:
+                 device: str = "cpu", path: str | None = None, data_card: dict[str, Any] | None = None) -> None:
         self.model = model.eval()
         self.cfg = preprocess_cfg
         self.calibrator = calibrator or IdentityCalibration()
@@ -85,6 +92,7 @@ class Scorer:
         self.batch_size = int(batch_size)
         self.device = device
         self.path = path
+        self.data_card = data_card  # what the judge was trained on (metrics.json "data_card")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -127,8 +135,25 @@ class Scorer:
         model = load_weights(path, device, plugins)
         dim = meta.get("dim") or getattr(model.config, "dim", None) or path.name
         question = meta.get("question") or getattr(model.config, "question", None)
+        card = meta.get("data_card")
         return cls(model, cfg, cal, dim=dim, question=question, batch_size=batch_size,
-                   device=device, path=str(path))
+                   device=device, path=str(path), data_card=card if isinstance(card, dict) else None)
+
+    @property
+    def trained_on_demo_corpus(self) -> bool:
+        """Whether the judge learnt from the synthetic demo corpus (`make demo`): a pipeline check."""
+        return trained_on_demo_corpus(self.data_card)
+
+    def from_training_data(self, path: str | Path) -> bool:
+        """Whether `path` is one of the judge's training sources or a clip cut from them: under the
+        card's source folder, or named after one of its sources (`perturb samples` names clips so)."""
+        card = self.data_card or {}
+        p = Path(path)
+        src = card.get("src")
+        if src and p.resolve().is_relative_to(Path(src).resolve()):
+            return True
+        ids = {str(s.get("source_id")) for s in card.get("sources") or [] if isinstance(s, dict)}
+        return any(p.stem == i or p.name.startswith(f"{i}__") for i in ids)
 
     # ------------------------------------------------------------------ logits
     def outputs(self, inputs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray | None]:
