@@ -56,6 +56,28 @@ VIDEO_NDIM, AUDIO_NDIM = 4, 2
 MIN_SECONDS = 0.5  # less picture or sound than this is too little to judge (status too_short)
 
 
+# Judges that ship inside the package (trained by `make real`, each with its model card)
+PACKAGED_JUDGES = Path(__file__).resolve().parent / "judges"
+
+
+def packaged_judges() -> list[str]:
+    """Names of the judges shipped in the package (`Scorer.from_pretrained(name)`, `--scorer name`)."""
+    return sorted(p.name for p in PACKAGED_JUDGES.iterdir() if (p / "config.json").is_file()) \
+        if PACKAGED_JUDGES.is_dir() else []
+
+
+def resolve_export(name_or_path: str | Path) -> Path:
+    """An export folder: `name_or_path` itself when it exists or looks like a path, else the packaged
+    judge of that name; FileNotFoundError naming both and the packaged judges otherwise."""
+    path = Path(name_or_path)
+    if path.exists() or len(path.parts) > 1:
+        return path
+    if (PACKAGED_JUDGES / path.name / "config.json").is_file():
+        return PACKAGED_JUDGES / path.name
+    raise FileNotFoundError(f"no export folder {path} and no packaged judge of that name (packaged: "
+                            f"{', '.join(packaged_judges()) or 'none'})")
+
+
 def trained_on_demo_corpus(card: dict[str, Any] | None) -> bool:
     """Whether a data card is a build of the synthetic demo corpus (`perturb build --demo`)."""
     if not isinstance(card, dict):
@@ -106,7 +128,7 @@ class Scorer:
         from train.preprocess import PreprocessConfig
 
         import_plugins(plugins)  # first, as load_weights does: a plugin may register preprocessing too
-        path = Path(path)
+        path = resolve_export(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"not an exported judge (no config.json): {path}")
         device = device or "cpu"
