@@ -44,7 +44,7 @@ WORK    ?=
 SEEDS   ?= 1
 DRY     ?=
 
-.PHONY: venv demo test test-slow shards features train pretrain eval real bench dnsmos clean
+.PHONY: venv demo test test-slow shards features train pretrain eval real bench dnsmos app clean
 
 venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
@@ -119,6 +119,17 @@ bench: $(STAMP)
 dnsmos: $(STAMP)
 	$(PYTHON) bench/dnsmos_baseline.py --shards $(SHARDS) --report $(REPORT) --calibration $(EXPORT)/calibration.json \
 	  --out $(REPORT)/dnsmos.json
+
+# make app: the local web app (eval/app, docs/app.md): see SHARDS' pairs (when given or built), score videos of
+# VIDEOS with SCORER (default EXPORT when it exists), rate pairs blind into RATINGS; 127.0.0.1:PORT only
+SCORER  ?= $(wildcard $(EXPORT))
+VIDEOS  ?=
+RATINGS ?= ratings.csv
+PORT    ?= 8600
+APP_SHARDS = $(if $(filter file,$(origin SHARDS)),$(wildcard $(SHARDS)),$(SHARDS))
+app: $(STAMP)
+	$(PYTHON) -m eval.app $(foreach s,$(APP_SHARDS),--shards $(s)) $(foreach s,$(SCORER),--scorer $(s)) \
+	  $(if $(VIDEOS),--videos $(VIDEOS),) --ratings $(RATINGS) --port $(PORT) $(PLUGIN_ARGS)
 
 clean:
 	rm -rf shards features runs reports exports cache

@@ -11,8 +11,9 @@ Ratings CSV, one of two formats, told apart by the header:
   A/B preferences:                   path_a,path_b,preferred
                                      clips/a.mp4,clips/b.mp4,a
       preferred is "a" or "b" (case-insensitive; "=" / "tie" rows are counted as ties and left
-      out of the agreement) -> pairwise agreement (fraction of pairs where the preferred video has
-      the higher score; equal scores count 1/2) with a bootstrap 95 % CI.
+      out of the agreement, "skip" rows -- a rater passed on the pair, `python -m eval.app` -- are
+      counted as skipped and left out) -> pairwise agreement (fraction of pairs where the preferred
+      video has the higher score; equal scores count 1/2) with a bootstrap 95 % CI.
 
 Several rows may rate the same path (their ratings are averaged for absolute ratings). Paths are
 matched exactly, then by resolved absolute path, then by file name when that name is unique
@@ -134,9 +135,12 @@ def align(scores_path: str | Path, ratings_path: str | Path, dim: str | None = N
             lo, hi = M.bootstrap_ci(fn, x, y, n_boot=n_boot, seed=seed)
             out[name] = {"value": fn(x, y), "ci95": [lo, hi]}
         return out
-    sa, sb, unmatched, ties = [], [], [], 0
+    sa, sb, unmatched, ties, skipped = [], [], [], 0, 0
     for r in rows:
         pref = r["preferred"].strip().lower()
+        if pref == "skip":  # no judgement at all, not even "the same"
+            skipped += 1
+            continue
         a, b = m.get(r["path_a"].strip()), m.get(r["path_b"].strip())
         if a is None or b is None:
             unmatched.append([r["path_a"], r["path_b"]])
@@ -151,6 +155,6 @@ def align(scores_path: str | Path, ratings_path: str | Path, dim: str | None = N
             raise ValueError(f"preferred must be 'a' or 'b', got {r['preferred']!r}")
     x, y = np.array(sa), np.array(sb)
     lo, hi = M.bootstrap_ci(M.pairwise_accuracy, x, y, n_boot=n_boot, seed=seed)
-    out.update({"n": len(x), "human_ties": ties, "unmatched": unmatched,
+    out.update({"n": len(x), "human_ties": ties, "skipped": skipped, "unmatched": unmatched,
                 "pairwise_agreement": {"value": M.pairwise_accuracy(x, y), "ci95": [lo, hi]}})
     return out
