@@ -116,7 +116,7 @@ def pretrain_fold(args: argparse.Namespace, out: Path, groups: list[str]) -> Pat
             if not video.is_file():
                 raise SystemExit(f"source video {video} not found (the card's src is relative to the folder "
                                  f"the shards were built from: run there)")
-            (src / s["file"]).symlink_to(video)
+            (src / Path(s["file"]).name).symlink_to(video)  # a build of several folders names files below src
     run = out / "run"
     cmd = [sys.executable, "-m", "train.pretrain", "--dim", args.dim, "--src", str(src),
            *[a for d in args.pretrain_src for a in ("--src", d)], "--no-split-check", "--run", str(run),

@@ -1,12 +1,13 @@
 """`make real DIM=<dim>`: the real-footage recipe of BENCHMARKS.md, end to end, for one dimension.
 
-    python -m bench.real --dim video_quality [--src ../shared/realvids/clips] [--extra ../shared/realvids/clips-extra]
+    python -m bench.real --dim video_quality [--src ../shared/realvids/clips ../shared/realvids/clips-more]
+                         [--extra ../shared/realvids/clips-extra]
                          [--work real/video_quality] [--seeds 1] [--dry] [--config YAML] [--donors DIR]
 
 Stages (each a subprocess with an argument list, run from the repository root, writing into WORK):
-    shards        python -m perturb build ... --out WORK/shards (manifest, 2 s windows, hop 1 s, 4 pairs, 0.6/0.2/0.2;
+    shards        python -m perturb build --src SRC... --out WORK/shards (manifest, 2 s windows, hop 1 s, 4 pairs, 0.6/0.2/0.2;
                   recipes with train_extra_manifest / train_voices: --train-extra EXTRA ... --train-voices)
-    pretrain      python -m train.pretrain --src SRC --src EXTRA ... --run WORK/pretrain   (recipes with pretrain)
+    pretrain      python -m train.pretrain --src SRC... --src EXTRA ... --run WORK/pretrain   (recipes with pretrain)
     train seedN   python -m train ... --seed N --run WORK/runs/seedN [--init WORK/pretrain]
     eval shards   recipes with eval_window: the same build with that window, --out WORK/eval_shards
     eval seedN    python -m eval evaluate ... --report WORK/reports/seedN --export WORK/export (first seed;
@@ -43,11 +44,13 @@ from typing import Any, Pattern, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = "../shared/realvids"  # beside the repository (DEVELOPERS.md "Real data")
-DEFAULT_SRC = f"{REAL}/clips"
+# clips and clips-more are pair sources, split by the one manifest below; clips-extra is training-only
+# material (pretraining, audio_quality's extra train sources; its own manifest)
+DEFAULT_SRC = (f"{REAL}/clips", f"{REAL}/clips-more")
 DEFAULT_EXTRA = f"{REAL}/clips-extra"
 
 # The build flags of docs/benchmarks/training.md: 2 s windows so the 3 s GRID clips count, 1 s hop,
-# 4 pairs per window, splits by source (GRID speaker s2's two clips are one group in the manifest).
+# 4 pairs per window, splits by speaker group, every source pinned by the manifest (its `split`).
 REAL_SHARD_FLAGS = ("--manifest", "data_cards/manifests/realvids_clips.csv", "--window", "2", "--hop", "1",
                     "--pairs-per-window", "4", "--splits", "0.6,0.2,0.2")
 
@@ -61,7 +64,7 @@ class Recipe:
 
     dim: str
     config: str                               # training config, relative to the repository root
-    pretrain: bool = False                    # self-supervised sync pretraining (train.pretrain) on SRC + EXTRA, then --init
+    pretrain: bool = False                    # self-supervised sync pretraining (train.pretrain) on SRC... + EXTRA, then --init
     donors: str | None = None                 # --donors of the build (relative to the repository root)
     sync_offsets: bool = False                # bench/sync_offsets.py on the export's held-out clips
     shard_flags: tuple[str, ...] = REAL_SHARD_FLAGS
@@ -171,10 +174,11 @@ def eval_shards_of(recipe: Recipe, work: Path) -> Path:
     return work / ("eval_shards" if recipe.eval_window else "shards") / recipe.dim
 
 
-def plan(recipe: Recipe, src: Path, extra: Path, work: Path, seeds: int, config: str | None = None,
+def plan(recipe: Recipe, src: Path | Sequence[Path], extra: Path, work: Path, seeds: int, config: str | None = None,
          donors: Path | None = None, workers: int = 2) -> list[Stage]:
-    """The stages of one dimension's recipe, in order."""
+    """The stages of one dimension's recipe, in order; src: the folder of the pair sources, or several."""
     dim = recipe.dim
+    srcs = [src] if isinstance(src, Path) else list(src)
     conf = _abs(config) if config else ROOT / recipe.config
     shards = work / "shards" / dim
     cache = ["--cache-dir", _arg(work / "cache")]
@@ -183,7 +187,7 @@ def plan(recipe: Recipe, src: Path, extra: Path, work: Path, seeds: int, config:
     def build_argv(out: str, cards: str, flags: Sequence[str]) -> list[str]:
         """perturb build of SRC into WORK/<out>, its cards in WORK/<cards>; with the donors, which every
         split's pairs draw on."""
-        argv = ["-m", "perturb", "build", "--src", _arg(src), "--dim", dim, "--out", _arg(work / out),
+        argv = ["-m", "perturb", "build", "--src", *map(_arg, srcs), "--dim", dim, "--out", _arg(work / out),
                 "--workers", str(workers), "--seed", "0", *flags, "--cards", _arg(work / cards)]
         return argv + (["--donors", _arg(donors)] if donors is not None else [])
 
@@ -207,7 +211,8 @@ def plan(recipe: Recipe, src: Path, extra: Path, work: Path, seeds: int, config:
     init: list[str] = []
     if recipe.pretrain:
         pre = work / "pretrain"
-        stages.append(Stage("pretrain", ["-m", "train.pretrain", "--dim", dim, "--src", _arg(src), "--src", _arg(extra),
+        stages.append(Stage("pretrain", ["-m", "train.pretrain", "--dim", dim,
+                                         *[a for s in [*srcs, extra] for a in ("--src", _arg(s))],
                                          "--shards", _arg(shards), "--run", _arg(pre), "--config", _arg(conf), *cache],
                             [pre / "metrics.json", pre / "model" / "model.safetensors"],
                             inputs=[conf, shards / "manifest.json"]))
@@ -407,7 +412,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.real", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dim", required=True, choices=sorted(RECIPES))
-    ap.add_argument("--src", default=None, help=f"real clips (default {DEFAULT_SRC})")
+    ap.add_argument("--src", nargs="+", default=None,
+                    help=f"folders of real clips, one manifest for all (default {' '.join(DEFAULT_SRC)})")
     ap.add_argument("--extra", default=None, help=f"more clips for pretraining or training only (default {DEFAULT_EXTRA})")
     ap.add_argument("--work", default=None, help="where everything goes (default real/<dim>)")
     ap.add_argument("--seeds", type=int, default=1, help="train and evaluate seeds 0..N-1; export seed 0")
@@ -424,11 +430,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     recipe = RECIPES[args.dim]
-    src_arg = args.src or DEFAULT_SRC
-    src = _abs(src_arg) if args.src else ROOT / DEFAULT_SRC
-    if not src.is_dir():
-        raise SystemExit(f"make real: no real footage at {src_arg} (SRC); it lives outside the repository, "
-                         f"see DEVELOPERS.md \"Real data\"")
+    src = [_abs(s) for s in args.src] if args.src else [ROOT / s for s in DEFAULT_SRC]
+    for given, folder in zip(args.src or DEFAULT_SRC, src):
+        if not folder.is_dir():
+            raise SystemExit(f"make real: no real footage at {given} (SRC); it lives outside the repository, "
+                             f"see DEVELOPERS.md \"Real data\"")
     extra = _abs(args.extra) if args.extra else ROOT / DEFAULT_EXTRA
     if (recipe.pretrain or recipe.train_extra_manifest) and not extra.is_dir():
         raise SystemExit(f"make real: no {'pretraining' if recipe.pretrain else 'extra training'} clips at "

@@ -1,4 +1,4 @@
-"""Command line: `python -m perturb build --dim lip_sync (--src DIR | --demo) [--out shards ...]`,
+"""Command line: `python -m perturb build --dim lip_sync (--src DIR [DIR ...] | --demo) [--out shards ...]`,
 `python -m perturb samples --shards OUT/DIM --out DIR [--op NAME --severity S --random]`,
 `python -m perturb apply --op NAME --severity S in.mp4 out.mp4`."""
 from __future__ import annotations
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build preference-pair shards for one dimension")
     src = b.add_mutually_exclusive_group(required=True)
-    src.add_argument("--src", help="folder of real videos (searched recursively)")
+    src.add_argument("--src", nargs="+", action="extend", metavar="DIR",
+                     help="folder(s) of real videos (searched recursively; one --manifest covers them all)")
     src.add_argument("--demo", action="store_true", help="generate and use the embedded demo corpus")
     b.add_argument("--dim", default="lip_sync", help="dimension (names the output folder and the default recipe)")
     b.add_argument("--recipe", help="recipe name or YAML path (default: the dimension's recipe)")

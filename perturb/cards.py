@@ -51,14 +51,19 @@ def card_dict(result: dict[str, Any]) -> dict[str, Any]:
     for r in records:
         per_op_sev[r["operator"]][str(r["severity"])] += 1
     summaries = {s["source_id"]: s for s in result["summaries"]}
+    files = result.get("card_files") or {}  # a build of several folders names files below the card's src
     sources = []
     for s in result["sources"]:
         summ = summaries.get(s.source_id, {})
-        sources.append({"source_id": s.source_id, "file": Path(s.path).name, "split": s.split,
-                        "group": s.group, "licence": s.licence, "status": summ.get("status"),
+        sources.append({"source_id": s.source_id, "file": files.get(s.source_id) or Path(s.path).name,
+                        "split": s.split, "group": s.group, "licence": s.licence, "status": summ.get("status"),
                         "pairs": summ.get("pairs", 0), "windows": summ.get("windows", 0),
                         "duration_s": summ.get("duration"),
-                        **({"av_offset_ms": s.av_offset_ms} if s.av_offset_ms else {})})
+                        # only when set, so the cards of sources without them are unchanged
+                        **({"av_offset_ms": s.av_offset_ms} if s.av_offset_ms else {}),
+                        **({"av_offset_evidence": s.av_offset_evidence}
+                           if s.av_offset_ms and s.av_offset_evidence else {}),
+                        **({"faces": s.faces} if s.faces != 1 else {})})
     return {
         "dim": result["dim"], "recipe": recipe.name, "recipe_sha": recipe.fingerprint,
         "question": recipe.question, "src": result["src"], "seed": result["seed"],
@@ -94,7 +99,9 @@ def card_markdown(card: dict[str, Any]) -> str:
              *([f"- train-only sources: the {len(card['train_voices'])} donor recordings of the train split "
                 f"(still black picture; val / test as without them)"] if card.get("train_voices") else []),
              *([f"- sound lag corrected (manifest av_offset_ms; > 0: the sound came late): " + ", ".join(
-                 f"{s['file']} {s['av_offset_ms']:+g} ms" for s in card["sources"] if s.get("av_offset_ms"))]
+                 f"{s['file']} {s['av_offset_ms']:+g} ms"
+                 + (f" ({s['av_offset_evidence']})" if s.get("av_offset_evidence") else "")
+                 for s in card["sources"] if s.get("av_offset_ms"))]
                if any(s.get("av_offset_ms") for s in card["sources"]) else []),
              *([f"- operators of plugin modules: {', '.join(f'`{m}`' for m in card['plugins'])} (the rebuild command "
                 f"imports them; their folder must be on PYTHONPATH)"] if card.get("plugins") else []),

@@ -365,32 +365,45 @@ AAC_ARGS = ["-c:a", "aac", "-b:a", "64k", "-ar", str(CANONICAL_SR), "-ac", "1"]
 
 def canonicalise_windows(src: str | Path, out_dir: str | Path, windows: list[tuple[float, float]],
                          size: tuple[int, int], fps: int = CANONICAL_FPS,
-                         sr: int = CANONICAL_SR) -> tuple[list[Path], np.ndarray]:
+                         sr: int = CANONICAL_SR, source_fps: float | None = None) -> tuple[list[Path], np.ndarray]:
     """Cut `windows` [(start, end)] out of `src` as canonical mp4s, in ONE ffmpeg run.
 
     One decode of the source serves every window (the expensive part for HEVC / large inputs);
     the fps filter resamples variable frame rate input to constant. The same run also writes the
     whole soundtrack as float32 mono at `sr` (returned), so perturbed audio starts from PCM, not
     from a decoded AAC window.
+
+    A source below `fps` (`source_fps`, probed when not given) with more than two windows is cut
+    one window per run instead, each seeking its input: ffmpeg's one run, whose fps filters must
+    add frames for several outputs at once, deadlocks there (all threads waiting, no CPU).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = ["-i", str(src)]
-    outs = []
-    for i, (start, end) in enumerate(windows):
-        out = out_dir / f"window_{i:04d}.mp4"
-        args += [
-            "-ss", f"{start:.6f}", "-t", f"{end - start:.6f}",
-            "-map", "0:v:0", "-map", "0:a:0",
-            "-vf", f"fps={fps},scale={size[0]}:{size[1]}:flags=area,setsar=1",
-            # apad: a soundtrack that ends before the picture is padded with silence, not cut short
-            "-af", "apad", *H264_ARGS, "-g", str(fps), *AAC_ARGS,
-            "-movflags", "+faststart", "-y", str(out),
-        ]
-        outs.append(out)
+    outs = [out_dir / f"window_{i:04d}.mp4" for i in range(len(windows))]
     pcm = out_dir / "audio.f32"
-    args += ["-map", "0:a:0", "-ac", "1", "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-y", str(pcm)]
-    run_ffmpeg(args)
+    pcm_args = ["-map", "0:a:0", "-ac", "1", "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-y", str(pcm)]
+
+    def window_args(out: Path) -> list[str]:
+        return ["-map", "0:v:0", "-map", "0:a:0",
+                "-vf", f"fps={fps},scale={size[0]}:{size[1]}:flags=area,setsar=1",
+                # apad: a soundtrack that ends before the picture is padded with silence, not cut short
+                "-af", "apad", *H264_ARGS, "-g", str(fps), *AAC_ARGS, "-movflags", "+faststart", "-y", str(out)]
+
+    if len(windows) > 2:
+        source_fps = source_fps if source_fps is not None else probe(str(src)).fps
+    if len(windows) > 2 and source_fps and source_fps < fps - 0.01:
+        for out, (start, end) in zip(outs, windows):
+            # seek the input to a second before the window (cheap), then cut exactly as the one run
+            # does: the fps filter sees frames before the window, so it starts with a full frame
+            lead = min(start, 1.0)
+            run_ffmpeg(["-ss", f"{start - lead:.6f}", "-i", str(src),
+                        "-ss", f"{lead:.6f}", "-t", f"{end - start:.6f}", *window_args(out)])
+        run_ffmpeg(["-i", str(src), *pcm_args])
+        return outs, np.fromfile(pcm, dtype=np.float32)
+    args = ["-i", str(src)]
+    for out, (start, end) in zip(outs, windows):
+        args += ["-ss", f"{start:.6f}", "-t", f"{end - start:.6f}", *window_args(out)]
+    run_ffmpeg(args + pcm_args)
     return outs, np.fromfile(pcm, dtype=np.float32)
 
 

@@ -50,7 +50,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -270,6 +270,8 @@ class Source:
     # the source's own sound lag in ms (manifest column av_offset_ms; > 0: the sound comes late):
     # corrected when its canonical windows are cut, so its "original" sides are in sync
     av_offset_ms: float = 0.0
+    av_offset_evidence: str = ""  # what measured it (manifest column; the card prints it beside the correction)
+    faces: int = 1  # faces in the picture (manifest column faces): single-speaker recipes skip faces > 1
 
 
 @dataclass(frozen=True)
@@ -416,7 +418,8 @@ def probe_source(source: Source, cache_root: Path) -> tuple[media.StreamInfo, st
 
 
 def canonical_windows(source: Source, windows: list[tuple[float, float]], size: tuple[int, int],
-                      cache_root: Path, source_sha256: str) -> tuple[list[Path], np.ndarray, list[int]]:
+                      cache_root: Path, source_sha256: str,
+                      source_fps: float | None = None) -> tuple[list[Path], np.ndarray, list[int]]:
     """The source's canonical window files, 16 kHz soundtrack and video frames per window, cached by content.
 
     Canonicalising (decode + h264 encode) is the expensive step; every recipe built from the same
@@ -435,7 +438,7 @@ def canonical_windows(source: Source, windows: list[tuple[float, float]], size: 
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{os.getpid()}.", dir=cache_root))
         try:
             with _ffmpeg_writing_to(tmp):
-                outs, track = media.canonicalise_windows(source.path, tmp, windows, size)
+                outs, track = media.canonicalise_windows(source.path, tmp, windows, size, source_fps=source_fps)
                 if source.av_offset_ms:
                     _correct_sound_lag(outs, windows, track, source.av_offset_ms, tmp)
                 frames = media.count_video_frames([o for o in outs if o.is_file()], tmp)
@@ -490,7 +493,7 @@ def _canonical_source(source: Source, job: Job) -> tuple[media.StreamInfo, list[
         raise Rejected("video size unknown")
     windows = plan_windows(info.duration, job.window_seconds, job.max_windows, job.hop_seconds or None)
     size = media.canonical_size(info.width, info.height, job.max_side)
-    window_files, track, frames = canonical_windows(source, windows, size, Path(job.canonical_dir), digest)
+    window_files, track, frames = canonical_windows(source, windows, size, Path(job.canonical_dir), digest, info.fps)
     if len(track) < 0.9 * windows[-1][1] * media.CANONICAL_SR:
         raise Rejected(f"audio decodes to {len(track) / media.CANONICAL_SR:.2f} s of "
                        f"{info.duration:.2f} s: broken or truncated stream")
@@ -674,7 +677,9 @@ def _plan_pair(recipe: Recipe, transform: Transform, job: Job, source: Source, w
 
 # ----------------------------------------------------------------------------- planning
 
-MANIFEST_COLUMNS = ("file", "path", "licence", "license", "group", "speaker", "source_id", "av_offset_ms", "split")
+MANIFEST_COLUMNS = ("file", "path", "licence", "license", "group", "speaker", "source_id", "av_offset_ms",
+                    "av_offset_evidence", "faces", "sync_check", "split")
+MAX_FACES = 100
 
 
 def _examples(names: list[str], k: int = 3) -> str:
@@ -762,72 +767,141 @@ def _av_offset(row: dict[str, Any], manifest: Path | None) -> float:
 
 
 def _pinned_split(row: dict[str, Any], manifest: Path | None) -> str:
-    """A manifest row's split ('' when empty: assign_splits chooses), or ManifestError naming the file."""
+    """A manifest row's split ('' when empty: assign_splits chooses), or ManifestError naming the file.
+    A row whose sync_check is fail (bench/source_offsets.py --propose) must be pinned to train: its
+    original may not be in sync, so it is training material only, never a val / test original."""
     split = str(row.get("split") or "").strip()
+    name = row.get("file") or row.get("path")
     if split and split not in SPLITS:
-        raise ManifestError(f"{manifest}: split of {row.get('file') or row.get('path')!r} must be one of "
+        raise ManifestError(f"{manifest}: split of {name!r} must be one of "
                          f"{', '.join(SPLITS)} or empty, got {split!r}")
+    check = str(row.get("sync_check") or "").strip().lower()
+    if check not in ("", "pass", "fail"):
+        raise ManifestError(f"{manifest}: sync_check of {name!r} must be pass, fail or empty, got {check!r}")
+    if check == "fail" and split != "train":
+        raise ManifestError(f"{manifest}: {name!r} failed the sync check (sync_check fail): training only, "
+                            f"pin it to train (its split is {split or 'empty'})")
     return split
 
 
-def find_sources(src: str | Path, manifest: str | Path | None = None, warn_unlisted: bool = True) -> list[Source]:
-    """Video files under `src` (recursive), with licence / group from an optional manifest.
+def _faces(row: dict[str, Any], manifest: Path | None) -> int:
+    """A manifest row's faces (empty: 1), or ManifestError naming the file."""
+    value = str(row.get("faces") or "").strip()
+    try:
+        faces = int(value) if value else 1
+    except ValueError:
+        faces = 0
+    if not 1 <= faces <= MAX_FACES:
+        raise ManifestError(f"{manifest}: faces of {row.get('file') or row.get('path')!r} must be a whole number "
+                            f"from 1 to {MAX_FACES} (empty: 1), got {value!r}")
+    return faces
+
+
+def source_folders(src: str | Path | Sequence[str | Path]) -> list[Path]:
+    """build's `src`: one folder or several (e.g. clips and clips-more), as a list."""
+    folders = [Path(src)] if isinstance(src, (str, Path)) else [Path(f) for f in src]
+    if not folders:
+        raise FileNotFoundError("no source folder given")
+    return folders
+
+
+def source_root(src: str | Path | Sequence[str | Path]) -> str:
+    """The card's `src`: the folder, or for several the folder holding them all (card_file then names
+    each source by its path below it, so Path(src) / file finds it either way)."""
+    folders = source_folders(src)
+    if len(folders) == 1:
+        return str(folders[0])
+    try:  # relative as given when they all are (a card does not name this machine's folders)
+        return os.path.commonpath([os.path.normpath(f) for f in folders])
+    except ValueError:  # relative and absolute mixed
+        return os.path.commonpath([os.path.abspath(f) for f in folders])
+
+
+def card_file(path: str | Path, src: str | Path | Sequence[str | Path]) -> str:
+    """How the card names a source's file: its name, or with several folders its path below source_root."""
+    if len(source_folders(src)) == 1:
+        return Path(path).name
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(source_root(src)))
+    return Path(path).name if rel.startswith("..") else rel
+
+
+def find_sources(src: str | Path | Sequence[str | Path], manifest: str | Path | None = None,
+                 warn_unlisted: bool = True) -> list[Source]:
+    """Video files under `src` (one folder or several; recursive), with licence / group from a manifest.
 
     The manifest (JSON list, or CSV with a header) has rows {file|path, licence, group|speaker, source_id,
-    av_offset_ms, split}: av_offset_ms is the source's own sound lag (> 0: the sound comes late), measured
-    e.g. with bench/source_offsets.py; its canonical windows are cut in sync. split pins the source (and
-    its group) to train / val / test, so builds with other windows keep the same held-out sources;
-    empty: assign_splits chooses. Rows match files by name: a row pinned to a split that names no
-    video is a ManifestError (one line); other rows naming no video, and (warn_unlisted) videos the
-    manifest does not list, are one warning line each, with the count and a few names.
+    av_offset_ms, av_offset_evidence, faces, sync_check, split}: av_offset_ms is the source's own sound lag
+    (> 0: the sound comes late), measured e.g. with bench/source_offsets.py --propose (which writes
+    av_offset_evidence); its canonical windows are cut in sync. faces (empty: 1) is how many faces the
+    picture shows: single-speaker recipes skip sources with more. split pins the source (and its group)
+    to train / val / test, so builds with other windows keep the same held-out sources; empty:
+    assign_splits chooses; sync_check fail requires train. Rows match files by name: a row pinned to a
+    split that names no video is a ManifestError (one line); other rows naming no video, and
+    (warn_unlisted) videos the manifest does not list, are one warning line each, with the count and a
+    few names. With several folders, one manifest covers them all (the default: the first folder's
+    manifest.json).
     """
-    src = Path(src)
-    if not src.is_dir():
-        raise FileNotFoundError(f"source folder not found: {src}")
-    manifest = Path(manifest) if manifest else (src / "manifest.json" if (src / "manifest.json").is_file() else None)
+    folders = source_folders(src)
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"source folder not found: {folder}")
+    where = " and ".join(map(str, folders))  # named in messages
+    default = folders[0] / "manifest.json"
+    manifest = Path(manifest) if manifest else (default if default.is_file() else None)
     rows = read_manifest(manifest) if manifest else {}
-    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
+    located = [(folder, p) for folder in folders for p in sorted(folder.rglob("*"))
+               if p.is_file() and p.suffix.lower() in VIDEO_EXTS]
+    files = [p for _, p in located]
     if manifest:
         found = {p.name for p in files}
         unmatched = [name for name in rows if name not in found]
         pinned = [f"{name} ({_pinned_split(rows[name], manifest)})" for name in unmatched
                   if _pinned_split(rows[name], manifest)]
         if pinned:
-            raise ManifestError(f"{manifest}: {len(pinned)} rows pinned to a split name no video under {src}: "
+            raise ManifestError(f"{manifest}: {len(pinned)} rows pinned to a split name no video under {where}: "
                                 f"{_examples(pinned)}; rows match files by name (extension included): fix the "
                                 "names or remove the rows")
         if unmatched:
-            _warn(f"{manifest}: {len(unmatched)} of its {len(rows)} rows name no video under {src} "
+            _warn(f"{manifest}: {len(unmatched)} of its {len(rows)} rows name no video under {where} "
                   f"({_examples(unmatched)}); they are ignored")
-        unlisted = [str(p.relative_to(src)) for p in files if p.name not in rows]
+        unlisted = [str(p.relative_to(folder)) for folder, p in located if p.name not in rows]
         if unlisted and warn_unlisted:
             if any(_pinned_split(row, manifest) for row in rows.values()):
                 # a manifest that pins splits decides where every source goes: one it misses could
                 # take a split its author kept for others
                 raise ManifestError(f"{manifest} pins splits but does not list {len(unlisted)} of the {len(files)} "
-                                    f"videos under {src} ({_examples(unlisted)}): add them (an empty split lets "
+                                    f"videos under {where} ({_examples(unlisted)}): add them (an empty split lets "
                                     "the build choose) or move them out of the folder")
-            _warn(f"{manifest}: {len(unlisted)} of the {len(files)} videos under {src} are not listed "
+            _warn(f"{manifest}: {len(unlisted)} of the {len(files)} videos under {where} are not listed "
                   f"({_examples(unlisted)}): licence unknown, split chosen by the build")
     sources, seen = [], set()
-    for path in files:
+    for folder, path in located:
         row = rows.get(path.name, {})
-        sid = safe_id(row.get("source_id") or str(path.relative_to(src).with_suffix("")))
+        sid = safe_id(row.get("source_id") or str(path.relative_to(folder).with_suffix("")))
         while sid in seen:
             sid += "_"
         seen.add(sid)
         sources.append(Source(source_id=sid, path=str(path.resolve()),
                               group=str(row.get("group") or row.get("speaker") or sid),
                               licence=str(row.get("licence") or row.get("license") or "unknown"),
-                              av_offset_ms=_av_offset(row, manifest), split=_pinned_split(row, manifest)))
+                              av_offset_ms=_av_offset(row, manifest), split=_pinned_split(row, manifest),
+                              av_offset_evidence=str(row.get("av_offset_evidence") or ""),
+                              faces=_faces(row, manifest)))
     return sources
 
 
-def skipped_files(src: str | Path) -> list[dict[str, Any]]:
-    """Files under `src` that look like media but cannot be sources, each with its reason:
-    audio-only files (no picture to judge) and links that lead nowhere (loops, missing targets)."""
+def single_speaker_sources(sources: list[Source]) -> tuple[list[Source], list[dict[str, Any]]]:
+    """(the sources showing one face, a rejects.jsonl record for each of the others)."""
+    return ([s for s in sources if s.faces <= 1],
+            [{"source_id": s.source_id, "path": s.path, "reason": f"{s.faces} faces: not a single-speaker source"}
+             for s in sources if s.faces > 1])
+
+
+def skipped_files(src: str | Path | Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Files under `src` (one folder or several) that look like media but cannot be sources, each with
+    its reason: audio-only files (no picture to judge) and links that lead nowhere (loops, missing targets)."""
     skipped = []
-    for path in sorted(Path(src).rglob("*")):
+    for path in (p for folder in source_folders(src) for p in sorted(folder.rglob("*"))):
         suffix = path.suffix.lower()
         if path.is_symlink() and not path.exists():
             try:
@@ -1365,7 +1439,8 @@ def _fail_on_empty_splits(split_sources: list[Source], fractions: dict[str, floa
         f"--splits {asked} (train,val,test); add sources or set an unwanted split to 0")
 
 
-def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, workers: int = 2,
+def build(src: str | Path | Sequence[str | Path], dim: str, out: str | Path = "shards", seed: int = 0,
+          workers: int = 2,
           recipe: str | Path | None = None, window_seconds: float | None = None,
           max_windows: int = 0, max_side: int = media.CANONICAL_MAX_SIDE,
           hop_seconds: float | None = None, pairs_per_window: int | None = None,
@@ -1376,7 +1451,9 @@ def build(src: str | Path, dim: str, out: str | Path = "shards", seed: int = 0, 
           max_bytes: int = 512 << 20, progress: bool = True, command: list[str] | None = None,
           backend: str = "local", ray_address: str | None = None, work_dir: str | Path | None = None,
           plugins: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Build `<out>/<dim>/` shards from the videos under `src` with recipe `recipe` (default: dim).
+    """Build `<out>/<dim>/` shards from the videos under `src` (a folder or several) with recipe `recipe`
+    (default: dim). A recipe with single_speaker: true skips sources whose manifest `faces` is above 1
+    (rejects.jsonl says so); they take no split.
 
     backend: "local" (a process pool of `workers`) or "ray" (Ray Data on the cluster at ray_address).
     train_extra: a folder of more sources for the train split only (train_only_sources; optional
@@ -1460,8 +1537,8 @@ def resolve_out(out: str | Path, dim: str, work_dir: str | Path | None = None) -
     return Path(work_dir or Path(__file__).resolve().parents[1] / "cache" / "build" / safe_id(out)), url
 
 
-def _build_locked(src: str | Path, sources: list[Source], dim: str, out: Path, recipe_obj: Recipe, seed: int,
-                  workers: int,
+def _build_locked(src: str | Path | Sequence[str | Path], sources: list[Source], dim: str, out: Path,
+                  recipe_obj: Recipe, seed: int, workers: int,
                   recipe: str | Path | None,
                   window_seconds: float | None, max_windows: int, max_side: int, hop_seconds: float | None,
                   pairs_per_window: int | None, splits: dict[str, float] | None, donors: str | Path | None,
@@ -1498,9 +1575,13 @@ def _build_locked(src: str | Path, sources: list[Source], dim: str, out: Path, r
     donors_dir = Path(os.path.realpath(donors)) if donors else None  # the demo keeps its donor voices under src
     skipped = [r for r in skipped_files(src)
                if not (donors_dir and Path(os.path.realpath(r["path"])).is_relative_to(donors_dir))]
+    if recipe_obj.single_speaker:  # a pair's "original" must be one speaker's face and voice
+        sources, several = single_speaker_sources(sources)
+        skipped += several
     if not sources:
         _write_rejects(out_dir, skipped)
-        raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {src}"
+        where = " and ".join(map(str, source_folders(src)))
+        raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) under {where}"
                          + (f" ({len(skipped)} other files skipped, see {out_dir / 'rejects.jsonl'})" if skipped else ""))
     # media files only: a donor folder may hold a manifest or notes (e.g. the demo's donors.json)
     external = sorted(str(p.resolve()) for p in Path(donors).rglob("*")
@@ -1508,6 +1589,9 @@ def _build_locked(src: str | Path, sources: list[Source], dim: str, out: Path, r
     external_split = donor_splits(external, fractions, seed)
     extra_sources = (train_only_sources(train_extra, train_extra_manifest, {s.source_id for s in sources})
                      if train_extra else [])
+    if recipe_obj.single_speaker:
+        extra_sources, several = single_speaker_sources(extra_sources)
+        skipped += several
     if train_voices and not donors:
         raise ValueError("train_voices needs donors: the train split's --donors files are the voices")
     voices = voice_sources(external_split["train"], out_dir / ".train_voices") if train_voices else []
@@ -1572,11 +1656,12 @@ def _build_locked(src: str | Path, sources: list[Source], dim: str, out: Path, r
         "dim": dim, "recipe": recipe_obj, "sources": sources, "summaries": summaries, "shards": shards,
         "rejects": rejects, "seed": seed, "window_seconds": window, "out_dir": out_dir,
         "hop_seconds": hop_seconds or window, "pairs_per_window": pairs_per_window or recipe_obj.pairs_per_window,
-        "command": rebuild_command(command or sys.argv, plugins), "wall_s": time.time() - t0, "src": str(src),
+        "command": rebuild_command(command or sys.argv, plugins), "wall_s": time.time() - t0, "src": source_root(src),
         "plugins": list(all_plugins),
         "max_side": max_side, "donors": str(donors) if donors else None,
         "train_extra": str(train_extra) if train_extra else None,
         "train_voices": [v.source_id for v in voices],
+        "card_files": {s.source_id: card_file(s.path, src) for s in sources},
     }
     t_pack = time.time() - t0 - t_sources
     card = write_card(result, cards_dir=Path(cards_dir) if cards_dir else None)

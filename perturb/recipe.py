@@ -6,6 +6,8 @@ node `{one_of: [...]}`, `{some_of: [...], n: [1, 2]}`, `{compose: [...]}` (each 
 (or passing a path); no pipeline edit. Every key is checked: a typo is an error naming the key and
 the valid ones, never a silently ignored setting. `plugins: [MODULE, ...]` names modules to import
 before the transform is built (operators of your own; the build's workers import them too).
+`single_speaker: true` (default false) makes the build skip sources whose manifest `faces` is above 1:
+a pair whose "original" shows several faces does not say which one the voice belongs to.
 
 Every number has a range (RANGES: key -> (lo, hi, why)), checked at load, so a typo cannot ask for
 a billion pairs or a nanosecond window; real recipes sit far inside them:
@@ -39,7 +41,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
 RECIPE_KEYS = ("dim", "question", "transform", "window_seconds", "pairs_per_window", "severity",
-               "graded_pairs", "splits", "plugins")
+               "graded_pairs", "splits", "plugins", "single_speaker")
 SEVERITY_KEYS = ("levels", "weights")
 # keys a group node may have besides its children; `weight` is added under a one_of
 _GROUP_KEYS = {"one_of": ("p",), "some_of": ("n", "p"), "compose": ("p",)}
@@ -73,6 +75,7 @@ class Recipe:
     splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
     source_text: str = ""
     plugins: list[str] = field(default_factory=list)  # modules imported before the transform is built
+    single_speaker: bool = False  # skip sources with several faces (manifest column faces)
 
     def build_transform(self) -> Transform:
         """Instantiate the transform tree (ConfigError naming the node for any bad key or value)."""
@@ -226,6 +229,9 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     if sum(weights) <= 0:
         raise ConfigError(f"{where}: severity.weights must not all be zero")
     fractions = _check_splits(where, raw.get("splits", DEFAULT_SPLITS))
+    single_speaker = raw.get("single_speaker", False)
+    if not isinstance(single_speaker, bool):
+        raise ConfigError(f"{where}: single_speaker must be true or false, got {single_speaker!r}")
     plugins = list(check_list(where, "plugins", raw.get("plugins", [])))
     if not all(isinstance(m, str) and m.strip() for m in plugins):
         raise ConfigError(f"{where}: plugins must be a list of module names, got {plugins!r}")
@@ -243,6 +249,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         splits=fractions,
         source_text=text,
         plugins=plugins,
+        single_speaker=single_speaker,
     )
     _build(recipe.transform_spec, where, "transform", in_one_of=False)  # fail early, naming the file
     return recipe

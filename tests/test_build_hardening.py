@@ -542,3 +542,32 @@ def test_ffmpeg_failure_names_the_machine_fault_not_its_last_line(tmp_path):
     assert "No space left on device" in str(err)
     assert str(media.ffmpeg_failure("x\nInvalid data found when processing input\n", 1)) == \
         "Invalid data found when processing input"
+
+
+def test_a_source_below_25_fps_with_many_windows_is_cut_without_hanging(tmp_path):
+    """ffmpeg's one multi-output run deadlocks when its fps filters must add frames for 3+ windows;
+    such a source is cut one window per run: every window complete, 25 fps, in sync with the sound."""
+    import multiprocessing
+
+    from perturb import media
+
+    src = tmp_path / "low.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x120:rate=22.13:duration=7", "-f", "lavfi", "-i", "sine=frequency=300:duration=7",
+                    "-c:v", "libx264", "-c:a", "aac", "-shortest", str(src)], check=True)
+    windows = [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0), (3.0, 5.0), (4.0, 6.0)]
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=media.canonicalise_windows, args=(str(src), str(tmp_path / "out"), windows, (64, 48)))
+    proc.start()
+    proc.join(60)
+    hung = proc.is_alive()
+    if hung:
+        proc.kill()
+        subprocess.run(["pkill", "-f", str(src)], check=False)
+    assert not hung, "canonicalise_windows hung on a 22 fps source with 5 windows"
+    assert proc.exitcode == 0
+    outs = [tmp_path / "out" / f"window_{i:04d}.mp4" for i in range(len(windows))]
+    assert media.count_video_frames(outs, tmp_path) == [50] * len(windows)
+    for out in outs:
+        info = media.probe(str(out))
+        assert abs(info.fps - 25) < 0.01 and abs(info.duration - 2.0) < 0.1 and info.has_audio

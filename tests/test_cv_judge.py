@@ -85,8 +85,9 @@ def test_pretraining_per_fold_sees_only_the_other_folds_sources(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     splits = ["train", "train", "val", "test"]
-    (shards / "card.json").write_text(json.dumps({"src": str(tmp_path / "videos"), "sources": [
-        {"source_id": v.stem, "file": v.name, "group": "speakerA" if i < 2 else v.stem, "split": splits[i]}
+    # the card of a build of several folders: src holds them, each file is named below it
+    (shards / "card.json").write_text(json.dumps({"src": str(tmp_path), "sources": [
+        {"source_id": v.stem, "file": f"videos/{v.name}", "group": "speakerA" if i < 2 else v.stem, "split": splits[i]}
         for i, v in enumerate(videos)]}))
     config = write_tiny_config(tmp_path / "tiny.yaml")
     conf = yaml.safe_load(config.read_text())

@@ -196,6 +196,66 @@ def test_pinned_splits_hold_and_fill_their_share_first(tmp_path):
         find_sources(tmp_path, tmp_path / "m.csv")
 
 
+def test_manifest_faces_and_sync_check_are_checked_in_one_line(tmp_path):
+    """faces: a whole number >= 1 (empty: 1); sync_check pass / fail / empty, and a source that failed it
+    is training material only: pinned anywhere but train it is refused."""
+    from perturb.pipeline import ManifestError, find_sources
+
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    m = tmp_path / "m.csv"
+    m.write_text("file,faces,sync_check,split\na.mp4,2,,test\nb.mp4,,fail,train\nc.mp4,1,pass,val\n")
+    assert {s.source_id: (s.faces, s.split) for s in find_sources(tmp_path, m)} == \
+        {"a": (2, "test"), "b": (1, "train"), "c": (1, "val")}
+    for rows, match in ((("b.mp4,,fail,val",), "'b.mp4' failed the sync check .* pin it to train .*val"),
+                        (("b.mp4,,fail,",), "'b.mp4' failed the sync check .*empty"),
+                        (("b.mp4,,maybe,train",), "sync_check of 'b.mp4' must be pass, fail or empty"),
+                        (("b.mp4,0,,train",), "faces of 'b.mp4' must be a whole number from 1"),
+                        (("b.mp4,two,,train",), "faces of 'b.mp4' must be a whole number from 1")):
+        m.write_text("file,faces,sync_check,split\na.mp4,,,train\nc.mp4,,,val\n" + "\n".join(rows) + "\n")
+        with pytest.raises(ManifestError, match=match):
+            find_sources(tmp_path, m)
+
+
+def test_single_speaker_recipes_skip_multi_face_sources_from_several_folders(tmp_path):
+    """Two folders, one manifest: a source showing 2 faces gives no pairs in a single_speaker recipe
+    (rejects.jsonl says why) and pairs in another; the card names each file below the folders' common
+    parent, and lists the corrected sound lag with its evidence."""
+    import yaml
+
+    clips, more = tmp_path / "real" / "clips", tmp_path / "real" / "more"
+    for folder, names in ((clips, ("solo", "pair")), (more, ("late", "other"))):
+        folder.mkdir(parents=True)
+        for i, name in enumerate(names):
+            make_video(folder / f"{name}.mp4", seconds=2.2, seed=40 + len(name) + i)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,group,faces,av_offset_ms,av_offset_evidence,split\n"
+                        "solo.mp4,g1,,,,train\npair.mp4,g2,2,,,train\n"
+                        "late.mp4,g3,1,80,\"peak r 0.50, r at 0 0.10, bootstrap 99%, 4 windows\",train\n"
+                        "other.mp4,g4,,,,val\n")
+    results = {}
+    for single in (True, False):
+        recipe = tmp_path / f"single_{single}.yaml"
+        recipe.write_text(yaml.safe_dump({"dim": "lip_sync", "question": "Is the speech in sync with the lips?",
+                                          "single_speaker": single, "pairs_per_window": 1,
+                                          "transform": {"op": "audio_shift"}, "splits": {"train": 0.8, "val": 0.2}}))
+        results[single] = build_small([clips, more], tmp_path / f"out_{single}", recipe=recipe, manifest=manifest)
+    rejects = [json.loads(line) for line in (results[True]["out_dir"] / "rejects.jsonl").read_text().splitlines()]
+    assert [(Path(r["path"]).name, r["reason"]) for r in rejects] == [("pair.mp4", "2 faces: not a single-speaker source")]
+    pairs = {s["source_id"]: s["pairs"] for s in results[True]["summaries"]}
+    assert "pair" not in pairs and all(pairs[s] > 0 for s in ("solo", "late", "other"))
+    assert {s["source_id"]: s["pairs"] for s in results[False]["summaries"]}["pair"] > 0
+    assert not (results[False]["out_dir"] / "rejects.jsonl").read_text().strip()
+
+    card = json.loads((results[True]["out_dir"] / "card.json").read_text())
+    assert Path(card["src"]) == tmp_path / "real"
+    assert sorted(s["file"] for s in card["sources"]) == ["clips/solo.mp4", "more/late.mp4", "more/other.mp4"]
+    assert all((Path(card["src"]) / s["file"]).is_file() for s in card["sources"])
+    assert "- sound lag corrected (manifest av_offset_ms; > 0: the sound came late): more/late.mp4 +80 ms " \
+           "(peak r 0.50, r at 0 0.10, bootstrap 99%, 4 windows)" in (results[True]["out_dir"] / "card.md").read_text()
+    assert "2 faces: not a single-speaker source" in (results[True]["out_dir"] / "card.md").read_text()
+
+
 def test_audio_only_pairs_copy_video_and_shift_audio(lip_build, tmp_path):
     _, out = lip_build
     checked = 0

@@ -216,3 +216,55 @@ def test_make_real_end_to_end_on_fixture_videos_resumes_and_prints_the_table(tmp
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 0.0 <= json.loads(r.stdout.splitlines()[-1])["scores"]["lip_sync"] <= 1.0
+
+
+def test_make_real_builds_from_several_folders_with_one_manifest(tmp_path, capsys, monkeypatch):
+    """SRC is clips and clips-more by default: every build takes them all (one --manifest pins them),
+    pretraining reads them and EXTRA."""
+    clips, more, extra = (tmp_path / n for n in ("clips", "clips-more", "extra"))
+    for d in (clips, more, extra):
+        d.mkdir()
+    assert [Path(s).name for s in real.DEFAULT_SRC] == ["clips", "clips-more"]
+    monkeypatch.setitem(real.RECIPES, "lip_sync", replace(real.RECIPES["lip_sync"], pretrain=True))
+    real.main(["--dim", "lip_sync", "--src", str(clips), str(more), "--extra", str(extra),
+               "--work", str(tmp_path / "w"), "--dry"])
+    cmds = [shlex.split(line) for line in capsys.readouterr().out.strip().splitlines()]
+    build = cmds[0]
+    assert build[build.index("--src") + 1: build.index("--dim")] == [str(clips), str(more)]
+    assert _flag(build, "--manifest") == ["data_cards/manifests/realvids_clips.csv"]
+    assert _flag(cmds[1], "--src") == [str(clips), str(more), str(extra)]
+    with pytest.raises(SystemExit, match="no real footage at .*absent"):
+        real.main(["--dim", "lip_sync", "--src", str(clips), str(tmp_path / "absent"), "--dry"])
+
+
+def test_the_realvids_manifest_pins_eight_speaker_groups_in_val_and_test():
+    """The pins every make real build uses (no footage needed): >= 8 single-speaker groups in val and in
+    test, no group in two splits, today's test sources still in test, the multi-face clips marked, the
+    sources that failed the sync check in train, every correction with its evidence."""
+    from perturb.pipeline import _faces, _pinned_split, read_manifest
+
+    manifest = ROOT / "data_cards/manifests/realvids_clips.csv"
+    rows = read_manifest(manifest)
+    split = {name: _pinned_split(row, manifest) for name, row in rows.items()}
+    faces = {name: _faces(row, manifest) for name, row in rows.items()}
+    assert all(split.values())                                          # every source pinned
+    groups: dict[str, set[str]] = {}
+    for name, row in rows.items():
+        groups.setdefault(row["group"], set()).add(split[name])
+    assert all(len(s) == 1 for s in groups.values())
+    for held_out in ("val", "test"):
+        single = {rows[n]["group"] for n in rows if split[n] == held_out and faces[n] == 1}
+        assert len(single) >= 8, (held_out, sorted(single))
+    assert {n: faces[n] for n in faces if faces[n] > 1} == {
+        "VisualVoice__test_videos_interview.mp4": 2, "avobjects__media_demo.mp4": 4,
+        "avobjects__media_trump_biden_debate.mp4": 2}
+    for name in ("LatentSync__assets_demo2_video.mp4", "LipNet__evaluation_samples_GRID_sbwe5n.mpg",
+                 "SadTalker__examples_ref_video_WDA_AlexandriaOcasioCortez_000.mp4",
+                 "Talking-Face_PC-AVS__misc_Audio_Source_00015.mp4", "VisualVoice__test_videos_interview.mp4"):
+        assert split[name] == "test", name
+    assert {n for n, r in rows.items() if r.get("sync_check") == "fail"} and \
+        all(split[n] == "train" for n, r in rows.items() if r.get("sync_check") == "fail")
+    corrected = {n: r for n, r in rows.items() if r.get("av_offset_ms")}
+    assert corrected and all(r["av_offset_evidence"].startswith("peak r ") for r in corrected.values())
+    flagged = [n for n, r in rows.items() if r.get("sync_confidence")]
+    assert flagged and all(rows[n].get("sync_check") in ("pass", "fail") for n in flagged)

@@ -114,3 +114,14 @@ def test_build_cli_reports_a_bad_recipe_in_one_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: recipe ")
     assert "'pair_per_window'" in err and "pairs_per_window" in err
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_single_speaker_is_a_checked_flag_set_for_the_recipes_that_judge_one_speaker(tmp_path):
+    assert load_recipe(write_recipe(tmp_path, single_speaker=True)).single_speaker is True
+    assert load_recipe(write_recipe(tmp_path)).single_speaker is False
+    message = error_of(write_recipe(tmp_path, single_speaker="yes"))
+    assert "single_speaker must be true or false, got 'yes'" in message
+    assert {name: load_recipe(name).single_speaker for name in
+            sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))} == {
+        "audio_quality": False, "av_consistency": True, "lip_sync": True, "video_quality": False,
+        "voice_identity": True}
