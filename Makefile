@@ -51,11 +51,11 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 	# torch first, pinned: a bare `torch` requirement would pull a different build (DEVELOPERS.md)
-	$(PYTHON) -m pip install -q torch==2.14.1 torchaudio==2.11.0
+	$(PYTHON) -m pip install -q torch==2.14.1 torchaudio==2.11.0 torchvision==0.29.1
 	# dnsmos: the DNSMOS baseline of bench/dnsmos_baseline.py (speechmos's ONNX files + onnxruntime, ~30 MB;
 	# an extra, never imported by the judge); ray: Ray Data, fsspec / s3fs and moto, so the suite covers
-	# the scale-out backend
-	$(PYTHON) -m pip install -q -e ".[test,dnsmos,ray]"
+	# the scale-out backend; omni: peft and torchvision for the qwen2_5_omni judge backbone
+	$(PYTHON) -m pip install -q -e ".[test,dnsmos,ray,omni]"
 	# MediaPipe FaceMesh (landmarks): Google's wheel without its pins (numpy<2, jax, opencv-contrib are
 	# not used by FaceMesh; train/landmarks.py says why this wheel)
 	$(PYTHON) -m pip install -q --no-deps mediapipe==0.10.21 absl-py attrs flatbuffers "protobuf>=4.25.3,<5"

@@ -7,7 +7,8 @@
 #                                                           #   tensor cache, the tiny judge's config
 #   on the GPU machine:   bench/gpu_check.sh run [KIT] [OUT] # installs the wheels (no index), trains the
 #                                                           #   reward, sft and dpo judges on cuda from the
-#                                                           #   cache, times judge batches; results in OUT
+#                                                           #   cache, times judge batches and a step of the
+#                                                           #   qwen2_5_omni backbone; results in OUT
 #
 # The GPU machine never decodes a video: AVBENCH_FFMPEG=/bin/false makes any attempt fail loudly, and
 # the tensor cache (AVBENCH_CACHE) holds every input the training reads. Each run's metrics.json
@@ -22,7 +23,7 @@ STEPS=${STEPS:-250}
 
 # what the GPU machine lacks (the versions of this venv; braceexpand is webdataset's one dependency
 # beyond numpy / pyyaml); its own transformers and accelerate are used as they are
-WHEELS=(trl==1.16.0 webdataset==1.0.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 braceexpand)
+WHEELS=(trl==1.16.0 webdataset==1.0.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 braceexpand peft==0.22.0)
 
 case "$cmd" in
 prepare)
@@ -61,6 +62,16 @@ run)
       echo
       "$PY" bench/judge_throughput.py --judge "$out/gpu_reward/model" --device cpu --batch-sizes 1 8 64; } \
         | tee "$out/judge_throughput.md"
+    # the qwen2_5_omni backbone on its tiny random thinker (tests/qwen_omni_fixtures.py): seconds and peak
+    # memory per reward step in bf16 at 1 / 4 / 16 pairs, at the tests' geometry and at the paper's, and
+    # on the CPU in the same run; needs this machine's transformers to have Qwen2.5-Omni (5.24 as pinned)
+    # and torchvision: without them it says why and the check goes on
+    { "$PY" bench/qwen_omni_step.py --device cuda --dtype bfloat16 --batches 1 4 16 --geometry tiny
+      echo
+      "$PY" bench/qwen_omni_step.py --device cuda --dtype bfloat16 --batches 1 4 16 --geometry paper
+      echo
+      "$PY" bench/qwen_omni_step.py --device cpu --dtype float32 --batches 1 4 --geometry tiny; } 2>&1 \
+        | tee "$out/qwen_omni_step.md" || echo "qwen_omni step check failed: see $out/qwen_omni_step.md"
     ;;
 *)
     echo "usage: bench/gpu_check.sh prepare|run [KIT] [OUT]" >&2

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
+
+MOMENTS = ("cache_write", "checkpoint_weights", "trainer_state", "rotation", "final_model")
 
 
 def _die() -> None:
@@ -71,18 +74,31 @@ def arm(moment: str) -> None:
         trainer_module.rotate_checkpoints = rotate_checkpoints
     elif moment == "final_model":
         from train.model import AVJudge
+        from train.qwen_omni import QwenOmniJudge
 
-        real_pretrained = AVJudge.save_pretrained
+        for judge in (AVJudge, QwenOmniJudge):  # QwenOmniJudge writes its adapters itself
+            def save_pretrained(self, save_directory, *a, _real=judge.save_pretrained, **k):
+                _real(self, save_directory, *a, **k)
+                if "checkpoint-" not in str(save_directory) and "dpo_reference" not in str(save_directory):
+                    _cut(Path(save_directory) / "model.safetensors")
+                    _die()
 
-        def save_pretrained(self, save_directory, *a, **k):
-            real_pretrained(self, save_directory, *a, **k)
-            if "checkpoint-" not in str(save_directory) and "dpo_reference" not in str(save_directory):
-                _cut(Path(save_directory) / "model.safetensors")
-                _die()
-
-        AVJudge.save_pretrained = save_pretrained
+            judge.save_pretrained = save_pretrained
     else:
         raise SystemExit(f"unknown moment {moment!r}")
+
+
+def kill_each_then_finish(args: list[str], cwd: str | Path) -> tuple[list[int], subprocess.CompletedProcess]:
+    """`python -m train ARGS` killed at each of MOMENTS in turn (every run must die by SIGKILL), then
+    run once more: (how many torn checkpoints each killed run skipped, the last run)."""
+    skipped = []
+    for moment in MOMENTS:
+        proc = subprocess.run([sys.executable, "-m", "tests.kill_at", moment, *args], cwd=cwd,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -9, (moment, proc.returncode, proc.stderr[-2000:])
+        skipped.append(proc.stdout.count("skipping torn checkpoint"))
+    return skipped, subprocess.run([sys.executable, "-m", "train", *args], cwd=cwd, capture_output=True, text=True,
+                                   timeout=600)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def test_build_overrides_are_checked_before_anything_is_made(tmp_path, capsys):
 @pytest.mark.parametrize("sections, expected", [
     ({"preprocess": {"hop": 0}}, "preprocess: hop must be an integer in [16, 4096]"),
     ({"preprocess": {"window_seconds": 1e-9}}, "preprocess: window_seconds must be a number in [0.2, 30]"),
-    ({"preprocess": {"crop_size": [32, 100000]}}, "preprocess: crop_size[] must be an integer in [4, 256]"),
+    ({"preprocess": {"crop_size": [32, 100000]}}, "preprocess: crop_size[] must be an integer in [4, 1024]"),
     ({"preprocess": {"fps": "25"}}, "preprocess: fps must be an integer in [1, 60] (video frames per second), got '25'"),
     ({"model": {"emb_dim": 10**9}}, "model: emb_dim must be an integer in [1, 1024]"),
     ({"model": {"vis_widths": [16] * 1000}}, "model: vis_widths must be a list of 1 to 16 numbers"),

@@ -379,24 +379,14 @@ def test_kill_9_at_any_save_then_the_same_command_finishes(shards, tmp_path):
     """`python -m train` killed (SIGKILL, tests/kill_at.py) while writing the tensor cache, a
     checkpoint's weights, a trainer_state.json, during checkpoint rotation and while writing the
     final model -- one after the other -- then the same command runs to the end."""
-    import subprocess
-    import sys
-
+    from tests.kill_at import kill_each_then_finish
     from train.model import AVJudge
 
-    root = Path(__file__).resolve().parents[1]
     run = tmp_path / "run"
     args = ["--dim", "lip_sync", "--shards", str(shards), "--run", str(run), "--config",
             str(write_tiny_config(tmp_path / "tiny.yaml")), "--cache-dir", str(tmp_path / "cache"),
             "--workers", "0", "--max-steps", "8"]
-    skipped = []
-    for moment in ("cache_write", "checkpoint_weights", "trainer_state", "rotation", "final_model"):
-        proc = subprocess.run([sys.executable, "-m", "tests.kill_at", moment, *args], cwd=root,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == -9, (moment, proc.returncode, proc.stderr[-2000:])
-        skipped.append(proc.stdout.count("skipping torn checkpoint"))
-    proc = subprocess.run([sys.executable, "-m", "train", *args], cwd=root, capture_output=True, text=True,
-                          timeout=600)
+    skipped, proc = kill_each_then_finish(args, Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 8 and metrics["resumed_from"].endswith("checkpoint-8")

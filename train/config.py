@@ -63,8 +63,13 @@ def load_config(dim: str, path: str | None, card: dict[str, Any] | None = None, 
 
 def check_augment(conf: dict[str, Any], pre: Any) -> None:
     """Landmark augmentations only where the video input is landmarks: another rank-3 input (a frozen
-    encoder's precomputed output) would be garbled silently."""
+    encoder's precomputed output) would be garbled silently. No augmentation (it is on by default) for
+    a judge that reads whole frames and the waveform (audio_features "waveform")."""
     augment = (conf.get("train") or {}).get("augment")
+    per_objective = [(o or {}).get("augment") for o in (conf.get("objectives") or {}).values() if isinstance(o, dict)]
+    if pre.audio_features == "waveform" and (augment is not False or any(per_objective)):  # the default is on
+        raise SystemExit(f"{conf.get('_path')}: train: augment: the augmentations move crops and log-mel rows; this "
+                         f"judge reads whole frames and the waveform: set augment: false")
     if isinstance(augment, dict) and pre.video_input != "landmarks" and \
             any(augment.get(k) for k in ("landmark_affine", "landmark_noise")):
         raise SystemExit(f"{conf.get('_path')}: train: augment: landmark_affine / landmark_noise move landmark "
@@ -77,7 +82,15 @@ def resolve_preprocess(conf: dict[str, Any], plugins: list[str]) -> dict[str, An
 
     model = conf.get("model") or {}
     pre = dict(conf.get("preprocess") or {})
-    needs = preprocess_needs(model.get("frame_encoder", "cnn"), model.get("audio_encoder", "mel_conv"), plugins)
+    if model.get("backbone"):  # a judge of another architecture (train.model.BACKBONES) says what it reads
+        from .model import backbone_module
+
+        try:
+            needs = backbone_module(model["backbone"]).preprocess_needs(model)
+        except ValueError as err:
+            raise SystemExit(f"{conf.get('_path')}: model: {err}") from None
+    else:
+        needs = preprocess_needs(model.get("frame_encoder", "cnn"), model.get("audio_encoder", "mel_conv"), plugins)
     for key, value in needs.items():
         given = pre.get(key, value)
         if (list(given) if isinstance(given, (list, tuple)) else given) != \

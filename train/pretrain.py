@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(msg if msg.startswith("[") else f"[pretrain] {msg}", flush=True)
 
     conf = load_config(args.dim, args.config, card_for_default_config(args.dim, args.config, args.shards), log)
+    if (conf.get("model") or {}).get("backbone"):
+        raise SystemExit(f"{conf['_path']}: python -m train.pretrain trains the small judges' sync profile; a "
+                         f"`backbone:` judge has none (train it with python -m train)")
     plugins = import_plugins([*(conf.get("plugins") or []), *args.plugin])
     pre = PreprocessConfig.from_dict(resolve_preprocess(conf, plugins))
     run = Path(args.run or f"runs/{args.dim}_pretrain")

@@ -805,8 +805,8 @@ def precompute_video_features(model, tensors: dict[str, torch.Tensor], keys: lis
     """
     from safetensors.torch import load_file, save_file
 
-    enc = model.video_encoder
-    if not enc.frozen:
+    enc = getattr(model, "video_encoder", None)  # a judge of another backbone has no separate video encoder
+    if enc is None or not enc.frozen:
         return False
     h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
     for name, t in sorted(enc.state_dict().items()):
