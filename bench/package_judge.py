@@ -32,6 +32,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def relative_to_checkout(text: str) -> str:
+    """Paths under this checkout written relative to it: a card read elsewhere names no build machine."""
+    return text.replace(json.dumps(str(ROOT) + "/")[1:-1], "").replace(str(ROOT) + "/", "")
+
+
 def model_card(dim: str, export: Path, table: str, cv: str | None, command: str) -> str:
     metrics = json.loads((export / "metrics.json").read_text())
     card = metrics.get("data_card") or {}
@@ -86,6 +91,8 @@ def package(dim: str, work: Path, cv: str | None = None, dest_root: Path = PACKA
         shutil.copyfile(export / f, tmp / f)
     command = f"make real DIM={dim} WORK={work}\npython bench/package_judge.py --dim {dim} --work {work}"
     (tmp / "README.md").write_text(model_card(dim, export, table, cv, command))
+    for f in ("README.md", "metrics.json"):  # the build's commands name this checkout: say them from its root
+        (tmp / f).write_text(relative_to_checkout((tmp / f).read_text()))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest

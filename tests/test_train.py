@@ -5,6 +5,7 @@ Runs on tiny synthetic lip-sync shards (tests/train_fixtures.py): 2 s clips, 64x
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -327,13 +328,24 @@ def test_cli_writes_run_and_resumes(shards, cache_dir, pairs, tmp_path, capsys):
     assert saved["train_pairs_per_s"] > 0 and saved["device"] == "cpu"
     assert saved["device_name"].endswith(f"{len(os.sched_getaffinity(0))} cores (cpu)")  # what it ran on, in words
 
-    capsys.readouterr()
+    # no progress bar in a log (stderr is not a terminal here): progress lines with the time left instead
+    assert re.search(r"\[train\] step 4/4 \(100%\), [0-9hms]+, about 0s left", capsys.readouterr().out)
     m2 = main(common + ["--max-steps", "6"])  # interrupted-run stand-in: continue from checkpoint-4
     assert m2["resumed_from"].endswith("checkpoint-4")
     assert m2["steps"] == 6 and m2["steps_this_run"] == 2
-    assert "resuming from" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "[train] step 2/2 (100%)" in out  # this run's steps, not the resumed ones'
+
     state = json.loads((run / "checkpoints" / "reward" / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
+
+
+def test_progress_lines_say_how_long_is_left():
+    from train.progress import duration, progress
+
+    assert [duration(x) for x in (0.4, 59.6, 61, 3599, 3725)] == ["0s", "1m00s", "1m01s", "59m59s", "1h02m"]
+    assert progress(25, 100, 30.0) == "25/100 (25%), 30s, about 1m30s left"
+    assert progress(7, None, 12.2) == "7/?, 12s"  # no total: no estimate
 
 
 def _tear(ckpt: Path, how: str) -> None:

@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {"config": conf, "objective": args.objective, "shards": str(shards),
              "training_args": training_args.to_dict(), "preprocess": pre.to_dict(),
              "model": model_conf.to_dict()}, indent=2, default=str))
-        log(f"val pairwise accuracy {jm['pairwise_accuracy']:.3f}, AUC {jm['auc']}, "
+        auc = f"{jm['auc']:.3f}" if isinstance(jm.get("auc"), float) else "n/a (one class)"
+        log(f"val pairwise accuracy {jm['pairwise_accuracy']:.3f}, AUC {auc}, "
             f"{trainer.state.global_step} steps in {train_s:.0f}s; wrote {out} and {run / 'metrics.json'}")
     state.wait_for_everyone()
     return metrics

@@ -67,6 +67,7 @@ from .arguments import (JudgeArguments, JudgeDPOConfig, JudgeRewardConfig, Judge
                         check_sections)
 from .data import ClipCollator, PairCollator, PairDataset, clip_label
 from .private_members import require_private_members
+from .progress import progress
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -150,6 +151,22 @@ class TimeBudget(TrainerCallback):
         return control
 
 
+class StepProgress(TrainerCallback):
+    """Where the progress bar is off (output to a log file), one line per logging step with the
+    steps done, the time so far and about how long is left."""
+
+    def __init__(self):
+        self.t0 = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0, self.first = time.time(), state.global_step  # resumed runs: time only this run's steps
+
+    def on_log(self, args, state, control, **kw):
+        if self.t0 is not None and state.max_steps and state.global_step > self.first:
+            done, total = state.global_step - self.first, state.max_steps - self.first
+            print(f"[train] step {progress(done, total, time.time() - self.t0)}", flush=True)
+
+
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN / inf loss or weights; the message is one line. Raised before the
     optimizer step that would spread it and before any checkpoint of it is written."""
@@ -194,6 +211,8 @@ class _JudgeTrainerMixin:
         callbacks = list(callbacks or [])
         if args.max_train_minutes:
             callbacks.append(TimeBudget(float(args.max_train_minutes) * 60))
+        if args.disable_tqdm:
+            callbacks.append(StepProgress())
         self._judge_init(model, args, train, val, self._collator(args), val_pairs, callbacks)
 
     def _collator(self, args):

@@ -59,6 +59,7 @@ from perturb.shard_format import (MAX_JSON_FILE_BYTES, MAX_SAMPLE_JSON_BYTES, MA
                                   location_exists, location_name, open_location, parse_json)
 
 from ..preprocess import PreprocessConfig, preprocess_clip
+from ..progress import progress
 
 SIDES = ("chosen", "rejected")
 DEFAULT_CACHE = Path(os.environ.get("AVBENCH_CACHE", Path(__file__).resolve().parents[2] / "cache" / "tensors"))
@@ -419,7 +420,7 @@ def build_cache(shards: list[ShardInfo], cfg: PreprocessConfig, cache_dir: str |
             by_url[item["url"]].append(item)
             done += 1
             if done % 25 == 0:
-                log(f"[train.data] preprocessed {done}/{expected or '?'} pairs ({time.time() - t0:.0f}s)")
+                log(f"[train.data] preprocessed pairs {progress(done, expected, time.time() - t0)}")
     except ShardFormatError as err:  # re-raised by a DataLoader worker with its whole traceback
         raise ShardFormatError(str(err).strip().splitlines()[-1].split("ShardFormatError: ")[-1]) from None
     bad = sorted((b for s in todo for b in bad_by_url[str(s.path)]), key=lambda b: (b["shard"], b["key"]))
@@ -833,7 +834,7 @@ def precompute_video_features(model, tensors: dict[str, torch.Tensor], keys: lis
             parts.append(model.encode_video_frames(tensors[k][i:i + batch_size].float().to(device)).cpu().half())
             done += len(parts[-1])
             if len(parts) % 8 == 0:
-                log(f"[train.data] {enc.name}: encoded {done}/{total} clips ({time.time() - t0:.0f}s)")
+                log(f"[train.data] {enc.name}: encoded clips {progress(done, total, time.time() - t0)}")
         out[k] = torch.cat(parts).contiguous()
     model.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -912,7 +913,7 @@ def load_windows(paths: list[str | Path], cfg: PreprocessConfig, hop: float, cac
             (tmp / "meta.json").write_text(json.dumps(meta))
             shutil.rmtree(entry, ignore_errors=True)
             os.replace(tmp, entry)
-            log(f"[train.data] windows of {n}/{len(todo)} sources ({time.time() - t0:.0f}s): {p.name}: "
+            log(f"[train.data] windows of sources {progress(n, len(todo), time.time() - t0)}: {p.name}: "
                 f"{len(meta['starts'])} windows{' -- ' + meta['error'] if meta['error'] else ''}")
     parts, metas, sources = [], [], []
     for p, (sha, entry) in entries.items():
