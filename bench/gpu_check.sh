@@ -4,16 +4,23 @@
 #
 #   here (CPU, network):  bench/gpu_check.sh prepare [KIT]   # KIT (default gpu_kit/, git-ignored, < 64 MiB):
 #                                                           #   wheels, the tests' fixture shards, their
-#                                                           #   tensor cache, the tiny judge's config
+#                                                           #   tensor cache, the tiny judge's config,
+#                                                           #   ffmpeg (xz), videos and a judge to score them
 #   on the GPU machine:   bench/gpu_check.sh run [KIT] [OUT] # installs the wheels (no index), trains the
 #                                                           #   reward, sft and dpo judges on cuda from the
-#                                                           #   cache, times judge batches and a step of the
-#                                                           #   qwen2_5_omni backbone; results in OUT
+#                                                           #   cache, times judge batches, a step of the
+#                                                           #   qwen2_5_omni backbone and whole-video
+#                                                           #   scoring; results in OUT
 #
-# The GPU machine never decodes a video: AVBENCH_FFMPEG=/bin/false makes any attempt fail loudly, and
+# Training never decodes a video there: AVBENCH_FFMPEG=/bin/false makes any attempt fail loudly, and
 # the tensor cache (AVBENCH_CACHE) holds every input the training reads. Each run's metrics.json
 # records the device in words (device_name) and train_pairs_per_s; judge_throughput.md holds
 # windows/s per batch size on the GPU and, for comparison, on the machine's CPU in the same run.
+# Whole-video scoring (score_throughput.md) is `eval score --device cuda` as a user runs it: the kit's
+# ffmpeg decodes (imageio-ffmpeg's static binary, xz-compressed: its 68 MB wheel is over what the
+# machine takes in), the machine's cores find the faces, the judge gets the windows of many files per
+# batch; x real time and where the time goes (decode, face finding, judge). It needs OpenCV there
+# (the crops; its 62 MB wheel does not fit beside ffmpeg) and says so when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +48,13 @@ save_steps=100000, eval_steps=100000)" "$kit/tiny.yaml"
             --config "$kit/tiny.yaml" --run "$kit/cpu_$obj" --max-steps 1
     done
     rm -rf "$kit"/cpu_*
+    # whole-video scoring: the ffmpeg this venv decodes with, 24 talking clips of 4-8 s and a judge
+    # with the lip_sync judge's geometry (random weights: throughput only, its scores mean nothing)
+    "$PY" -c "import lzma, shutil, sys; from perturb.media import ffmpeg_exe; \
+shutil.copyfileobj(open(ffmpeg_exe(), 'rb'), lzma.open(sys.argv[1], 'wb', preset=6))" "$kit/ffmpeg.xz"
+    "$PY" -c "import sys; from pathlib import Path; from tests.eval_fixtures import make_export, make_video; \
+k = Path(sys.argv[1]); (k / 'videos').mkdir(parents=True, exist_ok=True); [make_video(k / 'videos' / f'clip{i:02d}.mp4', 4 + i % 5, seed=i, size=160) for i in range(24)]; \
+make_export(k / 'score_judge', crop='mouth', window_seconds=2.0, head='monotone', use_pooled=False, sync_aux_weight=1.0)" "$kit"
     du -sh "$kit"
     ;;
 run)
@@ -72,6 +86,18 @@ run)
       echo
       "$PY" bench/qwen_omni_step.py --device cpu --dtype float32 --batches 1 4 --geometry tiny; } 2>&1 \
         | tee "$out/qwen_omni_step.md" || echo "qwen_omni step check failed: see $out/qwen_omni_step.md"
+    # whole-video scoring on the GPU (module comment): the judge on cuda, one file at a time in one
+    # process against every core decoding and finding faces with the windows batched to the GPU
+    if "$PY" -c "import cv2" 2>/dev/null; then
+        "$PY" -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+            "$kit/ffmpeg.xz" "$out/ffmpeg" && chmod +x "$out/ffmpeg"
+        AVBENCH_FFMPEG="$out/ffmpeg" "$PY" bench/bench_score.py --scorer "$kit/score_judge" --device cuda \
+            --batch-size 256 "$kit"/videos/*.mp4 2>&1 | tee "$out/score_throughput.md" \
+            || echo "whole-video scoring check failed: see $out/score_throughput.md"
+    else
+        echo "whole-video scoring skipped: no OpenCV on this machine (pip install opencv-python-headless)" \
+            | tee "$out/score_throughput.md"
+    fi
     ;;
 *)
     echo "usage: bench/gpu_check.sh prepare|run [KIT] [OUT]" >&2

@@ -101,6 +101,15 @@ RECIPES: dict[str, Recipe] = {
         # split's donor recordings join training; val / test pairs are byte-identical to a build without
         train_extra_manifest="data_cards/manifests/realvids_clips_extra_train.csv",
         train_voices=True),
+    # synthetic speech in place of the real voice (perturb/speech.py's engines; words from Whisper tiny.en);
+    # EXTRA's LRS2 clips and the train split's donor recordings are more real voices to train on (val / test
+    # pairs unchanged)
+    "speech_realism": Recipe(
+        "speech_realism",
+        config="train/configs/realvids/speech_realism.yaml",
+        donors=f"{REAL}/speech",
+        train_extra_manifest="data_cards/manifests/realvids_clips_extra_train.csv",
+        train_voices=True),
     # mismatch donors are the other sources of the same split (no --donors needed)
     # trained on 2 s windows (every speaker counts, the 3 s GRID clips too), judged on the recipe's 5 s
     # clips the way `eval score` judges a video: one decision over the clip's windows (docs/benchmarks/

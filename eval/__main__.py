@@ -1,4 +1,4 @@
-"""Command line of avbench.eval: evaluate | score | filter | align (see `python -m eval CMD --help`)."""
+"""Command line of avbench.eval: evaluate | score | filter | leaderboard | align (see `python -m eval CMD --help`)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,17 @@ def _resume_args(parser: argparse.ArgumentParser, where: str) -> None:
                    help=f"skip the videos whose records are already in {where} (the default)")
     g.add_argument("--overwrite", action="store_true",
                    help=f"start over: empty {where}'s records instead of resuming")
+
+
+def _backend_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local: worker processes here; ray: one scorer actor per CPU (per GPU with --device "
+                             "cuda) of a Ray cluster, inputs from folders or URL prefixes (s3://...), records in "
+                             "resumable JSONL shards beside a manifest (docs/scale_out.md; pip install -e .[ray])")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--shard-records", type=int, default=1000, metavar="N",
+                        help="--backend ray: records per output shard (a shard is also written after a minute); "
+                             "a killed job loses at most the shard being filled")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "are kept, and the same command resumes).")
     s.add_argument("--scorer", action="append", required=True, metavar="DIR",
                    help="export folder (repeat for several dimensions)")
-    s.add_argument("videos", nargs="+", metavar="VIDEO")
+    s.add_argument("videos", nargs="+", metavar="VIDEO",
+                   help="video files; with --backend ray also folders and URLs (s3://bucket/videos/)")
     s.add_argument("--out", default=None,
                    help="also write the results to a .jsonl or .csv file, each record as its file finishes "
                         "(OUT.settings.json beside it names the judges); a run stopped by Ctrl-C / SIGTERM / a "
@@ -80,12 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "the run stops with one line")
     _resume_args(s, "--out")
     s.add_argument("--windows", action="store_true", help="per-window scores for every video")
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--max-faces", type=int, default=None, metavar="N",
+                   help="faces tracked per window (default 4); the clip's score is the speaking face's, "
+                        "each face's is in the record's \"faces\" (1: one face, as the judges were trained)")
+    s.add_argument("--batch-size", type=int, default=8,
+                   help="windows per judge batch (with --device cuda, windows of several files: e.g. 256)")
     s.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (a judge with encoders of its own); repeatable")
     s.add_argument("--device", default=None)
     s.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="processes scoring files in parallel (default: one per CPU core; 1 on a GPU)")
+                   help="processes scoring files in parallel (default: one per CPU core; with --device cuda they decode "
+                        "and find faces, the judge batches the windows of several files on the GPU); "
+                        "with --backend ray: scorer actors (default: one per CPU, or GPU, of the cluster)")
+    _backend_args(s)
 
     f = sub.add_parser("filter", help="keep the videos whose scores reach a threshold",
                        description="Score videos (files or folders, searched recursively) and write "
@@ -99,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--keep-status", action="append", default=[], metavar="STATUS[,STATUS]",
                    help="also keep files the judge cannot judge properly when their score passes: "
                         "no_face, too_short, no_audio (default: only status ok is kept)")
-    f.add_argument("src", nargs="+", metavar="SRC", help="video files or folders")
+    f.add_argument("src", nargs="+", metavar="SRC", help="video files or folders; with --backend ray also URLs")
     f.add_argument("--out-dir", default=".", help="where kept.txt and rejected.txt go (default .), a line "
                    "as each file finishes; the same command resumes a stopped run, skipping the videos already "
                    "listed (another --min / --keep-status splits those again without scoring them)")
@@ -109,7 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="import MODULE first (a judge with encoders of its own); repeatable")
     f.add_argument("--device", default=None)
     f.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="processes scoring files in parallel (default: one per CPU core; 1 on a GPU)")
+                   help="processes scoring files in parallel (default: one per CPU core; with --device cuda they decode "
+                        "and find faces, the judge batches the windows of several files on the GPU); "
+                        "with --backend ray: scorer actors (default: one per CPU, or GPU, of the cluster)")
+    f.add_argument("--kept-to", default=None, metavar="DIR|URL",
+                   help="also copy the kept videos there, each under its path relative to its SRC (a re-run "
+                        "with another --min removes the copies no longer kept)")
+    _backend_args(f)
+
+    from .leaderboard import add_parser as add_leaderboard
+
+    add_leaderboard(sub)
 
     a = sub.add_parser("align", help="agreement of scores with human ratings",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,12 +170,9 @@ def _device(d: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd != "align":
-        try:  # no "Loading weights" / "Writing model shards" bars from transformers on stderr
-            from transformers.utils import logging as hf_logging
+        from .cli import quiet_transformers
 
-            hf_logging.disable_progress_bar()
-        except Exception:  # pragma: no cover
-            pass
+        quiet_transformers()
     if getattr(args, "plugin", None):
         from train.encoders import import_plugins
 
@@ -183,7 +209,21 @@ def main(argv: list[str] | None = None) -> int:
         from . import cli
 
         args.device = _device(args.device)
-        return cli.cmd_score(args) if args.cmd == "score" else cli.cmd_filter(args)
+        if args.backend == "ray":  # scorer actors on a Ray cluster (eval/scale.py)
+            from . import scale
+
+            return cli._until_stopped(scale.cmd_score_ray if args.cmd == "score" else scale.cmd_filter_ray, args)
+        code = cli.cmd_score(args) if args.cmd == "score" else cli.cmd_filter(args)
+        if code == 0 and getattr(args, "kept_to", None):
+            from .scale import publish_kept_line
+
+            print(publish_kept_line(args), file=sys.stderr)
+        return code
+    if args.cmd == "leaderboard":
+        from .leaderboard import cmd_leaderboard
+
+        args.device = _device(args.device)
+        return cmd_leaderboard(args)
     if args.cmd == "align":
         from .cli import cmd_align
 

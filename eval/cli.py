@@ -5,11 +5,22 @@ dimension, status, error):
     {"path": "a.mp4", "scores": {"lip_sync": 0.91}, "status": {"lip_sync": "ok"},
      "offset": {"lip_sync": {"ms": 0.0, "confidence": 0.41}}}
     {"path": "long.mp4", "scores": {...}, "status": {...}, "windows": {"lip_sync": [{"start": 0.0, "end": 5.0, "score": 0.8}, ...]}}
+    {"path": "two.mp4", "scores": {"lip_sync": 0.88}, "status": {...}, "offset": {...},
+     "faces": {"lip_sync": [{"box": [412.0, 88.5, 640.2, 330.1], "score": 0.88, "offset_ms": 0.0,
+                             "confidence": 0.39, "frames": 438}, {"box": [...], "score": 0.07, ...}]}}
     {"path": "bad.mp4", "scores": {}, "status": {"lip_sync": "unreadable"}, "error": "unreadable media: ..."}
 "status" says whether the judge could judge the file: ok | no_audio | too_short | no_face (eval/scorer.py)
 | unreadable. "offset" is the estimated audio offset (positive: the audio lags the picture) and its
 confidence, for judges that estimate timing (Scorer.estimates_timing). "windows" is present for videos
-longer than one window, or always with --windows. A file that cannot be read or scored gives a line
+longer than one window, or always with --windows. "faces" (judges that look at a face: not whole-frame
+or audio-only ones) lists each face tracked in the video, up to --max-faces (default 4) per window,
+most tracked first: "box" [x0, y0, x1, y1] in pixels of the upright picture (the median over the
+face's windows), "score" (that face's P(yes), decided on its own windows as the clip is), "offset_ms"
+and "confidence" (its offset estimate, null for a judge that estimates no timing) and "frames" (the
+frames it was found on); [] when no face was found. With several faces the clip's score, offset and
+windows are the speaking face's: in each window the best-synced face (eval/scorer.py), whose index
+into "faces" each window then names ("face"). A one-face video's record is the one-face record plus
+its single "faces" entry. A file that cannot be read or scored gives a line
 with "error" and the batch goes on. stderr gets one line per file for people (summary_line:
 "a.mp4: lip_sync: audio lags by 520 ms (confidence 0.08), P(yes) 0.02"); stdout stays JSON. A judge
 whose calibration states no prior (an older export) gets a warning line: its 0.5 is not "equally likely". Exit status: 0 when at least one video was scored (or none was
@@ -54,19 +65,29 @@ from perturb.media import VIDEO_EXTS  # the shared media layer
 DEFAULT_MIN = 0.5
 
 
-def load_scorers(dirs: Sequence[str], device: str | None = None, batch_size: int = 8) -> list:
-    from .scorer import Scorer
-
-    try:  # keep stderr readable: no "Loading weights" bar per judge
+def quiet_transformers() -> None:
+    """No progress bars from transformers ("Loading weights", "Writing model shards") on stderr, without
+    importing it: a plain judge loads without it (train/judge_core.py), and its bars start off when the
+    variable is set before its first import."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
+
+
+def load_scorers(dirs: Sequence[str], device: str | None = None, batch_size: int = 8,
+                 max_faces: int | None = None) -> list:
+    from .scorer import MAX_FACES, Scorer
+
+    if max_faces is not None and max_faces < 1:
+        raise SystemExit(f"error: --max-faces must be at least 1, got {max_faces}")
+
+    quiet_transformers()  # keep stderr readable: no "Loading weights" bar per judge
     scorers, seen = [], {}
     for d in dirs:
         try:
-            s = Scorer.from_pretrained(d, device=device, batch_size=batch_size)
+            s = Scorer.from_pretrained(d, device=device, batch_size=batch_size, max_faces=max_faces or MAX_FACES)
         except (ValueError, FileNotFoundError) as exc:  # a fault of the export, said in one line naming the file
             raise SystemExit(f"error: cannot load the judge in {d}: {' '.join(str(exc).split())[:500]}")
         except Exception as exc:
@@ -100,36 +121,45 @@ def _landmark_note(scorers: Sequence) -> str:
     return f", FaceMesh on {landmark_runtime()}"
 
 
-def _windows_of_all(scorers: Sequence, path: str) -> dict[str, Any]:
+def _windows_of_all(scorers: Sequence, path: str, ahead: Any = None) -> dict[str, Any]:
     """{config key: the video's windows for that config, or the exception that stopped them}.
 
     One decode (and one face search per window, where the configs agree on it) serves every config
     that cuts the same windows (train.preprocess.same_windows_key); judges with another frame rate or
-    window length get a decode of their own."""
+    window length get a decode of their own. `ahead`: the file's decode already started
+    (perturb.media.DecodeAhead), handed to the first group (windows_for_configs closes it)."""
     from train.preprocess import same_windows_key, windows_for_configs
 
     configs: dict[str, Any] = {}
     for s in scorers:
         configs.setdefault(_cfg_key(s.cfg), s.cfg)
+    max_faces = max((getattr(s, "max_faces", 1) for s in scorers), default=1)  # each judge keeps its own
     groups: dict[Any, list[str]] = {}
     for key, cfg in configs.items():
         groups.setdefault(same_windows_key(cfg), []).append(key)
     out: dict[str, Any] = {}
     for keys in groups.values():
+        handed, ahead = ahead, None  # the first group reads the decode started ahead (and closes it)
         try:
-            for key, wins in zip(keys, windows_for_configs(path, [configs[k] for k in keys], return_info=True)):
+            for key, wins in zip(keys, windows_for_configs(path, [configs[k] for k in keys], return_info=True,
+                                                           max_faces=max_faces, ahead=handed)):
                 out[key] = wins if wins else ValueError(f"no window could be cut from {path}")
         except Exception as exc:  # a bad file must not stop the batch: every judge of the group says so
             out.update({k: exc for k in keys})
+    if ahead is not None:  # no judge to decode for
+        ahead.close()
     return out
 
 
-def score_video(scorers: Sequence, path: str, always_windows: bool = False) -> dict[str, Any]:
-    """One output record for one video; decodes once per distinct window geometry (_windows_of_all)."""
+def score_video(scorers: Sequence, path: str, always_windows: bool = False, ahead: Any = None,
+                windows: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One output record for one video; decodes once per distinct window geometry (_windows_of_all),
+    unless its `windows` (_windows_of_all's) are given."""
     rec: dict[str, Any] = {"path": path, "scores": {}, "status": {}}
     windows_out: dict[str, list] = {}
     offsets: dict[str, dict[str, float]] = {}
-    windows = _windows_of_all(scorers, path)
+    faces: dict[str, list] = {}
+    windows = _windows_of_all(scorers, path, ahead) if windows is None else windows
     errors = []
     for s in scorers:
         try:
@@ -143,12 +173,17 @@ def score_video(scorers: Sequence, path: str, always_windows: bool = False) -> d
                 offsets[s.dim] = {"ms": r["offset"]["ms"], "confidence": round(r["offset"]["confidence"], 4)}
             if always_windows or len(r["windows"]) > 1:
                 windows_out[s.dim] = r["windows"]
+            if "faces" in r:
+                faces[s.dim] = [dict(f, confidence=None if f["confidence"] is None else round(f["confidence"], 4))
+                                for f in r["faces"]]
         except Exception as exc:  # a bad file must not stop the batch
             msg = " ".join(str(exc).split()) or type(exc).__name__
             errors.append(f"{type(exc).__name__}: {msg}")
             rec["status"][s.dim] = "unreadable"
     if offsets:
         rec["offset"] = offsets
+    if faces:
+        rec["faces"] = faces
     if windows_out:
         rec["windows"] = windows_out
     if errors:
@@ -178,6 +213,9 @@ def summary_line(rec: dict[str, Any]) -> str:
         if off is not None:
             bits.append(f"{offset_phrase(off['ms'])} (confidence {off['confidence']:.2f})")
         bits.append(f"P(yes) {score:.2f}")
+        n_faces = len(rec.get("faces", {}).get(dim) or [])
+        if n_faces > 1:
+            bits.append(f"speaking face of {n_faces}")
         parts.append(f"{dim}: {', '.join(bits)}")
     failed = [d for d, st in rec.get("status", {}).items() if st == "unreadable"]
     parts += [f"{d}: unreadable" for d in failed]
@@ -235,7 +273,7 @@ def _die_with_parent(parent: int | None) -> None:
 
 
 def _worker_start(dirs: list[str], batch_size: int, always_windows: bool, plugins: Sequence[str],
-                  next_core: Any = None, parent: int | None = None) -> None:
+                  next_core: Any = None, parent: int | None = None, max_faces: int | None = None) -> None:
     import torch
 
     # The main process alone decides when to stop (Ctrl-C, SIGTERM) and then kills each worker's process
@@ -260,7 +298,7 @@ def _worker_start(dirs: list[str], batch_size: int, always_windows: bool, plugin
             from train.encoders import import_plugins
 
             import_plugins(list(plugins))
-        _WORKER_JOB["scorers"] = load_scorers(dirs, batch_size=batch_size)
+        _WORKER_JOB["scorers"] = load_scorers(dirs, batch_size=batch_size, max_faces=max_faces)
     _WORKER_JOB["always_windows"] = always_windows
 
 
@@ -268,9 +306,62 @@ def _score_in_worker(path: str) -> dict[str, Any]:
     return score_video(_WORKER_JOB["scorers"], path, always_windows=_WORKER_JOB["always_windows"])
 
 
+def _windows_in_worker(path: str) -> tuple[str, dict[str, Any]]:
+    """(path, _windows_of_all) in a worker that only decodes and finds faces (score_videos, batch_files);
+    an exception that would not survive the trip back is sent as a RuntimeError saying the same."""
+    import pickle
+
+    out = _windows_of_all(_WORKER_JOB["scorers"], path)
+    for key, wins in out.items():
+        if isinstance(wins, Exception):
+            try:
+                pickle.loads(pickle.dumps(wins))
+            except Exception:
+                out[key] = RuntimeError(f"{type(wins).__name__}: {wins}")
+    return path, out
+
+
+def _judge_files(scorers: Sequence, files: list[tuple[str, dict[str, Any]]], always_windows: bool
+                 ) -> Iterator[dict[str, Any]]:
+    """The records of several files whose windows are cut (_windows_of_all): each judge runs once on
+    the windows of all of them, batch_size windows at a time (Scorer.precompute), then each file's
+    record is made as score_video makes it."""
+    for s in scorers:
+        key = _cfg_key(s.cfg)
+        s.precompute([w[2] for _, wins in files if isinstance(wins.get(key), list) for w in wins[key]])
+    try:
+        for path, wins in files:
+            yield score_video(scorers, path, always_windows=always_windows, windows=wins)
+    finally:
+        for s in scorers:
+            s.precompute([])
+
+
+def _batched(scorers: Sequence, files: Iterator[tuple[str, dict[str, Any]]], always_windows: bool
+             ) -> Iterator[dict[str, Any]]:
+    """Records of (path, windows) pairs, the judges run on the windows of as many files as fill their
+    largest batch_size (and on what is left at the end)."""
+    target = max((s.batch_size for s in scorers), default=1)
+    pending: list[tuple[str, dict[str, Any]]] = []
+    for item in files:
+        pending.append(item)
+        if sum(len(w) for _, wins in pending for w in wins.values() if isinstance(w, list)) >= target:
+            yield from _judge_files(scorers, pending, always_windows)
+            pending = []
+    yield from _judge_files(scorers, pending, always_windows)
+
+
 def score_videos(scorers: Sequence, paths: Sequence[str], workers: int = 1, always_windows: bool = False,
-                 plugins: Sequence[str] = (), pin_cores: bool = True) -> Iterator[dict[str, Any]]:
-    """score_video for each path, yielded in the order of `paths`.
+                 plugins: Sequence[str] = (), pin_cores: bool = True, ahead: Any = None,
+                 batch_files: bool | None = None) -> Iterator[dict[str, Any]]:
+    """score_video for each path, yielded in the order of `paths`. `ahead`: the decode of one of them
+    already started (perturb.media.DecodeAhead), read when it is scored in this process, else closed.
+
+    batch_files (default: when a judge is on a GPU): this process runs the judges on the windows of
+    several files at once (their batch_size windows: one GPU batch, not one per file), and the
+    workers only decode and find faces; they are spawned, as CUDA does not survive a fork. A file's
+    logits may then differ from the one-file batches' in the last bits of a float (another batch
+    shape); nothing else changes.
 
     workers > 1: whole files are spread over that many worker processes, each decoding and running
     its own face tracker and judge. They are forked (the loaded judges are inherited), unless this
@@ -284,9 +375,6 @@ def score_videos(scorers: Sequence, paths: Sequence[str], workers: int = 1, alwa
     in that core's cache, and a worker no longer competes with the other workers' threads
     (BENCHMARKS.md, scoring throughput).
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from train.landmarks import used_in_this_process
 
     workers = max(1, min(int(workers), len(paths)))
@@ -295,11 +383,46 @@ def score_videos(scorers: Sequence, paths: Sequence[str], workers: int = 1, alwa
         print("warning: judges without an export folder cannot be loaded by spawned workers; scoring in "
               "one process", file=sys.stderr)
         workers = 1
+    if batch_files is None:
+        batch_files = any(str(getattr(s, "device", "cpu")).startswith("cuda") for s in scorers)
+    if batch_files and None in dirs and workers > 1:
+        workers = 1  # spawned workers load the judges' preprocessing from their export folders
     if workers == 1:
-        for p in paths:
-            yield score_video(scorers, p, always_windows=always_windows)
+        def windows_here() -> Iterator[tuple[str, dict[str, Any]]]:
+            nonlocal ahead
+            for p in paths:
+                mine, ahead = (ahead, None) if ahead is not None and p == ahead.path else (None, ahead)
+                yield p, _windows_of_all(scorers, p, mine)
+        try:
+            if batch_files:
+                yield from _batched(scorers, windows_here(), always_windows)
+            else:
+                for p, wins in windows_here():
+                    yield score_video(scorers, p, always_windows=always_windows, windows=wins)
+        finally:
+            if ahead is not None:
+                ahead.close()
         return
-    context = multiprocessing.get_context("spawn" if used_in_this_process() else "fork")
+    if ahead is not None:
+        ahead.close()
+    if batch_files:
+        yield from _batched(scorers, _pool_items(scorers, paths, workers, always_windows, plugins, pin_cores,
+                                                 _windows_in_worker), always_windows)
+    else:
+        yield from _pool_items(scorers, paths, workers, always_windows, plugins, pin_cores, _score_in_worker)
+
+
+def _pool_items(scorers: Sequence, paths: Sequence[str], workers: int, always_windows: bool,
+                plugins: Sequence[str], pin_cores: bool, task: Any) -> Iterator[Any]:
+    """task(path) for each path in `workers` worker processes, in the order of `paths` (score_videos)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from train.landmarks import used_in_this_process
+
+    dirs = [s.path for s in scorers]
+    spawn = used_in_this_process() or task is _windows_in_worker
+    context = multiprocessing.get_context("spawn" if spawn else "fork")
     _WORKER_JOB["scorers"] = scorers if context.get_start_method() == "fork" else None
     batch_size = scorers[0].batch_size if scorers else 8
     from train.device import usable_cores
@@ -307,18 +430,20 @@ def score_videos(scorers: Sequence, paths: Sequence[str], workers: int = 1, alwa
     next_core = context.Value("i", 0) if pin_cores and hasattr(os, "sched_setaffinity") and \
         workers >= usable_cores() else None
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
-                               initargs=(dirs, batch_size, always_windows, tuple(plugins), next_core, os.getpid()))
+                               initargs=(dirs, batch_size, always_windows, tuple(plugins), next_core, os.getpid(),
+                                         getattr(scorers[0], "max_faces", None) if scorers else None))
     futures: list = []
     handed = 0        # records yielded, in the order of `paths`
     finished = False  # every record yielded: the workers are shut down normally
     try:
-        futures = [pool.submit(_score_in_worker, p) for p in paths]
+        futures = [pool.submit(task, p) for p in paths]
         for p, fut in zip(paths, futures):
             try:
                 rec = fut.result()
             except Exception as exc:  # a worker died (killed, out of memory): report, go on
                 rec = {"path": p, "scores": {}, "status": {s.dim: "unreadable" for s in scorers},
-                       "error": f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'worker died'}"}
+                       "error": f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'worker died'}"} \
+                    if task is _score_in_worker else (p, {_cfg_key(s.cfg): exc for s in scorers})
             handed += 1
             yield rec
         finished = True
@@ -553,9 +678,8 @@ def _on_gpu(args) -> bool:
 
 
 def _workers(args) -> int:
-    """--workers, or one per core; 1 on a GPU (the judge batches there; CUDA does not survive a fork)."""
-    if _on_gpu(args):
-        return 1
+    """--workers, or one per core. With the judges on a GPU the workers only decode and find faces and
+    the judges run in this process on the windows of several files at once (score_videos)."""
     return args.workers if args.workers else default_workers()
 
 
@@ -590,6 +714,29 @@ def cmd_score(args) -> int:
     return _until_stopped(_cmd_score, args)
 
 
+def _decode_ahead(args) -> Any:
+    """The first video's decode started now (perturb.media.DecodeAhead), before the judges load, when
+    this process will score it: loading (torch's import) keeps one core busy for a second or more and
+    ffmpeg decodes on another meanwhile. None when workers will score it, or the first judge's
+    preprocessing cannot be read here (loading it says why)."""
+    if not args.videos or min(_workers(args), len(args.videos)) != 1:
+        return None
+    from perturb.media import DecodeAhead
+
+    from .calibration import read_json
+    from .scorer import resolve_export
+
+    try:
+        pre = read_json(resolve_export(args.scorer[0]) / "preprocessing.json")
+        sr, fps = pre["sr"], pre["fps"]
+    except Exception:
+        return None
+    # an export is untrusted until loaded: decode only at rates its checks allow (PREPROCESS_RANGES)
+    if not (isinstance(sr, int) and 8000 <= sr <= 48000 and isinstance(fps, int) and 1 <= fps <= 60):
+        return None
+    return DecodeAhead(args.videos[0], sr, fps)
+
+
 def _cmd_score(args) -> int:
     import time
 
@@ -597,9 +744,16 @@ def _cmd_score(args) -> int:
 
     if args.out:
         _check_writable(Path(args.out), "--out")
-    scorers = load_scorers(args.scorer, device=args.device, batch_size=args.batch_size)
-    dims = [s.dim for s in scorers]
-    out, done = _open_score_out(args, scorers, dims) if args.out else (None, {})
+    ahead = _decode_ahead(args)
+    try:
+        scorers = load_scorers(args.scorer, device=args.device, batch_size=args.batch_size,
+                               max_faces=getattr(args, "max_faces", None))
+        dims = [s.dim for s in scorers]
+        out, done = _open_score_out(args, scorers, dims) if args.out else (None, {})
+    except BaseException:
+        if ahead is not None:
+            ahead.close()
+        raise
     todo = [v for v in args.videos if v not in done]
     workers = max(1, min(_workers(args), len(todo)))
     # the header and the summary go to stderr: stdout stays one JSON line per video
@@ -615,7 +769,7 @@ def _cmd_score(args) -> int:
     n_new, seconds, t0 = 0, 0.0, time.perf_counter()
     try:
         with contextlib.closing(score_videos(scorers, todo, workers=workers, always_windows=True,
-                                            plugins=args.plugin)) as records:
+                                            plugins=args.plugin, ahead=ahead)) as records:
             for rec in records:
                 wins = rec.get("windows", {})
                 seconds += max((w[-1]["end"] for w in wins.values() if w), default=0.0)  # the span scored
@@ -714,7 +868,8 @@ def _cmd_filter(args) -> int:
     kept_file, rejected_file = out_dir / "kept.txt", out_dir / "rejected.txt"
     for f in (kept_file, rejected_file):
         _check_writable(f, "--out-dir")
-    scorers = load_scorers(args.scorer, device=args.device, batch_size=args.batch_size)
+    scorers = load_scorers(args.scorer, device=args.device, batch_size=args.batch_size,
+                           max_faces=getattr(args, "max_faces", None))
     dims = [s.dim for s in scorers]
     try:
         thr = parse_min(args.min, dims)

@@ -286,8 +286,9 @@ def split_summary(pairs, clips, cal: Calibrator, n_boot: int = N_BOOT,
     }
 
 
-# params that name which variant of an operator made a pair (frame_corruption kind, voice_swap mode)
-VARIANT_PARAMS = ("kind", "mode")
+# params that name which variant of an operator made a pair (frame_corruption kind, voice_swap mode,
+# tts_replace engine, vocoder_resynth vocoder)
+VARIANT_PARAMS = ("kind", "mode", "engine", "vocoder")
 
 
 def _variant(meta: dict[str, Any]) -> tuple[str, str] | None:

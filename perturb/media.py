@@ -338,6 +338,72 @@ class FrameStream:
         self.close()
 
 
+class DecodeAhead:
+    """A file's probe, soundtrack (at `sr`) and first `frames` frames (at `fps`, the longest side at
+    most `max_side`) decoded in a background thread from the moment it is made; then read like a
+    FrameStream (read_into, frame_shape, close), the frames decoded ahead first.
+
+    Why: a command that scores one short file spends a second or more importing torch on one core;
+    ffmpeg decodes on the other meanwhile (`eval score`, train.preprocess.windows_for_configs).
+    probed() waits and returns (StreamInfo, audio or None), raising what the decode raised."""
+
+    def __init__(self, path: str | Path, sr: int, fps: float, max_side: int = CANONICAL_MAX_SIDE,
+                 frames: int = 50) -> None:
+        import threading
+
+        self.path, self.sr, self.fps, self.max_side = str(path), int(sr), fps, max_side
+        self.frame_shape: tuple[int, ...] = ()
+        self._stream: FrameStream | None = None
+        self._ahead = np.empty((0, 0, 0, 3), np.uint8)
+        self._closed = False
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, args=(max(0, int(frames)),), daemon=True)
+        self._thread.start()
+
+    def _run(self, frames: int) -> None:
+        try:
+            self._probed = probe_and_decode_audio(self.path, self.sr)
+            info = self._probed[0]
+            if not info.has_video or info.duration is None:
+                return  # the caller decodes such a file its own way
+            w, h = info.width, info.height
+            if max(w, h) > self.max_side:
+                w, h = canonical_size(w, h, self.max_side)
+            with self._lock:
+                if self._closed:
+                    return
+                self._stream = FrameStream(self.path, w, h, self.fps)
+            self.frame_shape = self._stream.frame_shape
+            ahead = np.empty((frames, *self.frame_shape), np.uint8)
+            self._ahead = ahead[: self._stream.read_into(ahead)]
+        except BaseException as err:  # handed to the caller by probed() / read_into()
+            self._error = err
+
+    def probed(self) -> tuple[StreamInfo, np.ndarray | None]:
+        self._thread.join()
+        if self._error is not None and not hasattr(self, "_probed"):
+            raise self._error
+        return self._probed
+
+    def read_into(self, out: np.ndarray) -> int:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        n = min(len(out), len(self._ahead))
+        out[:n] = self._ahead[:n]
+        self._ahead = self._ahead[n:]
+        return n + (self._stream.read_into(out[n:]) if n < len(out) and self._stream is not None else 0)
+
+    def close(self) -> None:
+        """Stop the decode (whether or not it was read)."""
+        with self._lock:
+            self._closed = True  # a decode still probing opens no stream
+        self._thread.join()      # the read ahead is bounded: `frames` frames
+        if self._stream is not None:
+            self._stream.close()
+
+
 def stream_frames(path: str | Path, width: int, height: int, fps: float, scale_flags: str = "area",
                   start: float | None = None, duration: float | None = None) -> Iterator[np.ndarray]:
     """FrameStream's frames one at a time: RGB uint8 (height, width, 3), only one in memory at a time.

@@ -580,7 +580,7 @@ def test_windows_from_one_streamed_decode_equal_per_window_decodes(media, monkey
     cfg = pre.PreprocessConfig(window_seconds=2.0, crop="full", crop_size=(16, 16))
     seen = []
 
-    def keep(frames, audio, cfg, return_info=False, faces=None):
+    def keep(frames, audio, cfg, return_info=False, faces=None, max_faces=1):
         seen.append((frames.copy(), np.asarray(audio).copy()))
         return {"video": None, "audio": None}, {}
 

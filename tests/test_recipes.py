@@ -123,5 +123,5 @@ def test_single_speaker_is_a_checked_flag_set_for_the_recipes_that_judge_one_spe
     assert "single_speaker must be true or false, got 'yes'" in message
     assert {name: load_recipe(name).single_speaker for name in
             sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))} == {
-        "audio_quality": False, "av_consistency": True, "lip_sync": True, "video_quality": False,
-        "voice_identity": True}
+        "audio_quality": False, "av_consistency": True, "lip_sync": True, "speech_realism": False,
+        "video_quality": False, "voice_identity": True}

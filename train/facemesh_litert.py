@@ -148,19 +148,24 @@ class FaceMeshTracker:
 
     def process(self, image: np.ndarray) -> np.ndarray | None:
         """RGB uint8 (H, W, 3) -> (468, 2) landmarks normalised to the image (x / W, y / H), or None."""
-        height, width = image.shape[:2]
         roi = self._prev_roi if self._prev_roi is not None else self._detect(image)
         if roi is None:
             return None
+        points, self._prev_roi = self.step(image, roi)
+        return points
+
+    def step(self, image: np.ndarray, roi: tuple[float, float, float, float, float]
+             ) -> tuple[np.ndarray | None, tuple[float, float, float, float, float] | None]:
+        """One tracking step from `roi`: (468, 2) normalised landmarks or None (no face there), and
+        the ROI for the next frame (None when the face was lost)."""
+        height, width = image.shape[:2]
         points = self._landmarks(image, roi)
         if points is None:
-            self._prev_roi = None
-            return None
+            return None, None
         columns = points.T.copy()  # x and y rows: a reduction along rows is ~8x faster than along axis 0
         xmin, ymin = columns.min(axis=1)
         xmax, ymax = columns.max(axis=1)
-        self._prev_roi = _roi((xmin, ymin, xmax - xmin, ymax - ymin), points[list(EYE_CORNERS)], width, height)
-        return points
+        return points, _roi((xmin, ymin, xmax - xmin, ymax - ymin), points[list(EYE_CORNERS)], width, height)
 
     def _landmarks(self, image: np.ndarray, roi: tuple[float, float, float, float, float]) -> np.ndarray | None:
         import cv2
@@ -183,6 +188,41 @@ class FaceMeshTracker:
 
     def _detect(self, image: np.ndarray) -> tuple[float, float, float, float, float] | None:
         """BlazeFace's best face as an ROI, or None."""
+        found = self._detections(image)
+        if found is None:
+            return None
+        boxes, keypoints, scores = found
+        return self._image_roi(*_weighted_nms_best(boxes, keypoints, scores), image)
+
+    def detect_all(self, image: np.ndarray, max_faces: int) -> list[tuple[float, float, float, float, float]]:
+        """The ROIs of up to `max_faces` faces BlazeFace finds, best first (the first is _detect's)."""
+        found = self._detections(image)
+        if found is None:
+            return []
+        return [self._image_roi(box, eyes, image) for box, eyes in _weighted_nms(*found, max_faces)]
+
+    def detect_tiles(self, image: np.ndarray, max_faces: int, grid: int = 3
+                     ) -> list[tuple[float, float, float, float, float]]:
+        """detect_all on each tile of a grid x grid of overlapping tiles (each 1.6 / grid of the side),
+        as ROIs of the whole image: BlazeFace short range sees the whole frame at 128 px, where the
+        faces of a wide shot or a split screen are a few pixels; a tile shows them `grid` / 1.6 times
+        larger. The same face may come from two tiles."""
+        height, width = image.shape[:2]
+        share = min(1.0, 1.6 / grid)
+        th, tw = max(1, int(share * height)), max(1, int(share * width))
+        out = []
+        for gy in range(grid):
+            for gx in range(grid):
+                x0 = int(gx * (width - tw) / max(grid - 1, 1))
+                y0 = int(gy * (height - th) / max(grid - 1, 1))
+                for cx, cy, w, h, rotation in self.detect_all(np.ascontiguousarray(image[y0:y0 + th, x0:x0 + tw]),
+                                                              max_faces):
+                    out.append(((cx * tw + x0) / width, (cy * th + y0) / height, w * tw / width, h * th / height,
+                                rotation))
+        return out
+
+    def _detections(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """BlazeFace's (boxes, keypoints, scores) above the detection score, in letterbox units, or None."""
         import cv2
 
         height, width = image.shape[:2]
@@ -202,7 +242,13 @@ class FaceMeshTracker:
         half = r[:, 2:4] / 2
         boxes = np.concatenate([centre - half, centre + half], axis=1)           # xmin, ymin, xmax, ymax
         keypoints = r[:, 4:16].reshape(-1, 6, 2) + anchors[:, None, :]
-        box, eyes = _weighted_nms_best(boxes, keypoints, scores[keep])
+        return boxes, keypoints, scores[keep]
+
+    @staticmethod
+    def _image_roi(box: np.ndarray, eyes: np.ndarray, image: np.ndarray) -> tuple[float, float, float, float, float]:
+        """A letterbox detection (box, eyes) as the ROI in image coordinates."""
+        height, width = image.shape[:2]
+        side = float(max(width, height))
         # tensor -> image coordinates (DetectionProjectionCalculator with the letterbox's matrix)
         sx, sy = side / width, side / height
         to_image = np.array([sx, sy])
@@ -234,3 +280,19 @@ def _weighted_nms_best(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndar
     group[best] = True
     weights = scores[group] / scores[group].sum()
     return weights @ boxes[group], np.einsum("n,nkd->kd", weights, keypoints[group])[list(_DETECTION_EYES)]
+
+
+def _weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, max_faces: int
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Up to `max_faces` detections of the weighted non-maximum suppression, best first: each the
+    _weighted_nms_best of the detections that no earlier one absorbed."""
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    left = np.ones(len(scores), dtype=bool)
+    while left.any() and len(out) < max_faces:
+        idx = np.flatnonzero(left)
+        best = idx[int(np.argmax(scores[idx]))]
+        out.append(_weighted_nms_best(boxes[idx], keypoints[idx], scores[idx]))
+        group = _iou(boxes[best], boxes) > _NMS_IOU
+        group[best] = True
+        left &= ~group
+    return out

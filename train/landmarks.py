@@ -166,12 +166,153 @@ def face_landmarks(frames: np.ndarray) -> tuple[np.ndarray | None, dict[str, Any
             "sampled": int(t)}
     if not found.any():
         return None, info
-    if not found.all():
-        idx = np.flatnonzero(found)
-        flat = pts[found].reshape(len(idx), -1)
-        pts = np.stack([np.interp(np.arange(t), idx, flat[:, j]) for j in range(flat.shape[1])], axis=1)
-        pts = pts.reshape(t, 468, 2).astype(np.float32)
-    return pts, info
+    return _fill_gaps(pts, found), info
+
+
+def _fill_gaps(pts: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """(T, 468, 2) landmarks with the frames not `found` linearly interpolated from the nearest found
+    ones (held before the first and after the last)."""
+    if found.all():
+        return pts
+    t = len(pts)
+    idx = np.flatnonzero(found)
+    flat = pts[found].reshape(len(idx), -1)
+    pts = np.stack([np.interp(np.arange(t), idx, flat[:, j]) for j in range(flat.shape[1])], axis=1)
+    return pts.reshape(t, 468, 2).astype(np.float32)
+
+
+# Several faces (face_landmarks_multi). BlazeFace looks for faces besides the tracked ones every
+# DETECT_EVERY frames (1 s at 25 fps): a search costs about two thirds of a landmark step, so searching
+# every frame, as MediaPipe's graph does with max_num_faces > 1, would add ~70% to a one-face clip.
+DETECT_EVERY = 25
+MIN_FACE_SHARE = 0.25   # a face tracked on fewer of a window's frames than this share is not counted
+SAME_FACE_IOU = 0.5     # two tracks whose boxes overlap this much on a frame follow one face
+# a search looks at tiles too (FaceMeshTracker.detect_tiles) unless the one-face tracker has followed a
+# face of at least this share of the shorter frame side on every frame so far: BlazeFace finds faces
+# that large in the whole frame, and a one-face talking head pays for no tiles
+SMALL_FACE = 0.25
+
+
+def _box(points: np.ndarray) -> np.ndarray:
+    """(468, 2) -> the landmarks' extent (x0, y0, x1, y1), in the points' units."""
+    return np.concatenate([points.min(axis=0), points.max(axis=0)])
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.prod(np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None))
+    union = np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _inside(xy: np.ndarray, box: np.ndarray) -> bool:
+    return bool(box[0] <= xy[0] <= box[2] and box[1] <= xy[1] <= box[3])
+
+
+def face_landmarks_multi(frames: np.ndarray, max_faces: int, detect_every: int = DETECT_EVERY
+                         ) -> tuple[np.ndarray | None, dict[str, Any], list[tuple[np.ndarray, int]]]:
+    """face_landmarks, plus the landmarks of each face when a window shows several.
+
+    Returns (landmarks, info, faces): `landmarks` and `info` are face_landmarks' (the one-face tracker
+    runs exactly as there, so a window with one face gets the same landmarks); `faces` is [] unless at
+    least two faces are each tracked on MIN_FACE_SHARE of the frames, else up to `max_faces` of
+    (landmarks (T, 468, 2) in pixels, gaps interpolated; frames the face was tracked on), most
+    tracked first. The faces besides the one-face tracker's come from BlazeFace searches every
+    `detect_every` frames, each tracked from frame to frame until it is lost; a track picked up again
+    where one was lost continues that face. LiteRT only: on MediaPipe's graph (the fallback runtime)
+    `faces` is always [] (one face, as before).
+    """
+    if max_faces <= 1 or landmark_runtime() != "litert":
+        return (*face_landmarks(frames), [])
+    t, h, w = frames.shape[:3]
+    found = np.zeros(t, dtype=bool)
+    pts = np.zeros((t, 468, 2), dtype=np.float32)
+    tracklets: list[dict[str, Any]] = []          # {"frames": [i], "points": [(468, 2) normalised]}
+    with _native_stderr_silenced():
+        mesh = _mesh_for_new_clip()
+        roi, primary = None, None                   # the one-face tracker, as FaceMeshTracker.process runs it
+        extra: list[tuple[dict[str, Any], Any]] = []  # (tracklet, next ROI) of the other faces
+        lost = False                                # the one-face tracker has had no face on a frame
+        for i, frame in enumerate(frames):
+            search = i % max(1, detect_every) == 0
+            rois = mesh.detect_all(frame, max_faces) if roi is None or search else []
+            if roi is None and rois:  # the best detection: what FaceMeshTracker._detect returns
+                roi, primary = rois[0], {"frames": [], "points": []}
+                tracklets.append(primary)
+            points = None
+            if roi is not None:
+                points, roi = mesh.step(frame, roi)
+                if points is None:
+                    primary = None
+                else:
+                    pts[i] = points * (w, h)
+                    found[i] = True
+                    primary["frames"].append(i)
+                    primary["points"].append(points)
+            boxes = [_box(points)] if points is not None else []
+            kept = []
+            for track, r in extra:
+                p, r = mesh.step(frame, r)
+                if p is None or (points is not None and _box_iou(_box(p), boxes[0]) > SAME_FACE_IOU):
+                    continue  # lost, or now the one-face tracker's face
+                track["frames"].append(i)
+                track["points"].append(p)
+                boxes.append(_box(p))
+                kept.append((track, r))
+            extra = kept
+            lost = lost or points is None
+            if search and (lost or not any((b[2] - b[0]) * w >= SMALL_FACE * min(h, w) for b in boxes)):
+                # no large face followed all along (a wide shot, a split screen): the search looks at tiles too
+                rois = rois + mesh.detect_tiles(frame, max_faces)
+            for r in rois if search else []:
+                if len(extra) + (points is not None) >= max_faces:
+                    break
+                if any(_inside(np.array(r[:2]), b) for b in boxes):
+                    continue  # a face already tracked
+                p, r = mesh.step(frame, r)
+                if p is not None:
+                    track = {"frames": [i], "points": [p]}
+                    tracklets.append(track)
+                    extra.append((track, r))
+                    boxes.append(_box(p))
+    info = {"face_source": "mediapipe", "landmark_runtime": _MESH["runtime"], "detected": int(found.sum()),
+            "sampled": int(t)}
+    landmarks = _fill_gaps(pts, found) if found.any() else None
+    faces = _faces_of(tracklets, t, max_faces)
+    out = []
+    if len(faces) >= 2:
+        for face in faces:
+            f_found = np.zeros(t, dtype=bool)
+            f_pts = np.zeros((t, 468, 2), dtype=np.float32)
+            for track in face:
+                f_found[track["frames"]] = True
+                f_pts[track["frames"]] = np.asarray(track["points"]) * (w, h)
+            out.append((_fill_gaps(f_pts, f_found), int(f_found.sum())))
+    return landmarks, info, out
+
+
+def _faces_of(tracklets: list[dict[str, Any]], t: int, max_faces: int) -> list[list[dict[str, Any]]]:
+    """Tracklets joined into faces: one that starts after a face's last frame, where that face was last
+    seen (its centre inside the face's last box), continues it. Faces tracked on at least
+    MIN_FACE_SHARE of the t frames, most tracked first, at most max_faces."""
+    faces: list[list[dict[str, Any]]] = []
+    for track in sorted((tr for tr in tracklets if tr["frames"]), key=lambda tr: tr["frames"][0]):
+        first = _box(track["points"][0])
+        for face in faces:
+            last = face[-1]
+            if last["frames"][-1] < track["frames"][0] and \
+                    _inside((first[:2] + first[2:]) / 2, _box(last["points"][-1])):
+                face.append(track)
+                break
+        else:
+            faces.append([track])
+    counted = [f for f in faces if sum(len(tr["frames"]) for tr in f) >= MIN_FACE_SHARE * t]
+    return sorted(counted, key=lambda f: -sum(len(tr["frames"]) for tr in f))[:max_faces]
+
+
+def _medfilt(x: np.ndarray, k: int) -> np.ndarray:
+    """scipy.signal.medfilt of a 1-d array (zero-padded, odd k), the same values and dtype, in numpy:
+    importing scipy.signal costs more CPU than scoring a short clip."""
+    return np.median(np.lib.stride_tricks.sliding_window_view(np.pad(x, k // 2), k), axis=-1)
 
 
 def boxes_from_landmarks(landmarks: np.ndarray, smooth: int = 13) -> np.ndarray:
@@ -181,11 +322,9 @@ def boxes_from_landmarks(landmarks: np.ndarray, smooth: int = 13) -> np.ndarray:
     lo, hi = landmarks.min(axis=1), landmarks.max(axis=1)
     centre, size = (lo + hi) / 2, (hi - lo).max(axis=1, keepdims=True).repeat(2, axis=1)
     if smooth > 1 and len(landmarks) > 1:
-        from scipy.signal import medfilt
-
         k = min(smooth, len(landmarks) - (1 - len(landmarks) % 2))  # odd, <= T
-        centre = np.stack([medfilt(centre[:, j], k) for j in range(2)], axis=1)
-        size = np.stack([medfilt(size[:, j], k) for j in range(2)], axis=1)
+        centre = np.stack([_medfilt(centre[:, j], k) for j in range(2)], axis=1)
+        size = np.stack([_medfilt(size[:, j], k) for j in range(2)], axis=1)
     return np.concatenate([centre - size / 2, centre + size / 2], axis=1)
 
 

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from perturb.media import FrameStream, MediaError, canonical_size, probe_and_decode_audio
+from perturb.media import DecodeAhead, FrameStream, MediaError, canonical_size, probe_and_decode_audio
 
 # Bump whenever the meaning of a PreprocessConfig field or the computation changes: every cache
 # keyed by PreprocessConfig.fingerprint() is then rebuilt.
@@ -408,7 +408,7 @@ def find_face_tracks(frames: np.ndarray, cfg: PreprocessConfig, max_faces: int
             gray = cv2.equalizeHist(gray)
             for flip in flips:
                 every = _detect_all(gray, cfg, cascade, flip) if max_faces > 1 else []
-                b = every[0] if max_faces > 1 else _detect_one(gray, cfg, cascade, flip)
+                b = (every[0] if every else None) if max_faces > 1 else _detect_one(gray, cfg, cascade, flip)
                 if b is not None:
                     found.append((int(i), tuple(v / scale for v in b)))
                     seen.append((int(i), [tuple(v / scale for v in bx) for bx in every]))
@@ -693,6 +693,8 @@ def _find_face(frames: np.ndarray, cfg: PreprocessConfig, max_faces: int = 1
         from .landmarks import boxes_from_landmarks, face_landmarks_multi
 
         landmarks, info, several = face_landmarks_multi(frames, max_faces)
+        if landmarks is None and several:  # the faces were found by the search for more faces only
+            landmarks, info["detected"] = several[0]
         if landmarks is not None:
             info["face_frames"] = info["detected"]
             return boxes_from_landmarks(landmarks), info, landmarks, \
@@ -749,7 +751,7 @@ def make_inputs(frames: np.ndarray, audio: np.ndarray, cfg: PreprocessConfig,
         info = dict(info, crop=cfg.crop, frame_hw=list(frames.shape[1:3]),
                     box_median=[round(float(v), 1) for v in np.median(boxes, axis=0)])
         if info.get("detected", 0) > 0:
-            info["face_box"] = _median_box(face)
+            info["face_box"] = per_face[0]["box"] if per_face else _median_box(face)
         if per_face:
             info["faces"] = per_face
         return inputs, info
@@ -842,26 +844,40 @@ def same_windows_key(cfg: PreprocessConfig) -> tuple[int, int, float]:
 
 
 def windows_for_configs(path: str | Path, cfgs: Sequence[PreprocessConfig], hop_seconds: float | None = None,
-                        min_seconds: float = 1.0, return_info: bool = False, max_faces: int = 1) -> list[list[tuple]]:
+                        min_seconds: float = 1.0, return_info: bool = False, max_faces: int = 1,
+                        ahead: DecodeAhead | None = None) -> list[list[tuple]]:
     """windows_for for several configs at once, one list of windows per config: the video and its
     soundtrack are decoded once for all, and the face is found once per window for the configs that
     find the same one (several judges scoring one file). The configs must share fps, sr and window
-    length (same_windows_key)."""
+    length (same_windows_key). `ahead`: the file's decode started beforehand (perturb.media.DecodeAhead),
+    read instead of a new one when it decodes at these settings (else it is closed)."""
     if not cfgs:
         return []
     cfg = cfgs[0]
     if len({same_windows_key(c) for c in cfgs}) > 1:
         raise ValueError("windows_for_configs needs configs with the same fps, sr and window_seconds")
-    info, audio = probe_and_decode_audio(path, cfg.sr)
-    if not info.has_video:
-        raise MediaError(f"no video stream: {path}")
+    if ahead is not None and (ahead.path, ahead.sr, ahead.fps, ahead.max_side) != (str(path), cfg.sr, cfg.fps,
+                                                                                     ANALYSIS_MAX_SIDE):
+        ahead.close()
+        ahead = None
+    try:
+        info, audio = ahead.probed() if ahead is not None else probe_and_decode_audio(path, cfg.sr)
+        if not info.has_video:
+            raise MediaError(f"no video stream: {path}")
+        if info.duration is None and ahead is not None:
+            ahead.close()
+            ahead = None
+    except BaseException:
+        if ahead is not None:
+            ahead.close()
+        raise
     dur = info.duration
-    frames_in: FrameStream | _DecodedFrames
+    frames_in: FrameStream | _DecodedFrames | DecodeAhead
     if dur is None:  # rare (raw streams): decode everything once to learn the length
         all_frames, audio = load_media(path, cfg)
         dur, frames_in = len(all_frames) / cfg.fps, _DecodedFrames(all_frames)
     else:
-        frames_in = FrameStream(path, *_analysis_size(info), cfg.fps)
+        frames_in = ahead if ahead is not None else FrameStream(path, *_analysis_size(info), cfg.fps)
         if audio is None:  # silent: still a valid input
             audio = np.zeros(int(round(dur * cfg.sr)), dtype=np.float32)
     win = cfg.window_seconds

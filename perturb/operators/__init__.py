@@ -9,7 +9,7 @@ from .base import (MODIFIES, PLUGIN_HINT, REGISTRY, SEVERITY_LEVELS, Compose, Co
                    OperatorContext, PluginError, SomeOf, Transform, check_keys, check_list, check_number,
                    check_probability, check_severity, get_operator, import_plugins, modifies_video,
                    operator_keywords, register, replay)
-from . import timing, voice, frames, audio_quality, av_consistency  # noqa: F401  (registration side effect)
+from . import timing, voice, frames, audio_quality, av_consistency, speech_realism  # noqa: F401  (registration side effect)
 
 __all__ = ["MODIFIES", "PLUGIN_HINT", "REGISTRY", "SEVERITY_LEVELS", "Compose", "ConfigError", "OneOf", "Operator",
            "OperatorContext", "PluginError", "SomeOf", "Transform", "check_keys", "check_list", "check_number",

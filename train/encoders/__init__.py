@@ -40,7 +40,7 @@ from __future__ import annotations
 from .base import (AUDIO_ENCODERS, FREEZE_MODES, VIDEO_ENCODERS, AudioEncoder, VideoEncoder, audio_encoder_class,
                    import_plugins, preprocess_needs, register_audio_encoder, register_video_encoder,
                    video_encoder_class)
-from . import frames, landmarks, light_asd, mel  # noqa: E402,F401  (register the built-in front-ends)
+from . import frames, landmarks, light_asd, mel, resemblyzer  # noqa: E402,F401  (register the built-in front-ends)
 
 __all__ = ["AUDIO_ENCODERS", "FREEZE_MODES", "VIDEO_ENCODERS", "AudioEncoder", "VideoEncoder", "audio_encoder_class",
            "import_plugins", "preprocess_needs", "register_audio_encoder", "register_video_encoder",

@@ -2,6 +2,7 @@
 module build on. It imports no front-end; train/encoders/__init__.py registers the built-ins."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
@@ -105,6 +106,20 @@ def preprocess_needs(frame_encoder: str, audio_encoder: str, plugins: list[str] 
                                  f"preprocessing {k}: {needs[k]!r} vs {v!r}")
             needs[k] = v
     return needs
+
+
+def load_checkpoint(path: str | Path, what: str, hint: str) -> Any:
+    """A third-party torch checkpoint read with torch.load(weights_only=True): tensors and plain
+    containers only, no code from the file runs. FileNotFoundError / ValueError (one line) naming
+    `what` ("Light-ASD state dict") and `hint` (where to get the file) otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found at {path}: {hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, or one that needs code to load
+        raise ValueError(f"{path} is not a {what} ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}); {hint}") from None
 
 
 def conv_bn(conv: nn.Module, width: int, dims: int) -> list[nn.Module]:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AudioEncoder, VideoEncoder, register_audio_encoder, register_video_encoder
+from .base import AudioEncoder, VideoEncoder, load_checkpoint, register_audio_encoder, register_video_encoder
 
 DOWNLOAD_HINT = ("download weight/pretrain_AVA_CVPR.model from https://github.com/Junhua-Liao/Light-ASD "
                  "(MIT licence) and give its path")
@@ -168,14 +168,7 @@ class LightASD(nn.Module):
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The upstream checkpoint: tensors only (weights_only=True runs no code from the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Light-ASD weights not found at {path}: {DOWNLOAD_HINT}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, or one that needs code to load
-        raise ValueError(f"{path} is not a Light-ASD state dict ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:200]}); {DOWNLOAD_HINT}") from None
+    state = load_checkpoint(path, "Light-ASD state dict", DOWNLOAD_HINT)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a Light-ASD state dict (expected a dict of tensors); {DOWNLOAD_HINT}")
     return state

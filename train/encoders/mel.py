@@ -35,6 +35,20 @@ class MelConv(AudioEncoder):
         return self.layers(audio[..., :need])
 
 
+@register_audio_encoder("mel_conv_pool")
+class MelConvPool(MelConv):
+    """mel_conv's per-frame embeddings summarised over the clip by their mean and their max (a short
+    stretch unlike the rest, one synthetic word, is not averaged away), then a linear layer; the same
+    embedding for every frame (judges of the soundtrack as a whole: speech_realism)."""
+
+    def __init__(self, config: Any):
+        super().__init__(config)
+        self.pool = nn.Linear(2 * config.emb_dim, config.emb_dim)
+
+    def forward(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
+        h = super().forward(audio, n_frames)
+        return self.pool(torch.cat([h.mean(-1), h.amax(-1)], dim=1)).unsqueeze(-1).expand(-1, -1, n_frames)
+
 
 @register_audio_encoder("mel_stats")
 class MelStats(AudioEncoder):
