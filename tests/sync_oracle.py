@@ -1,7 +1,8 @@
 """A lip_sync judge that needs no training, for tests that need a judge which really measures sync.
 
 Registered by importing this module (an export made by `make_oracle_export` names it in its
-config.json `plugins`, so Scorer.from_pretrained imports it). The video encoder is the mouth crop's
+config.json `plugins`; a process that did not import it needs `--plugin tests.sync_oracle`, as a
+user's plugin judge does: nothing an export names is imported on its say-so). The video encoder is the mouth crop's
 darkness per frame (an open mouth is dark), the audio encoder the speech loudness per video frame,
 each centred over the window; the temporal convolution of AVJudge is wired to pass the darkness
 through, so the sync profile at offset k is the share of frames where mouth and loudness move

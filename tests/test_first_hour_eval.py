@@ -262,7 +262,7 @@ def test_python_and_json_records_share_field_names(tmp_path, monkeypatch, timing
     monkeypatch.setattr(scorer, "outputs", lambda inputs: (np.array([0.5, 1.0]), prof))
     wins = [(0.0, 5.0, {}, {"has_audio": True, "frames": 125, "audio_s": 5.0})] * 2
     rec = scorer.score_file("v.mp4", windows=wins)
-    monkeypatch.setattr(cli, "_windows_of_all", lambda scorers, path: {cli._cfg_key(scorer.cfg): wins})
+    monkeypatch.setattr(cli, "_windows_of_all", lambda scorers, path, ahead=None: {cli._cfg_key(scorer.cfg): wins})
     line = json.loads(json.dumps(cli.score_video([scorer], "v.mp4")))
     dim = scorer.dim
     assert line["scores"][dim] == rec["score"] and line["status"][dim] == rec["status"]

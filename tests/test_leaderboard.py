@@ -47,7 +47,9 @@ def test_desynced_generators_rank_below_the_untouched_one_with_separate_cis(gene
 
     out = tmp_path / "board"
     models = [str(generators / "strong"), f"in_sync={generators / 'untouched'}", str(generators / "mild")]
-    assert main(["leaderboard", "--scorer", str(oracle), "--workers", "2", "--out", str(out), *models]) == 0
+    # --plugin: the worker processes import the judge's encoders as a user's plugin judge needs
+    assert main(["leaderboard", "--scorer", str(oracle), "--plugin", "tests.sync_oracle", "--workers", "2",
+                 "--out", str(out), *models]) == 0
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert [r["model"] for r in rows] == ["in_sync", "mild", "strong"]
     assert all(int(r["videos"]) == N_SOURCES and int(r["judged"]) + sum(int(r[k]) for k in r if k.startswith("n_"))
