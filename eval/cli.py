@@ -863,6 +863,18 @@ def _kept(scores: dict[str, float], odd: Sequence[str], failed: bool, thr: dict[
         all(st in keep_status for st in odd)
 
 
+def filter_verdict(rec: dict[str, Any], dims: Sequence[str], thr: dict[str, float],
+                   keep_status: set[str]) -> tuple[bool, str]:
+    """(kept, its kept.txt / rejected.txt line) of a score record: path, dim=score per dimension,
+    status=... when not ok, error=... for a file that failed."""
+    cols = [f"{d}={rec['scores'][d]:.6f}" for d in dims if d in rec["scores"]]
+    odd = sorted({st for st in rec["status"].values() if st != "ok"})
+    cols += [f"status={','.join(odd)}"] if odd else []
+    if "error" in rec:
+        cols.append("error=" + rec["error"].replace("\t", " ").replace("\n", " "))
+    return _kept(rec["scores"], odd, "error" in rec, thr, keep_status), "\t".join([rec["path"], *cols])
+
+
 def _cmd_filter(args) -> int:
     out_dir = Path(args.out_dir)
     kept_file, rejected_file = out_dir / "kept.txt", out_dir / "rejected.txt"
@@ -913,14 +925,8 @@ def _cmd_filter(args) -> int:
     try:
         with contextlib.closing(score_videos(scorers, todo, workers=_workers(args), plugins=args.plugin)) as records:
             for rec in records:
-                p = rec["path"]
-                cols = [f"{d}={rec['scores'][d]:.6f}" for d in dims if d in rec["scores"]]
-                odd = sorted({st for st in rec["status"].values() if st != "ok"})
-                cols += [f"status={','.join(odd)}"] if odd else []
-                if "error" in rec:
-                    cols.append("error=" + rec["error"].replace("\t", " ").replace("\n", " "))
-                ok = _kept(rec["scores"], odd, "error" in rec, thr, keep_status)
-                (kept if ok else rejected).write("\t".join([p, *cols]) + "\n")
+                ok, line = filter_verdict(rec, dims, thr, keep_status)
+                (kept if ok else rejected).write(line + "\n")
                 n_done += 1
     except Interrupted as stop:
         print(f"interrupted: {n_done} of {len(videos)} files scored, records in {kept_file} and "

@@ -527,16 +527,6 @@ def cmd_score_ray(args) -> int:
     return 0
 
 
-def filter_line(rec: dict[str, Any], dims: Sequence[str]) -> str:
-    """A kept.txt / rejected.txt line of a record, as the local `eval filter` writes it."""
-    cols = [f"{d}={rec['scores'][d]:.6f}" for d in dims if d in rec["scores"]]
-    odd = sorted({st for st in rec["status"].values() if st != "ok"})
-    cols += [f"status={','.join(odd)}"] if odd else []
-    if "error" in rec:
-        cols.append("error=" + rec["error"].replace("\t", " ").replace("\n", " "))
-    return "\t".join([rec["path"], *cols])
-
-
 def copy_file(src: str, dst: str) -> None:
     """src to dst, either a path or a URL (a server-side copy within one object store); skipped when
     dst already holds a file of src's size."""
@@ -606,7 +596,7 @@ def cmd_filter_ray(args) -> int:
     --backend ray` wrote is read, not scored again), then write kept.txt / rejected.txt there in the
     order of the inputs (the lines the local backend writes) and, with --kept-to, copy the kept videos
     there (publish_kept)."""
-    from .cli import _kept, load_scorers
+    from .cli import filter_verdict, load_scorers
 
     out = args.out_dir
     inputs = _inputs(args.src)
@@ -618,9 +608,8 @@ def cmd_filter_ray(args) -> int:
     store, n_new, seconds, wall = run_store(scorers, [v for v, _ in inputs], out, False, args, actors=actors)
     lines: dict[bool, list[str]] = {True: [], False: []}
     for v, _ in inputs:
-        rec = store.records[v]
-        odd = sorted({st for st in rec["status"].values() if st != "ok"})
-        lines[_kept(rec["scores"], odd, "error" in rec, thr, keep_status)].append(filter_line(rec, dims))
+        ok, line = filter_verdict(store.records[v], dims, thr, keep_status)
+        lines[ok].append(line)
     for name, ok in ((KEPT, True), (REJECTED, False)):
         write_whole(out, name, "".join(ln + "\n" for ln in lines[ok]).encode("utf-8", "surrogateescape"))
     summary = {"kept": len(lines[True]), "rejected": len(lines[False]), "min": thr, "resumed": store.resumed,
